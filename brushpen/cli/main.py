@@ -1,0 +1,42 @@
+"""Entry point of the `brushpen` command: builds the sub-command tree and turns user errors into messages.
+
+Each capability module exposes `register(subparsers)`, adding its sub-commands with a `func`
+default that takes the parsed arguments. A `BrushpenError` is printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from brushpen.errors import BrushpenError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from brushpen.cli import data_cmd, gan_cmd, image_cmd, models_cmd
+
+    parser = argparse.ArgumentParser(prog="brushpen", description="brushpen: a generative content studio")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (models_cmd, data_cmd, gan_cmd, image_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except BrushpenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

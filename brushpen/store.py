@@ -1,0 +1,190 @@
+"""The weight store: one folder per model under `weights/<family>/<name>/`.
+
+A model folder holds `config.json` + `model.safetensors` (or ONNX files), a `card.md`, a
+`metrics.json`, optionally `samples.png`, `adapters/NAME/` and `edge/`. This module lists models,
+reads their cards and metrics, refuses pickle-based weights, and writes every file atomically
+(temp file in the same folder, fsync, rename), so a kill never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brushpen.config import get_settings
+from brushpen.errors import BrokenModel, ModelNotFound, UnsafeWeights
+
+FAMILIES = ("gan", "text", "safety")
+SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".onnx.data")
+UNSAFE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+# The figure `models list` shows first, per family, when metrics.json has it.
+KEY_METRICS = {"gan": ("fid", "kimg"), "text": ("val_loss", "perplexity"), "safety": ("auc",)}
+
+
+@dataclass
+class ModelInfo:
+    family: str
+    name: str
+    path: Path
+    size_bytes: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    adapters: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.family}/{self.name}"
+
+    def key_metric(self) -> str:
+        for key in KEY_METRICS.get(self.family, ()):
+            if key in self.metrics:
+                value = self.metrics[key]
+                return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        return "-"
+
+    def card(self) -> str:
+        card = self.path / "card.md"
+        return card.read_text(encoding="utf-8") if card.exists() else ""
+
+
+def store_root(root: Path | None = None) -> Path:
+    return Path(root) if root is not None else get_settings().weights
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "config.json").exists() or any(path.glob("*.onnx")))
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    f = Path(path) / "metrics.json"
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BrokenModel(f"{f} is not valid JSON: {e}") from e
+
+
+def list_models(root: Path | None = None) -> list[ModelInfo]:
+    """Every model folder in the store, sorted by family then name."""
+    root = store_root(root)
+    out = []
+    for family in FAMILIES:
+        fam_dir = root / family
+        if not fam_dir.is_dir():
+            continue
+        for model_dir in sorted(p for p in fam_dir.iterdir() if _is_model_dir(p)):
+            adapters_dir = model_dir / "adapters"
+            adapters = sorted(p.name for p in adapters_dir.iterdir() if p.is_dir()) \
+                if adapters_dir.is_dir() else []
+            out.append(ModelInfo(family, model_dir.name, model_dir, _folder_size(model_dir),
+                                 read_metrics(model_dir), adapters))
+    return out
+
+
+def resolve_model(name: str | os.PathLike, family: str | None = None,
+                  root: Path | None = None) -> Path:
+    """Find a model folder from `NAME`, `family/NAME` or a path on disk; clear error if absent."""
+    as_path = Path(name)
+    if as_path.is_dir():
+        check_safe_folder(as_path)
+        return as_path
+    root = store_root(root)
+    text = str(name)
+    candidates = [root / text] if "/" in text else \
+        [root / fam / text for fam in ((family,) if family else FAMILIES)]
+    for cand in candidates:
+        if _is_model_dir(cand):
+            check_safe_folder(cand)
+            return cand
+    known = ", ".join(m.ref for m in list_models(root) if family in (None, m.family)) or "none"
+    raise ModelNotFound(f"unknown model '{name}'. Models in the store ({root}): {known}")
+
+
+def check_safe_weight(path: Path) -> Path:
+    """Refuse weight files that would be unpickled; we only ever load safetensors, JSON and ONNX."""
+    path = Path(path)
+    if path.name.endswith(UNSAFE_SUFFIXES):
+        raise UnsafeWeights(
+            f"refusing to load {path.name}: pickle-based weights ({', '.join(UNSAFE_SUFFIXES)}) can run "
+            "arbitrary code. Convert it to .safetensors first.")
+    if not path.name.endswith(SAFE_SUFFIXES):
+        raise UnsafeWeights(f"refusing to load {path.name}: only safetensors, JSON and ONNX are loaded")
+    return path
+
+
+def check_safe_folder(path: Path) -> None:
+    """A model folder whose weights are pickles only is refused rather than silently loaded."""
+    weights = [p for p in Path(path).iterdir() if p.is_file() and p.name.endswith(UNSAFE_SUFFIXES)]
+    safe = [p for p in Path(path).iterdir() if p.is_file() and p.name.endswith((".safetensors", ".onnx"))]
+    if weights and not safe:
+        check_safe_weight(weights[0])
+
+
+# ---- atomic writes -------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def update_metrics(path: Path, **values: Any) -> dict[str, Any]:
+    """Merge figures into a model's metrics.json, atomically."""
+    metrics = read_metrics(path)
+    metrics.update(values)
+    atomic_write_json(Path(path) / "metrics.json", metrics)
+    return metrics
+
+
+def publish_dir(staging: Path, final: Path) -> Path:
+    """Move a fully written staging folder into place, replacing `final` with no half-state.
+
+    The old folder is renamed aside first, then the new one renamed in, then the old one removed:
+    at every instant either the old or the new complete folder sits at a known name.
+    """
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def staging_dir(final: Path) -> Path:
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    os.chmod(stage, 0o755)
+    return stage
