@@ -172,9 +172,9 @@ def publish_dir(staging: Path, final: Path) -> Path:
     """
     final = Path(final)
     old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
     if final.exists():
+        if old.exists():  # stale; but while `final` is missing, `old` is the only complete copy
+            shutil.rmtree(old)
         os.replace(final, old)
     os.replace(staging, final)
     if old.exists():
@@ -185,6 +185,8 @@ def publish_dir(staging: Path, final: Path) -> Path:
 def staging_dir(final: Path) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.staging-*"):  # left by a kill mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
     os.chmod(stage, 0o755)
     return stage

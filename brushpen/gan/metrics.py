@@ -60,8 +60,8 @@ def inception_features(images_uint8: torch.Tensor, batch: int = 50, desc: str | 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)."""
-    covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
-    if not np.isfinite(covmean).all():
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():  # singular product: regularize, as the reference FID code does
         offset = np.eye(sigma1.shape[0]) * 1e-6
         covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     covmean = np.real(covmean)

@@ -90,8 +90,8 @@ class StyleGANPipeline(DiffusionPipeline):
         device = G.mapping.w_avg.device
         z = torch.randn(num_images, G.z_dim, generator=generator).to(device)
         labels = None
+        idx = self.label_index(label)  # also refuses a label for an unconditional model
         if G.num_classes:
-            idx = self.label_index(label)
             labels = torch.full((num_images,), idx, dtype=torch.long) if idx is not None else \
                 torch.randint(0, G.num_classes, (num_images,), generator=generator)
             labels = labels.to(device)

@@ -33,7 +33,7 @@ from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_check
 from brushpen.gan.data import ImageDataset, load_image_folder
 from brushpen.gan.networks import StyleGANDiscriminator, StyleGANGenerator
 from brushpen.gan.pipeline import StyleGANPipeline, image_grid
-from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, staging_dir
 
 SAMPLE_SEEDS = list(range(64))  # the fixed seeds of every samples.png grid
 
@@ -99,9 +99,9 @@ def _lazy_adam(params, lr: float, beta2: float, interval: int) -> torch.optim.Ad
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         cfg.validate()
-        self.cfg, self.log = cfg, log
+        self.cfg, self.log = cfg, log or (lambda msg: print(msg, flush=True))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -342,15 +342,18 @@ def write_store_model(G: StyleGANGenerator, out: Path, cfg: TrainConfig, nimg: i
                       train_seconds: float, num_images: int, augment_p: float) -> None:
     """Write the servable model files into the store folder, each one atomically."""
     import io
-    import tempfile
+    import shutil
 
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        G.save_pretrained(tmp)
-        for f in Path(tmp).iterdir():  # weights first, config last: config.json marks a model
-            if f.name != "config.json":
-                atomic_write_bytes(out / f.name, f.read_bytes())
-        atomic_write_bytes(out / "config.json", (Path(tmp) / "config.json").read_bytes())
+    for junk in out.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+        junk.unlink(missing_ok=True)
+    tmp = staging_dir(out / "model")
+    G.save_pretrained(tmp)
+    for f in tmp.iterdir():  # weights first, config last: config.json marks a model
+        if f.name != "config.json":
+            atomic_write_bytes(out / f.name, f.read_bytes())
+    atomic_write_bytes(out / "config.json", (tmp / "config.json").read_bytes())
+    shutil.rmtree(tmp)
     buf = io.BytesIO()
     sample_grid(G).save(buf, format="PNG")
     atomic_write_bytes(out / "samples.png", buf.getvalue())
