@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 BENCH_THREADS ?= 2
+# A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
+SG2_REFERENCE ?=
 
 .PHONY: install run test test-slow bench data clean-venv
 
@@ -35,7 +37,7 @@ data: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/gan_generate.py --model weights/gan/emoji64 --threads $(BENCH_THREADS)
-	$(PY) benchmarks/gan_train.py --threads $(BENCH_THREADS)
+	$(PY) benchmarks/gan_train.py --threads $(BENCH_THREADS) $(if $(SG2_REFERENCE),--reference $(SG2_REFERENCE))
 
 clean-venv:
 	rm -rf $(VENV)
