@@ -20,7 +20,6 @@ from typing import Any, Iterator
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers import TextIteratorStreamer
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from brushpen.text.base import TextModel
 
@@ -64,22 +63,26 @@ class SeededSampler(LogitsProcessor):
     def __init__(self, seeds: list[int], s: Sampling):
         self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         self.temperature = s.temperature
-        self.warpers = []
-        if s.top_k and s.top_k > 0:
-            self.warpers.append(TopKLogitsWarper(top_k=s.top_k))
-        if s.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p=s.top_p))
+        self.top_k = s.top_k if s.top_k and s.top_k > 0 else None
+        self.top_p = s.top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.temperature == 0:
             return scores  # greedy: leave the scores to argmax
-        scores = scores.float() / self.temperature
-        for warp in self.warpers:
-            scores = warp(input_ids, scores)
-        cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+        scaled = scores.float() / self.temperature
+        # Top-k first, then top-p among those k only: sorting 50 candidates, not the 49k vocabulary.
+        k = min(self.top_k or scaled.shape[1], scaled.shape[1])
+        vals, idx = scaled.topk(k, dim=-1)  # sorted, highest first
+        probs = torch.softmax(vals, dim=-1)
+        if self.top_p < 1.0:
+            # Keep the smallest head whose mass reaches top_p (the first token always stays).
+            keep = (probs.cumsum(dim=-1) - probs) < self.top_p
+            probs = probs * keep
+        cdf = probs.cumsum(dim=-1)
         u = torch.stack([torch.rand((), generator=g) for g in self.generators]).unsqueeze(1)
         # side="right" skips zero-probability tokens: their cdf step is flat.
-        picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)
+        pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+        picked = idx.gather(1, pos)
         onehot = torch.full_like(scores, float("-inf"))
         return onehot.scatter_(1, picked, 0.0)
 
