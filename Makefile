@@ -39,6 +39,8 @@ data: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/gan_generate.py --model weights/gan/emoji64 --threads $(BENCH_THREADS)
 	$(PY) benchmarks/gan_train.py --threads $(BENCH_THREADS) $(if $(SG2_REFERENCE),--reference $(SG2_REFERENCE))
+	$(PY) benchmarks/text_generate.py --threads 1,$(BENCH_THREADS)
+	$(PY) benchmarks/text_pretrain.py --threads $(BENCH_THREADS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -75,7 +75,7 @@ def test_image_generate_writes_pngs_with_their_settings(tiny_store: Path, tmp_pa
     assert [s["seed"] for s in settings] == [40, 41, 42]
     for s in settings:
         assert s["model"] == "tiny" and s["n"] == 1 and s["label"] == "Flags"
-        assert s["truncation_psi"] == 0.7 and s["noise_mode"] == "const"
+        assert s["truncation_psi"] == 0.7 and s["noise_mode"] == "none"
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (2 * 16, 2 * 16)
     # Different seeds, different images.

@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--truncation", type=float, default=1.0)
     e.add_argument("--batch", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--noise-mode", choices=["random", "const", "none"], default="random",
+                   help="per-pixel noise of the generated images")
     e.add_argument("--threads", type=int, default=None)
     e.set_defaults(func=run_eval)
 
@@ -72,6 +74,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     result = evaluate_model(args.model, metric=args.metric, num=args.num, data=args.data,
-                            truncation_psi=args.truncation, batch=args.batch, seed=args.seed)
+                            truncation_psi=args.truncation, batch=args.batch, seed=args.seed,
+                            noise_mode=args.noise_mode)
     print(json.dumps(result, indent=2))
     return 0

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label", default=None, help="class for conditional models, e.g. flag, food, 'Animals & Nature'")
     g.add_argument("--mix-seed", type=int, default=None, help="style-mixing second seed")
     g.add_argument("--mix-cutoff", type=int, default=None, help="layer index where the second w takes over")
+    g.add_argument("--noise", dest="noise_mode", choices=["const", "random", "none"], default="none",
+                   help="per-pixel noise: none (default, smoothest), const (fixed) or random (seeded)")
     g.add_argument("--out", type=Path, default=Path("out"))
     g.add_argument("--grid", action="store_true", help="also write grid.png of all images")
     g.add_argument("--threads", type=int, default=None)
@@ -30,7 +32,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     req = ImageRequest(model=args.model, n=args.n, seed=args.seed, truncation_psi=args.truncation,
-                       label=args.label, mix_seed=args.mix_seed, mix_cutoff=args.mix_cutoff)
+                       label=args.label, mix_seed=args.mix_seed, mix_cutoff=args.mix_cutoff,
+                       noise_mode=args.noise_mode)
     images = generate_images(req)
     paths = save_images(images, args.out)
     for p in paths:

