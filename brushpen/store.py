@@ -40,10 +40,14 @@ class ModelInfo:
         return f"{self.family}/{self.name}"
 
     def key_metric(self) -> str:
-        for key in KEY_METRICS.get(self.family, ()):
-            if key in self.metrics:
-                value = self.metrics[key]
-                return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for base in KEY_METRICS.get(self.family, ()):
+            # "fid" also matches variants such as "fid_noise_none" (a figure under other settings).
+            for key in [base] + sorted(k for k in self.metrics if k.startswith(base + "_")
+                                       and isinstance(self.metrics[k], float)
+                                       and not k.endswith(("_num", "_real_images"))):
+                if key in self.metrics:
+                    value = self.metrics[key]
+                    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
         return "-"
 
     def card(self) -> str:
