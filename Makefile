@@ -9,7 +9,7 @@ BENCH_THREADS ?= 2
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install run test test-slow bench data clean-venv
+.PHONY: install chromium run test test-slow bench data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 $(STAMP): pyproject.toml
@@ -27,7 +27,11 @@ run: $(STAMP)
 	$(VENV)/bin/brushpen models list
 	$(VENV)/bin/brushpen image generate --model emoji64 --n 64 --seed 0 --truncation 0.7 --grid --out out/emoji64
 
-test: $(STAMP)
+# Browser tests drive Debian's chromium (never `playwright install`); install it when missing.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
