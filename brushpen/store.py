@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from brushpen.config import get_settings
-from brushpen.errors import BrokenModel, ModelNotFound, UnsafeWeights
+from brushpen.errors import BadInput, BrokenModel, ModelNotFound, UnsafeWeights
 
-FAMILIES = ("gan", "text", "safety")
+# "diffusers" holds links to text-to-image pipeline folders a user already has on disk
+# (`brushpen models add PATH`); the others hold models trained or shipped here.
+FAMILIES = ("gan", "text", "safety", "diffusers")
 SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".onnx.data")
 UNSAFE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 # The figure `models list` shows first, per family, when metrics.json has it.
 KEY_METRICS = {"gan": ("fid", "kimg"), "text": ("val_loss", "perplexity"), "safety": ("auc",)}
+PIPELINE_INDEX = "model_index.json"   # a diffusers pipeline folder
 
 
 @dataclass
@@ -60,11 +63,13 @@ def store_root(root: Path | None = None) -> Path:
 
 
 def _folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    # rglob does not follow a linked folder itself, so start from its target.
+    return sum(p.stat().st_size for p in path.resolve().rglob("*") if p.is_file())
 
 
 def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "config.json").exists() or any(path.glob("*.onnx")))
+    return path.is_dir() and ((path / "config.json").exists() or (path / PIPELINE_INDEX).exists()
+                              or any(path.glob("*.onnx")))
 
 
 def read_metrics(path: Path) -> dict[str, Any]:
@@ -126,7 +131,14 @@ def check_safe_weight(path: Path) -> Path:
 
 
 def check_safe_folder(path: Path) -> None:
-    """A model folder whose weights are pickles only is refused rather than silently loaded."""
+    """A model folder whose weights are pickles only is refused rather than silently loaded.
+
+    A diffusers pipeline folder is checked component by component (unet/, vae/, text_encoder/...).
+    """
+    if (Path(path) / PIPELINE_INDEX).exists():
+        for sub in sorted(p for p in Path(path).iterdir() if p.is_dir()):
+            check_safe_folder(sub)
+        return
     weights = [p for p in Path(path).iterdir() if p.is_file() and p.name.endswith(UNSAFE_SUFFIXES)]
     safe = [p for p in Path(path).iterdir() if p.is_file() and p.name.endswith((".safetensors", ".onnx"))]
     if weights and not safe:
@@ -194,3 +206,27 @@ def staging_dir(final: Path) -> Path:
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
     os.chmod(stage, 0o755)
     return stage
+
+
+def link_model(target: Path, family: str, name: str, root: Path | None = None) -> Path:
+    """Add a model folder that lives elsewhere on disk to the store, as a symlink `family/name`.
+
+    Large downloads (a Stable Diffusion folder is several GB) stay where the user keeps them.
+    """
+    if family not in FAMILIES:
+        raise BadInput(f"unknown family '{family}': expected one of {', '.join(FAMILIES)}")
+    if not name or "/" in name or name.startswith("."):
+        raise BadInput(f"bad model name '{name}': use letters, digits, '-' or '_'")
+    target = Path(target).expanduser().resolve()
+    if not _is_model_dir(target):
+        raise BadInput(f"{target} is not a model folder (no config.json or {PIPELINE_INDEX})")
+    check_safe_folder(target)
+    link = store_root(root) / family / name
+    if link.exists() or link.is_symlink():
+        raise BadInput(f"{family}/{name} is already in the store ({link}); pick another --name")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{name}.tmp-link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)  # atomic: the store never shows a half-made entry
+    return link

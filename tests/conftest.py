@@ -102,3 +102,41 @@ def tiny_generator(num_classes: int = 3, resolution: int = 16, seed: int = 0):
             if name.endswith("noise_strength"):
                 p.fill_(0.3)
     return G.eval()
+
+
+def save_tiny_sd_pipeline(folder: Path) -> Path:
+    """A randomly initialised, tiny StableDiffusionPipeline (UNet, VAE, CLIP text encoder, tokenizer),
+    built from configs here and saved as safetensors: no weights of this shape exist offline.
+
+    It draws 32x32 noise-like images in well under a second per step, which is all the plumbing
+    (model add, prompts, schedulers, seeds, metadata) needs.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=16,
+                                attention_head_dim=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        norm_num_groups=8, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=600, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=2, num_attention_heads=2,
+                                                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=1))
+    # A character-level CLIP vocabulary (no merges): enough to tokenize any lowercase ASCII prompt.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -106,7 +106,7 @@ def test_unknown_model_is_a_one_line_error(tiny_store: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n", "0"], "error: n must lie in 1..256"),
+    (["--n", "0"], "error: n must lie in 1..256, got 0"),
     (["--n", "1", "--label", "dragon"], "error: unknown class 'dragon'. Classes: Circles, Squares, Flags"),
     (["--n", "1", "--mix-seed", "3"], "error: style mixing needs both mix_seed and mix_cutoff"),
     (["--n", "1", "--mix-seed", "3", "--mix-cutoff", "99"], "error: style-mix crossover must lie in 1..5"),

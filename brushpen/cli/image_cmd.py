@@ -1,9 +1,12 @@
-"""`brushpen image generate`: images from a store model, written as PNGs with their settings."""
+"""`brushpen image generate` and `brushpen image info`: images from a store model, written as PNGs
+with their settings, and those settings read back."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from tqdm import tqdm
 
 from brushpen.config import apply_threads
 
@@ -20,10 +23,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mix-cutoff", type=int, default=None, help="layer index where the second w takes over")
     g.add_argument("--noise", dest="noise_mode", choices=["const", "random", "none"], default="none",
                    help="per-pixel noise: none (default, smoothest), const (fixed) or random (seeded)")
+    g.add_argument("--prompt", default=None,
+                   help="text prompt (diffusers models); for a class-conditional GAN, a word naming the class")
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--steps", type=int, default=20, help="denoising steps (diffusers models)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (diffusers)")
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--scheduler", default=None, help="euler, euler-a, dpm++2m, ddim, pndm, lms, unipc")
+    g.add_argument("--backend", default="torch")
     g.add_argument("--out", type=Path, default=Path("out"))
     g.add_argument("--grid", action="store_true", help="also write grid.png of all images")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=run_generate)
+    walk = img.add_parser("walk", help="an animated GIF/WebP walking from one seed's image to another's")
+    walk.add_argument("--model", default="emoji64")
+    walk.add_argument("--seed-a", type=int, default=0)
+    walk.add_argument("--seed-b", type=int, default=1)
+    walk.add_argument("--frames", type=int, default=16)
+    walk.add_argument("--fps", type=int, default=8)
+    walk.add_argument("--truncation", type=float, default=1.0)
+    walk.add_argument("--label", default=None)
+    walk.add_argument("--out", type=Path, default=Path("out/walk.gif"), help=".gif or .webp")
+    walk.add_argument("--threads", type=int, default=None)
+    walk.set_defaults(func=run_walk)
+    info = img.add_parser("info", help="print the settings a brushpen PNG was made with")
+    info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="the exact settings as JSON")
+    info.set_defaults(func=run_info)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -33,8 +60,15 @@ def run_generate(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     req = ImageRequest(model=args.model, n=args.n, seed=args.seed, truncation_psi=args.truncation,
                        label=args.label, mix_seed=args.mix_seed, mix_cutoff=args.mix_cutoff,
-                       noise_mode=args.noise_mode)
-    images = generate_images(req)
+                       noise_mode=args.noise_mode, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                       steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
+                       scheduler=args.scheduler, backend=args.backend)
+    with tqdm(total=0, unit="step", disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        images = generate_images(req, progress)
     paths = save_images(images, args.out)
     for p in paths:
         print(p)
@@ -42,4 +76,35 @@ def run_generate(args: argparse.Namespace) -> int:
         grid = args.out / "grid.png"
         image_grid([i.image for i in images]).save(grid)
         print(grid)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from brushpen.errors import BadInput
+    from brushpen.generators.images import format_parameters, read_png_settings
+
+    if not args.file.is_file():
+        raise BadInput(f"no such file: {args.file}")
+    settings = read_png_settings(args.file)
+    if not settings:
+        print(f"{args.file} carries no generation settings")
+        return 1
+    if args.json or "parameters" in settings and len(settings) == 1:
+        print(json.dumps(settings, indent=2, sort_keys=True) if args.json else settings["parameters"])
+    else:
+        print(format_parameters(settings))
+    return 0
+
+
+def run_walk(args: argparse.Namespace) -> int:
+    from brushpen.generators.images import WalkRequest, seed_walk
+    from brushpen.store import atomic_write_bytes
+
+    apply_threads(args.threads)
+    fmt = "webp" if args.out.suffix.lower() == ".webp" else "gif"
+    data = seed_walk(WalkRequest(args.model, args.seed_a, args.seed_b, args.frames, args.truncation,
+                                 args.label, args.fps, fmt))
+    print(atomic_write_bytes(args.out, data))
     return 0

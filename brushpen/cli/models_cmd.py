@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = models.add_parser("show", help="a model's card and metrics")
     show.add_argument("name")
     show.set_defaults(func=run_show)
+    add = models.add_parser("add", help="link a local diffusers text-to-image pipeline folder into the store")
+    add.add_argument("path", help="a folder with model_index.json (a Stable Diffusion or SD-Turbo download)")
+    add.add_argument("--name", default=None, help="store name (default: the folder's name)")
+    add.set_defaults(func=run_add)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -31,11 +35,11 @@ def run_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models in the store")
         return 0
-    print(f"{'family':8} {'name':20} {'size':>9}  key metric")
+    print(f"{'family':10} {'name':20} {'size':>9}  key metric")
     for m in models:
-        print(f"{m.family:8} {m.name:20} {_size(m.size_bytes):>9}  {m.key_metric()}")
+        print(f"{m.family:10} {m.name:20} {_size(m.size_bytes):>9}  {m.key_metric()}")
         for a in m.adapters:
-            print(f"{'':8}   + adapter {a}")
+            print(f"{'':10}   + adapter {a}")
     return 0
 
 
@@ -47,3 +51,25 @@ def run_show(args: argparse.Namespace) -> int:
     print((path / "card.md").read_text(encoding="utf-8") if (path / "card.md").exists() else "(no card)")
     print(json.dumps(read_metrics(path), indent=2, sort_keys=True))
     return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brushpen.generators.diffusion import load_pipeline
+    from brushpen.store import link_model
+
+    from brushpen.errors import BadInput
+    from brushpen.store import PIPELINE_INDEX, store_root
+
+    target = Path(args.path).expanduser().resolve()
+    name = args.name or target.name
+    if not (target / PIPELINE_INDEX).is_file():
+        raise BadInput(f"{target} is not a diffusers pipeline folder: it has no {PIPELINE_INDEX}")
+    if (store_root() / "diffusers" / name).exists():
+        raise BadInput(f"diffusers/{name} is already in the store; pick another --name")
+    load_pipeline(str(target))  # refuse a folder that does not load as a text-to-image pipeline
+    link = link_model(target, "diffusers", name)
+    print(f"added diffusers/{name} -> {target}")
+    print(f"try: brushpen image generate --model diffusers/{name} --prompt 'a lighthouse at dusk' --n 1")
+    return 0 if link else 1

@@ -1,25 +1,40 @@
 """Image generation as a service: request in, PIL images with their settings out.
 
-`generate_images` is the one code path behind `brushpen image generate` (and, later, the API and
-the studio). Image i of a request uses seed `seed + i`, so any single image can be re-made alone
-from the settings stored in its PNG text chunk (`brushpen` key, JSON), as A1111's "PNG info" does.
+`generate_images` is the one code path behind `brushpen image generate`, the API's
+`/v1/images/generations` and the studio's Images tab. It serves two kinds of image model:
+- our StyleGAN generators (`gan/` in the store), where a prompt word picks the class ("flag");
+- local diffusers text-to-image pipelines linked with `brushpen models add` (`diffusers/`).
+
+Image i of a request uses seed `seed + i`, so any single image can be re-made alone from the
+settings stored in its PNG. Every PNG carries them twice: an A1111-style `parameters` text chunk
+(readable by other tools) and a `brushpen` chunk holding the exact settings as JSON.
+`seed_walk` interpolates between two seeds and returns an animated GIF or WebP.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from brushpen.errors import BadParameter
-from brushpen.store import atomic_write_bytes, resolve_model
+import brushpen
+from brushpen.errors import BadInput, BadParameter
+from brushpen.generators import diffusion
+from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
+IMAGE_FAMILIES = ("gan", "diffusers")
+BACKENDS = ("torch",)
+MAX_WALK_FRAMES = 120
+Progress = Callable[[int, int], None]   # (done, total)
 
 
 @dataclass
@@ -34,14 +49,31 @@ class ImageRequest:
     # Per-pixel noise off by default: on emoji64 it measured far better FID (189 vs 310 at 32 kimg,
     # 500 samples) and looks smoother; "const" and "random" remain available.
     noise_mode: str = "none"
+    # Text-to-image models read the prompt; a class-conditional GAN takes a word naming a class.
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    steps: int = 20
+    guidance: float = 7.5
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
+    backend: str = "torch"
 
     def validate(self) -> None:
         if not 1 <= self.n <= MAX_IMAGES_PER_REQUEST:
-            raise BadParameter(f"n must lie in 1..{MAX_IMAGES_PER_REQUEST}")
+            raise BadParameter(f"n must lie in 1..{MAX_IMAGES_PER_REQUEST}, got {self.n}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise BadParameter(f"seed must lie in 0..2^63-1, got {self.seed}")
         if self.noise_mode not in ("const", "random", "none"):
             raise BadParameter("noise_mode must be const, random or none")
         if (self.mix_seed is None) != (self.mix_cutoff is None):
             raise BadParameter("style mixing needs both mix_seed and mix_cutoff")
+        if self.backend not in BACKENDS:
+            raise BadParameter(f"unknown backend '{self.backend}': available: {', '.join(BACKENDS)}")
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if value is not None and len(value) > 2000:
+                raise BadParameter(f"{name} is longer than 2,000 characters")
 
 
 @dataclass
@@ -50,13 +82,88 @@ class GeneratedImage:
     settings: dict
 
     def png_bytes(self) -> bytes:
-        import io
-
         info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", format_parameters(self.settings))
         info.add_text("brushpen", json.dumps(self.settings, sort_keys=True))
         buf = io.BytesIO()
         self.image.save(buf, format="PNG", pnginfo=info)
         return buf.getvalue()
+
+
+@dataclass
+class ImageModelInfo:
+    name: str                       # the store reference, e.g. "emoji64" or "diffusers/sd-turbo"
+    kind: str                       # "gan" or "diffusers"
+    resolution: int
+    class_names: list[str] = field(default_factory=list)
+    schedulers: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def image_models() -> list[ImageModelInfo]:
+    """The image models in the store, read from their configs without loading any weights."""
+    out = []
+    for m in list_models():
+        if m.family == "gan":
+            cfg = json.loads((m.path / "config.json").read_text(encoding="utf-8"))
+            out.append(ImageModelInfo(m.name, "gan", int(cfg.get("resolution", 0)),
+                                      list(cfg.get("class_names") or []), [], m.metrics))
+        elif m.family == "diffusers":
+            out.append(ImageModelInfo(m.ref, "diffusers", diffusion.native_size(m.path), [],
+                                      list(diffusion.SCHEDULERS), m.metrics))
+    return out
+
+
+# ---- the A1111-style text chunk ---------------------------------------------------------------
+
+_PARAM_NAMES = [("steps", "Steps"), ("scheduler", "Sampler"), ("guidance", "CFG scale"), ("seed", "Seed"),
+                ("size", "Size"), ("model", "Model"), ("label", "Class"), ("truncation_psi", "Truncation psi"),
+                ("mix_seed", "Style mix seed"), ("mix_cutoff", "Style mix crossover"),
+                ("noise_mode", "Noise"), ("backend", "Backend"), ("version", "Version")]
+
+
+def format_parameters(s: dict) -> str:
+    """Settings as A1111 writes them: prompt, `Negative prompt:` line, then `Key: value, ...`."""
+    lines = [s.get("prompt") or ""]
+    if s.get("negative_prompt"):
+        lines.append(f"Negative prompt: {s['negative_prompt']}")
+    values = {**s, "size": f"{s.get('width')}x{s.get('height')}"}
+    if s.get("kind") == "gan":  # sampler knobs mean nothing to a GAN
+        values.update(steps=None, scheduler=None, guidance=None)
+    pairs = [f"{label}: {values[key]}" for key, label in _PARAM_NAMES if values.get(key) is not None]
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+def read_png_settings(source: Path | str | bytes) -> dict:
+    """The settings a brushpen PNG was made with; {} for an image made elsewhere.
+
+    A foreign image that carries A1111 `parameters` comes back as {"parameters": text}.
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            info = dict(im.info)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadInput(f"not a readable image: {e}") from e
+    if info.get("brushpen"):
+        try:
+            return json.loads(info["brushpen"])
+        except json.JSONDecodeError as e:
+            raise BadInput(f"the image's brushpen metadata is corrupt: {e}") from e
+    return {"parameters": info["parameters"]} if info.get("parameters") else {}
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _model_lock(path: Path) -> threading.Lock:
+    # One request at a time per model: torch modules are not safe to share across threads mid-call,
+    # and the cores are better spent on one batch than split over several.
+    with _locks_guard:
+        return _locks.setdefault(str(path), threading.Lock())
 
 
 @lru_cache(maxsize=4)
@@ -66,36 +173,162 @@ def _pipeline(model_dir: str):
     return StyleGANPipeline.from_pretrained(model_dir)
 
 
-def generate_images(req: ImageRequest) -> list[GeneratedImage]:
-    req.validate()
-    model_dir = resolve_model(req.model, family="gan")
-    pipe = _pipeline(str(model_dir.resolve()))
-    base_seed = req.seed if req.seed is not None else random.randrange(2**31)
-    label = pipe.label_index(req.label)  # validates the class name before any work
+def _model_dir(name: str) -> tuple[Path, str]:
+    path = resolve_model(name)
+    family = path.parent.name if path.parent.name in FAMILIES else None
+    if family is None:  # a path outside the store: tell the kinds apart by their files
+        family = "diffusers" if (path / PIPELINE_INDEX).exists() else "gan"
+    if family not in IMAGE_FAMILIES:
+        raise BadParameter(f"'{name}' is a {family} model, not an image model")
+    return path, family
+
+
+def class_from_prompt(class_names: list[str], pipe_label: Callable[[str], int | None], prompt: str) -> int:
+    """The class a prompt names: the whole prompt, else its first word that names one."""
+    try:
+        return pipe_label(prompt.strip())
+    except BadParameter:
+        pass
+    for word in prompt.replace(",", " ").split():
+        try:
+            return pipe_label(word.strip(".!?;:'\"()").lower())
+        except BadParameter:
+            continue
+    raise BadParameter(f"no class matches the prompt '{prompt}'. This model draws these classes: "
+                       f"{', '.join(class_names)}")
+
+
+def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progress | None) -> list[GeneratedImage]:
+    pipe = _pipeline(str(path.resolve()))
+    resolution = pipe.generator.config.resolution
+    for side in (req.width, req.height):
+        if side is not None and side != resolution:
+            raise BadParameter(f"{path.name} draws {resolution}x{resolution} images only")
+    if req.label is not None:
+        label = pipe.label_index(req.label)
+    elif req.prompt and req.prompt.strip():
+        if not pipe.class_names:
+            raise BadParameter(f"{path.name} is unconditional: it takes no prompt")
+        label = class_from_prompt(pipe.class_names, pipe.label_index, req.prompt)
+    else:
+        label = None
     out = []
     for i in range(req.n):
         seed = base_seed + i
         mix = torch.Generator().manual_seed(req.mix_seed + i) if req.mix_seed is not None else None
         img = pipe(1, torch.Generator().manual_seed(seed), truncation_psi=req.truncation_psi,
                    label=label, mix_generator=mix, mix_cutoff=req.mix_cutoff, noise_mode=req.noise_mode)[0]
-        settings = {**asdict(req), "n": 1, "seed": seed, "model": model_dir.name,
+        settings = {**asdict(req), "n": 1, "seed": seed, "model": path.name, "kind": "gan",
                     "label": pipe.class_names[label] if label is not None else None,
-                    "mix_seed": req.mix_seed + i if req.mix_seed is not None else None}
+                    "mix_seed": req.mix_seed + i if req.mix_seed is not None else None,
+                    "width": resolution, "height": resolution,
+                    "steps": None, "guidance": None, "scheduler": None, "negative_prompt": None,
+                    "version": brushpen.__version__}
+        out.append(GeneratedImage(img, settings))
+        if progress:
+            progress(i + 1, req.n)
+    return out
+
+
+def _diffusers_images(path: Path, ref: str, req: ImageRequest, base_seed: int,
+                      progress: Progress | None) -> list[GeneratedImage]:
+    side = diffusion.native_size(path)
+    call = diffusion.DiffusionCall(req.prompt or "", req.negative_prompt, req.steps, req.guidance,
+                                   req.width or side, req.height or side, req.scheduler)
+    diffusion.check_call(path, call)
+    out = []
+    for i in range(req.n):
+        seed = base_seed + i
+        step = (lambda k, i=i: progress(i * call.steps + k, req.n * call.steps)) if progress else None
+        img = diffusion.run(path, call, seed, step)
+        settings = {**asdict(req), "n": 1, "seed": seed, "model": ref, "kind": "diffusers",
+                    "width": call.width, "height": call.height, "truncation_psi": None, "label": None,
+                    "mix_seed": None, "mix_cutoff": None, "noise_mode": None, "version": brushpen.__version__}
         out.append(GeneratedImage(img, settings))
     return out
+
+
+def generate_images(req: ImageRequest, progress: Progress | None = None) -> list[GeneratedImage]:
+    """`req.n` images; `progress(done, total)` is called as work completes."""
+    req.validate()
+    path, family = _model_dir(req.model)
+    base_seed = req.seed if req.seed is not None else random.randrange(2**31)
+    with _model_lock(path), torch.inference_mode():
+        if family == "gan":
+            return _gan_images(path, req, base_seed, progress)
+        return _diffusers_images(path, f"diffusers/{path.name}", req, base_seed, progress)
 
 
 def save_images(images: list[GeneratedImage], out_dir: Path, prefix: str = "") -> list[Path]:
     paths = []
     for img in images:
         s = img.settings
-        name = f"{prefix}{s['model']}-seed{s['seed']}-psi{s['truncation_psi']:g}.png"
+        model = str(s["model"]).replace("/", "-")
+        psi = f"-psi{s['truncation_psi']:g}" if s.get("truncation_psi") is not None else ""
+        name = f"{prefix}{model}-seed{s['seed']}{psi}.png"
         paths.append(atomic_write_bytes(Path(out_dir) / name, img.png_bytes()))
     return paths
 
 
-def read_png_settings(path: Path) -> dict:
-    """The settings a brushpen PNG was made with (empty if it carries none)."""
-    with Image.open(path) as im:
-        text = im.info.get("brushpen")
-    return json.loads(text) if text else {}
+# ---- seed walks -------------------------------------------------------------------------------
+
+@dataclass
+class WalkRequest:
+    model: str = "emoji64"
+    seed_a: int = 0
+    seed_b: int = 1
+    frames: int = 16
+    truncation_psi: float = 1.0
+    label: str | None = None
+    fps: int = 8
+    format: str = "gif"   # or "webp"
+
+    def validate(self) -> None:
+        if not 2 <= self.frames <= MAX_WALK_FRAMES:
+            raise BadParameter(f"frames must lie in 2..{MAX_WALK_FRAMES}, got {self.frames}")
+        if not 1 <= self.fps <= 60:
+            raise BadParameter(f"fps must lie in 1..60, got {self.fps}")
+        if self.format not in ("gif", "webp"):
+            raise BadParameter("format must be gif or webp")
+        for s in (self.seed_a, self.seed_b):
+            if not 0 <= s < 2**63:
+                raise BadParameter(f"seeds must lie in 0..2^63-1, got {s}")
+
+
+def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
+    """An animated loop from seed A's image to seed B's, linear in w space.
+
+    The end frames equal `generate_images` for those seeds (same z, same drawn class, noise off),
+    so a walk shows the path between two images the user has already seen.
+    """
+    from brushpen.gan.pipeline import to_uint8
+
+    req.validate()
+    path, family = _model_dir(req.model)
+    if family != "gan":
+        raise BadParameter("seed walks need a GAN model: diffusers pipelines have no latent w to walk")
+    pipe = _pipeline(str(path.resolve()))
+    G = pipe.generator
+    label = pipe.label_index(req.label)
+    ends = []
+    for seed in (req.seed_a, req.seed_b):
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(1, G.z_dim, generator=gen)
+        labels = None
+        if G.num_classes:
+            labels = torch.full((1,), label) if label is not None else torch.randint(0, G.num_classes, (1,), generator=gen)
+        ends.append((z, labels))
+    frames = []
+    with _model_lock(path), torch.inference_mode():
+        ws = [G.map(z, lab, req.truncation_psi) for z, lab in ends]
+        for k in range(req.frames):
+            t = k / (req.frames - 1)
+            w = torch.lerp(ws[0], ws[1], t)
+            frames.append(Image.fromarray(to_uint8(G.synthesis(w, noise_mode="none"))[0]))
+            if progress:
+                progress(k + 1, req.frames)
+    frames += frames[-2:0:-1]  # there and back, so the loop has no jump
+    buf = io.BytesIO()
+    frames[0].save(buf, format=req.format.upper(), save_all=True, append_images=frames[1:],
+                   duration=int(1000 / req.fps), loop=0, **({"lossless": True} if req.format == "webp" else {}))
+    return buf.getvalue()
