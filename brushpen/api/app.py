@@ -1,0 +1,86 @@
+"""`create_app`: the FastAPI application behind `brushpen studio`, with OpenAI-style routes under /v1.
+
+Routes: `GET /health` (open), and under /v1 (behind the API key when one is set) models, images,
+completions, chat completions, files and batches; `/docs` is FastAPI's generated OpenAPI page.
+The app starts fast because nothing heavy is imported or loaded here: each service imports torch
+and loads its model on the first request that needs it. The batch worker starts with the app and
+picks up any batch a previous run left unfinished.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+
+import brushpen
+from brushpen.api import handlers, routes_batches, routes_images, routes_models, routes_text, service
+from brushpen.api.auth import require_key
+from brushpen.api.limits import BodyLimit, WorkQueue
+from brushpen.generators.jobs import JobStore, Worker
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+@dataclass
+class ApiSettings:
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20           # a JSON request; a brief is at most 2,000 characters
+    max_upload_bytes: int = 32 << 20        # a batch input file
+    running: int = 2                        # generations at once (per-model locks serialise further)
+    waiting: int = 32                       # more in line before 429
+    batch_worker: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, api_key: str | None = None) -> "ApiSettings":
+        return cls(api_key=api_key or os.environ.get("BRUSHPEN_API_KEY") or None,
+                   max_body_bytes=_env_int("BRUSHPEN_API_MAX_BODY", cls.max_body_bytes),
+                   max_upload_bytes=_env_int("BRUSHPEN_API_MAX_UPLOAD", cls.max_upload_bytes),
+                   running=_env_int("BRUSHPEN_API_CONCURRENCY", cls.running),
+                   waiting=_env_int("BRUSHPEN_API_QUEUE", cls.waiting))
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings.from_env()
+    jobs = JobStore()
+    worker = Worker(jobs, service.run_line)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.batch_worker:
+            worker.start()
+        yield
+        if settings.batch_worker:
+            worker.stop()
+
+    app = FastAPI(title="brushpen", version=brushpen.__version__, lifespan=lifespan,
+                  description="Images and marketing copy in OpenAI's API shapes, plus batch jobs. "
+                              "With an API key set, /v1 routes need `Authorization: Bearer KEY`.")
+    app.state.api_key = settings.api_key
+    app.state.queue = WorkQueue(settings.running, settings.waiting)
+    app.state.jobs = jobs
+    app.state.worker = worker
+    app.state.settings = settings
+    handlers.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes,
+                       upload_prefixes=("/v1/files",))
+
+    @app.get("/health", tags=["health"], summary="Liveness: open without the API key")
+    async def health(request: Request) -> dict:
+        return {"status": "ok", "version": brushpen.__version__, "auth": bool(request.app.state.api_key),
+                "queue": {"inflight": request.app.state.queue.inflight, "running": settings.running,
+                          "waiting": settings.waiting}}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    for module in (routes_models, routes_images, routes_text, routes_batches):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(routes_images.public)
+    return app

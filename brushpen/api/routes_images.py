@@ -1,0 +1,64 @@
+"""`POST /v1/images/generations` and the PNG links it hands out for `response_format: url`.
+
+A link is `/images/TOKEN.png` with a random 128-bit token: like OpenAI's signed URLs it works
+without the API key (so a browser or <img> tag can open it) and expires, here after an hour.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+
+from brushpen.api import service
+from brushpen.api.schemas import ImageGenerationRequest
+from brushpen.config import get_settings
+from brushpen.store import atomic_write_bytes
+
+router = APIRouter(tags=["images"])
+public = APIRouter(tags=["images"])
+URL_TTL_S = 3600
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+
+
+def image_dir() -> Path:
+    return get_settings().home / "api" / "images"
+
+
+def save_png(data: bytes) -> str:
+    """Store a PNG for its link; returns the token. Old links are swept on the way."""
+    folder = image_dir()
+    if folder.is_dir():
+        cutoff = time.time() - URL_TTL_S
+        for old in folder.glob("*.png"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:   # another request swept it first
+                pass
+    token = secrets.token_urlsafe(16)
+    atomic_write_bytes(folder / f"{token}.png", data)
+    return token
+
+
+@router.post("/images/generations", summary="Generate images (OpenAI's shape, plus seed, truncation_psi, ...)")
+async def generate(body: ImageGenerationRequest, request: Request) -> dict:
+    base = str(request.base_url).rstrip("/")
+
+    def url_for(png: bytes) -> str:
+        return f"{base}/images/{save_png(png)}.png"
+
+    return await request.app.state.queue.run(service.run_images, body, url_for)
+
+
+@public.get("/images/{token}.png", summary="A generated PNG, by the link /v1/images/generations returned",
+            response_class=FileResponse)
+async def image_file(token: str) -> FileResponse:
+    path = image_dir() / f"{token}.png"
+    if not _TOKEN.match(token) or not path.is_file() or path.stat().st_mtime < time.time() - URL_TTL_S:
+        raise HTTPException(404, "no such image, or its link has expired")
+    return FileResponse(path, media_type="image/png")

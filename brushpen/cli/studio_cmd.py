@@ -1,0 +1,87 @@
+"""`brushpen studio`: one server with the Gradio studio at / and the OpenAI-style REST API at /v1.
+
+With `--api-key` (or `BRUSHPEN_API_KEY`) every /v1 route needs `Authorization: Bearer KEY` and the
+studio's login page asks for the same key once. Binding beyond the loopback interface without a key
+prints a warning: anyone who can reach the port could use the models. Models load lazily, on the
+first request that needs them, so the server answers within seconds of starting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("studio", help="serve the studio UI and the REST API (OpenAI-style) on one port")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--api-key", default=None, help="require this key (default: $BRUSHPEN_API_KEY; none: open)")
+    s.add_argument("--no-ui", action="store_true", help="serve the REST API only")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: $BRUSHPEN_THREADS or all)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=run_studio)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:   # a host name: only "localhost" is known to stay on this machine
+        return False
+
+
+def build_server_app(api_key: str | None, ui: bool = True):
+    """The FastAPI app with the studio mounted at / (when its package is present and `ui` is set)."""
+    from fastapi.responses import RedirectResponse
+
+    from brushpen.api import ApiSettings, create_app
+    from brushpen.api.auth import key_matches
+
+    app = create_app(ApiSettings.from_env(api_key))
+    blocks = _studio_blocks(api_key) if ui else None
+    if blocks is None:
+        app.add_api_route("/", lambda: RedirectResponse("/docs"), include_in_schema=False)
+        return app
+    import gradio as gr
+
+    def login(_user: str, password: str) -> bool:
+        return key_matches(password, api_key or "")
+
+    # Routes added before the mount win over it, so /v1, /health and /docs stay the API's.
+    return gr.mount_gradio_app(app, blocks, path="/", auth=login if api_key else None,
+                               auth_message="Enter the studio's API key as the password (any user name).")
+
+
+def _studio_blocks(api_key: str | None):
+    try:
+        from brushpen.studio_ui import build_studio
+    except ImportError as e:
+        if e.name and e.name.startswith("brushpen.studio_ui"):
+            logging.getLogger("brushpen").warning("the studio UI is not available (%s); serving the API only", e)
+            return None
+        raise
+    return build_studio(api_key=api_key)
+
+
+def run_studio(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from brushpen.config import apply_threads
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = args.api_key or os.environ.get("BRUSHPEN_API_KEY") or None
+    if not is_loopback(args.host) and not api_key:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach port {args.port} can "
+              "use the models and the batch queue. Set --api-key or BRUSHPEN_API_KEY.", file=sys.stderr)
+    threads = apply_threads(args.threads)
+    app = build_server_app(api_key, ui=not args.no_ui)
+    print(f"brushpen studio on http://{args.host}:{args.port}  (API: /v1, docs: /docs, torch threads: {threads}, "
+          f"auth: {'on' if api_key else 'off'})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,171 @@
+"""The REST API against the real server: models, images (b64 and url, with PNG metadata), completions
+and chat (streamed and not), and auth, called with the `openai` SDK and with plain httpx.
+
+One server for the module, with an API key, a tiny GAN store and the SmolLM2 base; generations stay
+at a dozen tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from api_server import BRIEF, Server, make_home, make_store
+
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("api")
+    srv = Server(make_home(root), make_store(root), api_key=KEY)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def png_info(data: bytes) -> tuple[dict, np.ndarray]:
+    with Image.open(io.BytesIO(data)) as im:
+        return dict(im.info), np.asarray(im.convert("RGB"))
+
+
+def apply_stream(chunks, chat: bool) -> dict[int, str]:
+    """The variants a stream spells out: append deltas, swap on our `replace`, drop on `dropped`."""
+    texts: dict[int, str] = {}
+    for chunk in chunks:
+        for c in chunk.choices:
+            extra = c.model_extra or {}
+            if extra.get("dropped"):
+                texts.pop(c.index, None)
+            elif "replace" in extra:
+                texts[c.index] = extra["replace"]
+            else:
+                piece = (c.delta.content if chat else c.text) or ""
+                texts[c.index] = texts.get(c.index, "") + piece
+    return texts
+
+
+def test_health_is_open_and_v1_needs_the_key(server: Server) -> None:
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": KEY}):
+        r = httpx.get(server.url + "/v1/models", headers=headers)
+        assert r.status_code == 401
+        assert "API key" in r.json()["error"]["message"] and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server.url + "/v1/models", headers=server.headers()).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        server.client(api_key="wrong").models.list()
+    assert httpx.get(server.url + "/docs").status_code == 200
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/images/generations", "/v1/completions", "/v1/chat/completions", "/v1/batches"} <= set(spec["paths"])
+
+
+def test_models_lists_image_and_copy_models(server: Server) -> None:
+    models = {m.id: m for m in server.client().models.list()}
+    assert set(models) == {"shapes", "smollm2-135m"}
+    shapes = models["shapes"].model_extra
+    assert shapes["task"] == "images" and shapes["kind"] == "gan"
+    assert shapes["class_names"] == ["Circles", "Squares", "Flags"] and shapes["resolution"] == 16
+    assert models["smollm2-135m"].model_extra["task"] == "copy"
+    assert server.client().models.retrieve("gan/shapes").id == "shapes"
+
+
+def test_images_carry_their_settings_and_match_the_service(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = server.client()
+    res = client.images.generate(model="shapes", prompt="a flag", n=3, size="16x16",
+                                 extra_body={"seed": 40, "truncation_psi": 0.7})
+    assert res.created > 0 and len(res.data) == 3 and res.size == "16x16"
+    pngs = [base64.b64decode(d.b64_json) for d in res.data]
+    infos = [png_info(p) for p in pngs]
+    for i, (info, pixels) in enumerate(infos):
+        assert pixels.shape == (16, 16, 3)
+        assert f"Seed: {40 + i}" in info["parameters"] and "Class: Flags" in info["parameters"]
+        assert "Truncation psi: 0.7" in info["parameters"] and "Model: shapes" in info["parameters"]
+        assert json.loads(info["brushpen"])["seed"] == 40 + i
+    # The same request gives the same pixels, and the API gives exactly what the service gives.
+    again = client.images.generate(model="shapes", prompt="a flag", n=1, extra_body={"seed": 41, "truncation_psi": 0.7})
+    assert np.array_equal(png_info(base64.b64decode(again.data[0].b64_json))[1], infos[1][1])
+    from brushpen.generators.images import ImageRequest, generate_images
+
+    monkeypatch.setenv("BRUSHPEN_WEIGHTS", str(server.store))
+    direct = generate_images(ImageRequest(model="shapes", n=3, seed=40, truncation_psi=0.7, prompt="a flag"))
+    assert all(np.array_equal(np.asarray(d.image.convert("RGB")), px) for d, (_, px) in zip(direct, infos))
+
+
+def test_image_urls_serve_the_png_without_the_key(server: Server) -> None:
+    res = server.client().images.generate(model="shapes", prompt="squares", response_format="url",
+                                          extra_body={"seed": 3})
+    url = res.data[0].url
+    assert url.startswith(server.url + "/images/") and url.endswith(".png")
+    r = httpx.get(url)   # like a signed URL: no Authorization header
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    info, _ = png_info(r.content)
+    assert "Seed: 3" in info["parameters"] and "Class: Squares" in info["parameters"]
+    b64 = server.client().images.generate(model="shapes", prompt="squares", extra_body={"seed": 3})
+    assert base64.b64decode(b64.data[0].b64_json) == r.content
+    assert httpx.get(server.url + "/images/notatoken0000000000000000.png").status_code == 404
+
+
+def test_completions_same_seed_same_text_and_stream_spells_the_same(server: Server) -> None:
+    client = server.client()
+    kw = dict(model="smollm2-135m", prompt=BRIEF, max_tokens=10, n=2, seed=7, extra_body={"kind": "headline"})
+    a = client.completions.create(**kw)
+    b = client.completions.create(**kw)
+    assert a.object == "text_completion" and a.id.startswith("cmpl-") and a.model == "smollm2-135m"
+    assert [c.index for c in a.choices] == [0, 1]
+    texts = [c.text for c in a.choices]
+    assert all(texts) and texts[0] != texts[1] and texts == [c.text for c in b.choices]
+    assert a.usage.prompt_tokens > 20 and 0 < a.usage.completion_tokens <= 2 * 10
+    assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    assert all(c.finish_reason in ("stop", "length") for c in a.choices)
+    chunks = list(client.completions.create(**kw, stream=True))
+    assert all(ch.object == "text_completion" for ch in chunks)
+    assert apply_stream(chunks, chat=False) == {0: texts[0], 1: texts[1]}
+    finals = [c for ch in chunks for c in ch.choices if c.finish_reason]
+    assert sorted(c.index for c in finals) == [0, 1]
+
+
+def test_stream_is_openai_sse_on_the_wire(server: Server) -> None:
+    body = {"model": "smollm2-135m", "prompt": BRIEF, "max_tokens": 8, "seed": 1, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers(), timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    assert len(payloads) >= 3 and len({p["id"] for p in payloads}) == 1
+    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_chat_completions_stream_and_not(server: Server) -> None:
+    client = server.client()
+    messages = [{"role": "system", "content": "You write copy."}, {"role": "user", "content": BRIEF}]
+    kw = dict(model="smollm2-135m", messages=messages, max_tokens=12, n=2, seed=21, temperature=0.7,
+              top_p=0.9, stop=["!"], extra_body={"kind": "tagline", "tone": "playful", "audience": "hikers"})
+    full = client.chat.completions.create(**kw)
+    assert full.object == "chat.completion" and full.id.startswith("chatcmpl-")
+    texts = {c.index: c.message.content for c in full.choices}
+    assert all(c.message.role == "assistant" for c in full.choices) and all(texts.values())
+    assert not any("!" in t for t in texts.values())
+    assert full.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    assert apply_stream(chunks, chat=True) == texts
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_greedy_chat_with_list_content(server: Server) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": BRIEF}]}]
+    a = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0)
+    b = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0,
+                                                seed=99)
+    assert a.choices[0].message.content and a.choices[0].message.content == b.choices[0].message.content
