@@ -7,6 +7,7 @@ Generations stay at a dozen tokens so the whole file runs in about a minute on o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from brushpen.cli.copy_cmd import _print_stream
 from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
 from brushpen.generators.copy import CopyRequest, generate_copy, generate_copy_batch, stream_copy
 from brushpen.text.base import BASE_NAME, _load_folder, convert_base, load_gguf, load_text_model
 from brushpen.text.filter import check_brief, load_blocklist
 from brushpen.text.prompts import KINDS, build_prompt
-from brushpen.text.sampling import clean
+from brushpen.text.sampling import clean, fit_context
 from conftest import PYTHON, REPO, subprocess_env
 
 BRIEFS = json.loads((REPO / "tests" / "data" / "briefs.json").read_text(encoding="utf-8"))
@@ -106,6 +108,61 @@ def test_streaming_gives_the_same_text_as_generate(text_model) -> None:
     assert [texts[i] for i in sorted(texts)] == final.texts == generate_copy(req).texts
 
 
+def test_streaming_marks_each_variant_final_as_its_row_ends(text_model) -> None:
+    # Headlines stop at their newline, so rows end at different steps: a finished variant is
+    # announced while the others still stream, and what it showed then is its final text.
+    req = small(kind="headline", max_new_tokens=40, n=3, seed=5)
+    texts: dict[int, str] = {}
+    order: list[tuple[str, int, bool]] = []
+    final_at: dict[int, str] = {}
+    for ev in stream_copy(req):
+        if ev.kind == "done":
+            result = ev.result
+            break
+        if ev.kind == "delta":
+            texts[ev.variant] = texts.get(ev.variant, "") + ev.text
+        elif ev.kind == "replace":
+            texts[ev.variant] = ev.text
+        order.append((ev.kind, ev.variant, ev.final))
+        if ev.final:
+            final_at[ev.variant] = texts.get(ev.variant)
+    assert sorted(final_at) == [0, 1, 2]
+    assert [final_at[i] for i in range(3)] == result.texts == generate_copy(req).texts
+    first_final = next(k for k, (_, _, final) in enumerate(order) if final)
+    assert any(not final for _, _, final in order[first_final + 1:])  # others were still streaming
+
+
+def _listing(result) -> str:
+    return "".join(f"{i}. {t}\n" for i, t in enumerate(result.texts, 1))
+
+
+def test_tty_stream_redraws_every_variant_in_place(text_model) -> None:
+    req = small(kind="headline", max_new_tokens=24, n=3, seed=8)
+    out = io.StringIO()
+    _print_stream(stream_copy(req), out=out, tty=True)
+    frames = out.getvalue().split("\x1b[J")
+    live, final = frames[1:-1], frames[-1]
+    assert final == _listing(generate_copy(req))  # the block is cleared, then the final variants
+    ups = {f.rsplit("\x1b[", 1)[-1] for f in live}
+    assert "3F" in ups and ups <= {"1F", "2F", "3F"}  # a block of at most 3 lines, redrawn in place
+    for i in (1, 2, 3):  # every variant grew on screen, not only the first
+        shown = {line for f in live for line in f.split("\n") if line.startswith(f"{i}. ")}
+        assert len(shown) > 3, (i, shown)
+
+
+def test_piped_stream_prints_the_final_list_when_the_filter_redraws(text_model, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    req = small(kind="headline", max_new_tokens=20, n=2, seed=21)
+    word = max(generate_copy(req).texts[1].split(), key=len).strip(".,!?:;\"'()#").lower()
+    (tmp_path / "blocklist.txt").write_text(f"{word}\n", encoding="utf-8")
+    monkeypatch.setenv("BRUSHPEN_BLOCKLIST", str(tmp_path / "blocklist.txt"))
+    out = io.StringIO()
+    _print_stream(stream_copy(req), out=out, tty=False)
+    shown, marker, final = out.getvalue().partition("final list:)\n")
+    assert marker and word in shown.lower()  # the blocked variant was shown as it finished ...
+    assert final == _listing(generate_copy(req)) and word not in final.lower()  # ... then fixed
+
+
 def test_batch_of_briefs(text_model) -> None:
     reqs = [CopyRequest(b["brief"], b["kind"], b["tone"], b["audience"], n=2, max_new_tokens=10, seed=3)
             for b in BRIEFS[:3]]
@@ -167,6 +224,19 @@ def test_clean_strips_template_labels_quotes_and_trims() -> None:
     assert clean("Stays cold all day. Packs flat", False, ended=True) == "Stays cold all day. Packs flat"
 
 
+def test_fit_context_cuts_prompts_from_the_left_for_short_windows() -> None:
+    ids = torch.arange(1, 101).reshape(2, 50)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    same, n = fit_context(enc, 80, 8192)  # the base's window: untouched
+    assert same is enc and n == 80
+    kept, n = fit_context(enc, 80, 128)   # 50 + 80 > 128: the prompt fits in half the window ...
+    assert kept["input_ids"].shape == (2, 50) and n == 78  # ... so the budget gives way
+    cut, n = fit_context(enc, 20, 40)     # 50 + 20 > 40: the prompt keeps its last 20 tokens
+    assert n == 20 and torch.equal(cut["input_ids"], ids[:, -20:]) and cut["attention_mask"].shape == (2, 20)
+    cut, n = fit_context(enc, 200, 64)    # the budget alone exceeds the window: half each
+    assert torch.equal(cut["input_ids"], ids[:, -32:]) and n == 32
+
+
 def test_unknown_and_broken_models_name_what_was_expected(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="unknown text model 'no-such-model'.*smollm2-135m"):
         load_text_model("no-such-model")
@@ -203,3 +273,11 @@ def test_cli_errors_are_one_line_exit_2() -> None:
     assert proc.returncode == 2 and "adapters arrive with the LoRA issue" in proc.stderr
     proc = run_cli("", "--n", "2")
     assert proc.returncode == 2 and "brief is empty" in proc.stderr
+
+
+def test_cli_stream_piped_prints_what_the_plain_command_prints(base_dir: Path) -> None:
+    args = (BRIEF, "--kind", "ad", "--n", "3", "--seed", "4", "--max-new-tokens", "24", "--threads", "1")
+    plain, streamed = run_cli(*args), run_cli(*args, "--stream")
+    assert plain.returncode == streamed.returncode == 0, streamed.stderr
+    assert plain.stdout.count("\n") >= 3 and "\x1b" not in streamed.stdout
+    assert streamed.stdout == plain.stdout

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from brushpen.cli.main import main
 from brushpen.errors import BadInput, BadParameter
+from brushpen.generators.copy import CopyRequest, generate_copy
 from brushpen.text.corpus import (SEPARATOR, fortune_entries, holdout, load_corpus, read_documents,
                                   split_documents, write_documents)
 from brushpen.text.ngram import CharNGram, CharUnigram
@@ -136,11 +137,18 @@ def test_tiny_pretraining_beats_unigram_and_loads(corpus_file: Path, tmp_path: P
     assert again["val_loss"] == pytest.approx(metrics["val_loss"], abs=1e-4)
     for name in ("card.md", "tokenizer.json", "config.json"):
         assert (out / name).is_file()
-    assert "val bits/char" in (out / "card.md").read_text()
+    card = (out / "card.md").read_text()
+    assert "val bits/char" in card and "ngram5 (character)" in card and "Apache-2.0" in card
+    assert f"--corpus {corpus_file}" in card and "not an instruction-tuned" in card
     prompt = tok("The cat", return_tensors="pt")
     text = tok.decode(model.generate(**prompt, max_new_tokens=12, do_sample=False)[0],
                       skip_special_tokens=True)
     assert text.startswith("The cat ") and any(v in text for v in VERBS)
+    # The copy service runs it too: its prompt (about 40 tokens) and 40 new tokens do not fit the
+    # 32-token window, so the prompt is cut from the left and the budget shrinks to what fits.
+    result = generate_copy(CopyRequest("The cat likes a green tree", kind="description", n=2,
+                                       max_new_tokens=40, seed=1, model=str(out)))
+    assert len(result.variants) == 2 and all(result.texts)
 
 
 def test_resume_continues_exactly(corpus_file: Path, tmp_path: Path) -> None:

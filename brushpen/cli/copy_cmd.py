@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from typing import Iterable, TextIO
 
 from brushpen.config import apply_threads
 from brushpen.errors import BrushpenError
@@ -61,29 +63,118 @@ def run_copy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return 0
+    _print_result(result, sys.stdout)
+    return 0
+
+
+def _print_result(result, out: TextIO) -> None:
+    """The final variants as `brushpen copy` prints them, numbered from 1, notes on stderr."""
     for i, v in enumerate(result.variants, 1):
-        print(f"{i}. {v.text}")
+        print(f"{i}. {v.text}", file=out)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
+
+
+def _print_stream(events: Iterable, out: TextIO | None = None, tty: bool | None = None) -> int:
+    """Every variant live: redrawn in place on a terminal, one line per finished variant otherwise."""
+    out = out or sys.stdout
+    tty = out.isatty() if tty is None else tty
+    (_LiveBlock if tty else _PipeLines)(out).run(events)
     return 0
 
 
-def _print_stream(events) -> int:
-    """Variant 1 is printed live as its tokens arrive; the others follow when generation is done."""
-    live = ""
-    print("1. ", end="", flush=True)
-    for ev in events:
-        if ev.kind == "delta" and ev.variant == 0:
-            live += ev.text
-            print(ev.text, end="", flush=True)
-        elif ev.kind == "done":
-            print()
-            variants = ev.result.variants
-            first = variants[0].text if variants and variants[0].seed == ev.result.settings["seed"] else None
-            if first != live:  # variant 1 was redrawn or dropped after it streamed
-                print("   (variant 1 replaced, see below)")
-            for i, v in enumerate(variants[1:] if first == live else variants, 2 if first == live else 1):
-                print(f"{i}. {v.text}")
-            for note in ev.result.notes:
+class _LiveBlock:
+    """On a terminal: one line per variant, each showing the tail of its text, redrawn as tokens arrive.
+
+    Lines are cut to the terminal width, so the block is exactly n rows and the cursor can move back
+    over it; when generation is done the block is cleared and the final variants are printed as
+    the non-streamed command prints them.
+    """
+
+    def __init__(self, out: TextIO):
+        self.out, self.texts, self.rows = out, {}, 0
+        self.width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+
+    def line(self, i: int) -> str:
+        text = " ".join(self.texts[i].split())
+        room = self.width - len(f"{i + 1}. ")
+        return f"{i + 1}. " + (text if len(text) <= room else "…" + text[len(text) - room + 1:])
+
+    def draw(self, clear_only: bool = False) -> None:
+        up = f"\x1b[{self.rows}F" if self.rows else ""  # back to the start of the block's first line
+        body = "" if clear_only else "".join(f"{self.line(i)}\n" for i in sorted(self.texts))
+        self.out.write(up + "\x1b[J" + body)  # clear to the end of the screen, then draw
+        self.out.flush()
+        self.rows = 0 if clear_only else len(self.texts)
+
+    def run(self, events: Iterable) -> None:
+        for ev in events:
+            if ev.kind == "done":
+                self.draw(clear_only=True)
+                _print_result(ev.result, self.out)
+                return
+            _apply(self.texts, ev)
+            self.draw()
+
+
+class _PipeLines:
+    """Not a terminal: variant 1 streams live on its line; each later variant is printed whole, in
+    order, once its tokens are all in. Unless the filter redraws or drops a variant after it was
+    printed, the output equals the non-streamed command's; if it does, the final list follows a
+    marker line.
+    """
+
+    def __init__(self, out: TextIO):
+        self.out, self.texts, self.final = out, {}, set()
+        self.next = 0              # the variant to print next
+        self.live = ""             # variant 1 as streamed
+        self.printed: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def run(self, events: Iterable) -> None:
+        self.write("1. ")
+        for ev in events:
+            if ev.kind == "done":
+                self.finish(ev.result)
+                return
+            _apply(self.texts, ev)
+            if ev.final:
+                self.final.add(ev.variant)
+            if ev.variant == 0 and self.next == 0 and ev.kind == "delta":
+                self.live += ev.text
+                self.write(ev.text)
+            self.print_finished()
+
+    def print_finished(self) -> None:
+        while self.next in self.final:
+            k = self.next
+            if k == 0:
+                self.write("\n")
+                self.printed.append(self.live)
+            elif k in self.texts:  # a variant dropped before it was printed is skipped, as in the final list
+                self.write(f"{len(self.printed) + 1}. {self.texts[k]}\n")
+                self.printed.append(self.texts[k])
+            self.next += 1
+
+    def finish(self, result) -> None:
+        if self.next == 0:
+            self.write("\n")
+        if self.printed != result.texts:
+            self.write("(the filter redrew or dropped variants after they were shown; final list:)\n")
+            _print_result(result, self.out)
+        else:
+            for note in result.notes:
                 print(f"note: {note}", file=sys.stderr)
-    return 0
+
+
+def _apply(texts: dict[int, str], ev) -> None:
+    """Apply one stream event to the variant texts: append, swap or remove."""
+    if ev.kind == "delta":
+        texts[ev.variant] = texts.get(ev.variant, "") + ev.text
+    elif ev.kind == "replace":
+        texts[ev.variant] = ev.text
+    elif ev.kind == "drop":
+        texts.pop(ev.variant, None)

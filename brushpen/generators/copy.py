@@ -98,12 +98,18 @@ class CopyResult:
 @dataclass
 class CopyEvent:
     """One step of `stream_copy`: `delta` appends text to a variant, `replace` swaps a variant's whole
-    text (a redraw, or a trim at the end), `drop` removes it, `done` carries the final result."""
+    text (a redraw, or a trim at the end), `drop` removes it, `done` carries the final result.
+
+    `final` marks the event after which a variant's tokens are all in (a `delta` may then carry no
+    text); a display can print that variant as complete. Only the filter can still change it: a
+    later `replace` (redrawn) or `drop` before `done`.
+    """
 
     kind: str
     variant: int = -1
     text: str = ""
     result: CopyResult | None = None
+    final: bool = False
 
 
 # ---- shared plumbing -------------------------------------------------------------------------
@@ -212,16 +218,23 @@ def stream_copy(req: CopyRequest) -> Iterator[CopyEvent]:
     single_line = prompts.kind_spec(req.kind).single_line
     collector = _Collector(req, blocklist)
     shown = [""] * req.n
+    final = [False] * req.n
     raws: list[RawText] = []
-    for i, item in stream_rows(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling):
-        if i < 0:
-            raws = item
+    for item in stream_rows(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling):
+        if item[0] < 0:
+            raws = item[1]
             break
-        # Show only text that cannot change any more: as if the variant were cut here.
-        partial = clean(item, single_line, ended=False)
+        i, raw_text, ended = item
+        # While a row runs, show only text that cannot change any more: as if the variant were cut here.
+        partial = clean(raw_text, single_line, ended=ended)
         if partial.startswith(shown[i]) and len(partial) > len(shown[i]):
-            yield CopyEvent("delta", i, partial[len(shown[i]):])
-            shown[i] = partial
+            yield CopyEvent("delta", i, partial[len(shown[i]):], final=ended)
+        elif ended and partial != shown[i]:
+            yield CopyEvent("replace", i, partial, final=True)
+        elif ended:
+            yield CopyEvent("delta", i, "", final=True)
+        shown[i] = partial if ended or partial.startswith(shown[i]) else shown[i]
+        final[i] = ended
     for i, raw in enumerate(raws):
         collector.offer(i, raw, seed + i)
     for attempt in range(1, MAX_ATTEMPTS):
@@ -233,10 +246,12 @@ def stream_copy(req: CopyRequest) -> Iterator[CopyEvent]:
             collector.offer(i, raw, _redraw_seed(seed, req.n, attempt, i))
     for i, text in enumerate(collector.texts):
         if text is None:
-            yield CopyEvent("drop", i)
+            yield CopyEvent("drop", i, final=True)
         elif text != shown[i]:
             if text.startswith(shown[i]):
-                yield CopyEvent("delta", i, text[len(shown[i]):])
+                yield CopyEvent("delta", i, text[len(shown[i]):], final=True)
             else:
-                yield CopyEvent("replace", i, text)
+                yield CopyEvent("replace", i, text, final=True)
+        elif not final[i]:  # ran into max_new_tokens: complete only now
+            yield CopyEvent("delta", i, "", final=True)
     yield CopyEvent("done", result=collector.result(_settings(req, tm, seed)))

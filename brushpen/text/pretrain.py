@@ -334,29 +334,51 @@ def write_model_folder(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, ou
     return out
 
 
+def _tilde(path: Path | str) -> str:
+    """A path as a user would type it: the home folder as `~`, so cards carry no user names."""
+    home, text = str(Path.home()), str(path)
+    return "~" + text[len(home):] if text == home or text.startswith(home + "/") else text
+
+
 def command_line(cfg: PretrainConfig) -> str:
-    return (f"brushpen text pretrain --corpus {cfg.corpus} --out {cfg.out} --layers {cfg.layers} "
+    return (f"brushpen text pretrain --corpus {_tilde(cfg.corpus)} --out {cfg.out} --layers {cfg.layers} "
             f"--heads {cfg.heads} --dim {cfg.dim} --block-size {cfg.block_size} --steps {cfg.steps} "
-            f"--batch {cfg.batch} --lr {cfg.lr} --warmup {cfg.warmup} --eval-every {cfg.eval_every} "
-            f"--vocab-size {cfg.vocab_size} --seed {cfg.seed}")
+            f"--batch {cfg.batch} --lr {cfg.lr:g} --warmup {cfg.warmup} --eval-every {cfg.eval_every} "
+            f"--vocab-size {cfg.vocab_size} --seed {cfg.seed}" + (f" --threads {cfg.threads}" if cfg.threads else ""))
 
 
 def default_card(name: str, cfg: PretrainConfig, metrics: dict, corpus: Corpus) -> str:
     src = corpus.source
     packages = ", ".join(f"Debian `{p}` {v}" for p, v in src.get("packages", {}).items())
-    rows = "\n".join(f"| {h['step']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_bpc']:.4f} |"
-                     for h in metrics["history"])
-    base = "\n".join(f"- {k}: {v:.4f} bits/char" for k, v in metrics["baseline"].items()) or "- (not run)"
+    counts = (f"{len(corpus.train):,} training and {len(corpus.val):,} validation documents, "
+              f"{sum(map(len, corpus.val)):,} validation characters")
+    rows = "\n".join(f"| {h['step']} | {h['train_seconds']:.0f} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | "
+                     f"{h['perplexity']:.2f} | {h['val_bpc']:.4f} |" for h in metrics["history"])
+    bpc = metrics["val_bpc"]
+    base = "\n".join(f"| {k.removesuffix('_val_bpc')} (character) | {v:.4f} | {100 * (v - bpc) / v:+.1f} % |"
+                      for k, v in metrics["baseline"].items())
     return (f"{CARD_MARK}\n# {name}\n\n"
             f"A small Llama-style causal LM pretrained from scratch with brushpen "
             f"({metrics['params'] / 1e6:.2f} M parameters, {cfg.layers} layers, {cfg.heads} heads, "
-            f"dim {cfg.dim}, context {cfg.block_size}, byte-level BPE vocabulary of {cfg.vocab_size}).\n\n"
-            f"- Data: `{src.get('corpus', cfg.corpus)}` ({src.get('split', '')})"
-            + (f", from {packages}" if packages else "") + "\n"
-            f"- Command: `{command_line(cfg)}`\n"
-            f"- Trained {metrics['step']} steps, {metrics['tokens_seen']} tokens, "
-            f"{metrics['train_seconds']} s on {metrics['threads']} thread(s)\n"
-            f"- Licence: that of the training data"
-            + (f" ({src['licence']})" if "licence" in src else "") + ".\n\n"
-            f"## Validation\n\n| step | train loss | val loss (nats/token) | val bits/char |\n"
-            f"|---|---|---|---|\n{rows}\n\nCharacter baselines on the same split:\n{base}\n")
+            f"dim {cfg.dim}, context {cfg.block_size}, byte-level BPE vocabulary of {cfg.vocab_size}), "
+            f"a normal Hugging Face folder (`AutoModelForCausalLM` / `AutoTokenizer`).\n\n"
+            f"## Use\n\nIt is a plain language model of its corpus, not an instruction-tuned one. "
+            f"`brushpen copy --model text/{name} \"BRIEF\"` runs it, but the model does not follow the "
+            f"copy prompt: it continues in the style of its training text, so expect corpus-like text "
+            f"rather than usable marketing copy. It is here to show pretraining from scratch end to end; "
+            f"the copywriter's default stays the instruct base.\n\n"
+            f"## Data\n\n- `{_tilde(src.get('corpus', cfg.corpus))}` ({src.get('split', '')}): {counts}"
+            + (f"\n- Source: {packages}, via `brushpen data fortunes`" if packages else "") + "\n\n"
+            f"## Training\n\n```sh\n{command_line(cfg)}\n```\n\n"
+            f"{metrics['step']} steps, {metrics['tokens_seen']:,} tokens, {metrics['train_seconds']:.0f} s of "
+            f"training on {metrics['threads']} CPU thread(s) ({metrics['tokens_per_s']:.0f} tokens/s, "
+            f"{metrics['train_gflops']} GFLOP/s). AdamW, linear warmup, cosine decay to lr/10; "
+            f"`--resume` continues from `checkpoint/`.\n\n"
+            f"## Validation\n\n| step | train s | train loss | val loss (nats/token) | perplexity | val bits/char |\n"
+            f"|---|---|---|---|---|---|\n{rows}\n\n"
+            f"Against character baselines fit on the training split and scored on the same validation "
+            f"documents (bits per character; the last column is how much lower the LM's "
+            f"{bpc:.4f} is):\n\n| model | val bits/char | LM lower by |\n|---|---|---|\n"
+            f"| this LM | {bpc:.4f} | |\n{base or '| (baselines not run) | | |'}\n\n"
+            f"## Licence\n\n- Weights: Apache-2.0, as brushpen.\n"
+            f"- Training data: {src.get('licence', 'that of the corpus')}.\n")

@@ -58,11 +58,15 @@ def build_messages(brief: str, kind: str, tone: str | None = None, audience: str
 
 def build_prompt(tokenizer, brief: str, kind: str, tone: str | None = None, audience: str | None = None) -> str:
     """The prompt text, ending where the assistant's answer starts; plain text if there is no chat template."""
-    messages = build_messages(brief, kind, tone, audience)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # A model pretrained here has no chat template: fall back to the user text as a plain prompt.
-    return f"{messages[0]['content']}\n\n{messages[1]['content']}\n{spec_label(kind)}:"
+        return tokenizer.apply_chat_template(build_messages(brief, kind, tone, audience), tokenize=False,
+                                             add_generation_prompt=True)
+    # A plain LM (one pretrained here, or a user's base model) has no chat template and no system
+    # turn. The brief comes last, right before the label the answer follows, so that a prompt cut
+    # from the left to fit a short context window keeps the product.
+    spec = kind_spec(kind)
+    return (f"{spec.instruction} ({spec.length}), tone: {(tone or DEFAULT_TONE).strip()}, for "
+            f"{(audience or DEFAULT_AUDIENCE).strip()}.\nProduct: {brief.strip().rstrip('.')}.\n{spec.label}:")
 
 
 def spec_label(kind: str) -> str:

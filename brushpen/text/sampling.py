@@ -113,21 +113,34 @@ def _stop_index(text: str, row: Row) -> int | None:
 
 
 class BatchStreamer(TextIteratorStreamer):
-    """A TextIteratorStreamer for a whole batch: queues (row, text so far) after every step."""
+    """A TextIteratorStreamer for a whole batch: queues (row, text so far, ended) after every step.
 
-    def __init__(self, tokenizer: Any, rows: int, timeout: float | None = 600.0):
+    A row ends at EOS or at one of its stops, and its text is then cut exactly as `generate_rows`
+    cuts it; `generate` only pads a finished row, so it is neither decoded nor queued again.
+    """
+
+    def __init__(self, tokenizer: Any, rows: list[Row], timeout: float | None = 600.0):
         super().__init__(tokenizer, skip_prompt=True, timeout=timeout)
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.rows = rows
+        self.tokens: list[list[int]] = [[] for _ in rows]
+        self.ended = [False] * len(rows)
 
     def put(self, value: torch.Tensor) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
             return
-        value = value.reshape(len(self.tokens), -1)
-        for i, row in enumerate(value.tolist()):
-            self.tokens[i].extend(row)
-            self.text_queue.put((i, self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)),
-                                timeout=self.timeout)
+        eos = self.tokenizer.eos_token_id
+        for i, ids in enumerate(value.reshape(len(self.rows), -1).tolist()):
+            if self.ended[i]:
+                continue
+            if eos is not None and eos in ids:
+                ids, self.ended[i] = ids[:ids.index(eos)], True
+            self.tokens[i].extend(ids)
+            text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+            cut = _stop_index(text, self.rows[i])
+            if cut is not None:
+                text, self.ended[i] = text[:cut], True
+            self.text_queue.put((i, text, self.ended[i]), timeout=self.timeout)
 
     def end(self) -> None:
         self.next_tokens_are_prompt = True
@@ -138,11 +151,12 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
     """All rows in one left-padded generate call; the raw text of each, cut at its stop."""
     tok, model = tm.tokenizer, tm.model
     enc = tok([r.prompt for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+    enc, max_new_tokens = fit_context(enc, s.max_new_tokens, getattr(model.config, "max_position_embeddings", None))
     prompt_len = enc["input_ids"].shape[1]
     eos = tok.eos_token_id
     with _GENERATE_LOCK, torch.inference_mode():
         out = model.generate(
-            **enc, do_sample=False, max_new_tokens=s.max_new_tokens, use_cache=True,
+            **enc, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
             logits_processor=LogitsProcessorList([SeededSampler([r.seed for r in rows], s)]),
             stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, rows, prompt_len)]),
@@ -158,6 +172,21 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
         cut = _stop_index(text, row)
         results.append(RawText(text[:cut] if cut is not None else text, hit_eos or cut is not None))
     return results
+
+
+def fit_context(enc: dict, max_new_tokens: int, limit: int | None) -> tuple[dict, int]:
+    """Left-padded prompts and a token budget that fit in `limit` positions together.
+
+    Past its trained positions a small model (a 128-token LM pretrained here) produces noise. When
+    prompt and budget overflow the window, the prompt keeps up to half of it, or more if the budget
+    leaves room, cut from the left (prompts put the brief last); the new-token budget is the rest
+    of the window. Models with long windows, such as the 8k SmolLM2 base, are never touched.
+    """
+    prompt_len = enc["input_ids"].shape[1]
+    if not limit or prompt_len + max_new_tokens <= limit:
+        return enc, max_new_tokens
+    keep = max(limit - max_new_tokens, min(prompt_len, limit // 2))
+    return {k: v[:, -keep:] for k, v in enc.items()}, min(max_new_tokens, limit - keep)
 
 
 def clean(raw: str, single_line: bool, ended: bool = True) -> str:
@@ -187,12 +216,13 @@ def clean(raw: str, single_line: bool, ended: bool = True) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-def stream_rows(tm: TextModel, rows: list[Row], s: Sampling) -> Iterator[tuple[int, str]]:
-    """Run `generate_rows` in a thread; yield (row, raw text so far) as tokens arrive, then the results.
+def stream_rows(tm: TextModel, rows: list[Row], s: Sampling) -> Iterator[tuple]:
+    """Run `generate_rows` in a thread; yield (row, raw text so far, ended) as tokens arrive, then the results.
 
-    The last item yielded is (-1, list[RawText]), the very value `generate_rows` returned.
+    Once a row has ended (EOS or a stop), its text is the text of its final `RawText`. The last item
+    yielded is (-1, list[RawText]), the very value `generate_rows` returned.
     """
-    streamer = BatchStreamer(tm.tokenizer, len(rows))
+    streamer = BatchStreamer(tm.tokenizer, rows)
     box: dict[str, Any] = {}
 
     def work() -> None:
