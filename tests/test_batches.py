@@ -140,19 +140,19 @@ def test_a_killed_server_resumes_the_job_with_every_line_exactly_once(root: Path
     srv.start()
     client = srv.client()
     url = "/v1/chat/completions"
-    n_lines = 10
+    n_lines = 7
     lines = [line(f"r{i}", url, {"model": "smollm2-135m", "max_tokens": 10, "n": 2,
                                  "messages": [{"role": "user", "content": f"{BRIEF}, edition {i}"}],
                                  **({"seed": 1000 + i} if i % 3 == 0 else {})}) for i in range(n_lines)]
     up = client.files.create(file=("chat.jsonl", jsonl(lines)), purpose="batch")
     batch = client.batches.create(input_file_id=up.id, endpoint=url, completion_window="24h")
     start = time.time()
-    while client.batches.retrieve(batch.id).request_counts.completed < 3:
+    while client.batches.retrieve(batch.id).request_counts.completed < 2:
         assert time.time() - start < 180, "the batch made no progress"
         time.sleep(0.05)
     srv.kill()
     killed_at = sqlite_counts(root, batch.id)
-    assert 3 <= killed_at["done"] < n_lines, "the job finished before the kill; make it longer"
+    assert 2 <= killed_at["done"] < n_lines, "the job finished before the kill; make it longer"
 
     restart_s = srv.start()
     done = wait_for(client, batch.id, ("completed",))
