@@ -2,14 +2,18 @@
 
 Routes: `GET /health` (open), and under /v1 (behind the API key when one is set) models, images,
 completions, chat completions, files and batches; `/docs` is FastAPI's generated OpenAPI page.
-The app starts fast because nothing heavy is imported or loaded here: each service imports torch
-and loads its model on the first request that needs it. The batch worker starts with the app and
+The app starts fast because nothing heavy is loaded here: a background thread imports the
+services' libraries while /health already answers, and each model loads on the first request
+that needs it. The batch worker starts with the app and
 picks up any batch a previous run left unfinished.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -47,6 +51,14 @@ class ApiSettings:
                    waiting=_env_int("BRUSHPEN_API_QUEUE", cls.waiting))
 
 
+def _warm_imports() -> None:
+    for module in ("brushpen.generators.images", "brushpen.gan.pipeline", "brushpen.generators.copy"):
+        try:
+            importlib.import_module(module)
+        except Exception:   # the request that needs it will report the problem properly
+            logging.getLogger("brushpen.api").debug("warm import of %s failed", module, exc_info=True)
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings.from_env()
     jobs = JobStore()
@@ -56,6 +68,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.batch_worker:
             worker.start()
+        # Import the services' libraries (torch, diffusers, transformers: seconds) in the background,
+        # so /health answers at once and the first real request finds them ready. No weights load here.
+        threading.Thread(target=_warm_imports, name="brushpen-warm-imports", daemon=True).start()
         yield
         if settings.batch_worker:
             worker.stop()
