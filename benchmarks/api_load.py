@@ -16,7 +16,7 @@ The clients run in this process, on the same cores as the server, so at 16 clien
 HTTP and JSON work competes with the server's.
 Request k of a level uses seed 1000+k on both sides, so both do the same work.
 
-    .venv/bin/python benchmarks/api_load.py --threads 1 --requests 4 --max-tokens 8
+    .venv/bin/python benchmarks/api_load.py --threads 1 --requests 4 --image-requests 32 --max-tokens 8
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import queue
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
@@ -44,10 +45,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--levels", default="1,4,16", help="concurrent clients")
-    p.add_argument("--requests", type=int, default=4, help="requests per client level (at least the level)")
+    p.add_argument("--requests", type=int, default=4, help="copy requests per client level (at least the level)")
+    p.add_argument("--image-requests", type=int, default=32, help="image requests per client level")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--image-model", default="emoji64")
-    p.add_argument("--reps", type=int, default=3, help="repeats of the batch-16 overhead measurement")
+    p.add_argument("--reps", type=int, default=3, help="repeats of the batch-16 overhead measurement (copy)")
+    p.add_argument("--image-reps", type=int, default=9, help="repeats of the batch-16 overhead measurement (images)")
     p.add_argument("--ui", action="store_true", help="mount the studio UI too (counts in cold start and RSS)")
     return p.parse_args()
 
@@ -102,7 +105,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()} (server and direct), cores: {os.cpu_count()}, "
-          f"levels {args.levels}, >= {args.requests} requests per level, max_tokens {args.max_tokens}")
+          f"levels {args.levels}, >= {args.image_requests} image / {args.requests} copy requests per level, "
+          f"max_tokens {args.max_tokens}")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -122,20 +126,31 @@ def main() -> int:
         def direct_copy(k: int, n: int = 1) -> None:
             generate_copy(CopyRequest(brief=BRIEF, n=n, max_new_tokens=args.max_tokens, seed=1000 + k))
 
-        local = threading.local()
+        # Clients are made before any timing (making one builds an SSL context: tens of ms) and
+        # lent to one request at a time, with their connections kept alive.
+        pool: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(int(c) for c in args.levels.split(","))):
+            client = httpx.Client(base_url=url, timeout=300)
+            client.get("/health")
+            pool.put(client)
 
-        def http() -> httpx.Client:
-            if not hasattr(local, "client"):
-                local.client = httpx.Client(base_url=url, timeout=300)
-            return local.client
+        @contextmanager
+        def http() -> Iterator[httpx.Client]:
+            client = pool.get()
+            try:
+                yield client
+            finally:
+                pool.put(client)
 
         def api_image(k: int, n: int = 1) -> None:
-            r = http().post("/v1/images/generations", json={"model": args.image_model, "n": n, "seed": 1000 + k})
+            with http() as client:
+                r = client.post("/v1/images/generations", json={"model": args.image_model, "n": n, "seed": 1000 + k})
             assert r.status_code == 200, r.text
 
         def api_copy(k: int, n: int = 1) -> None:
-            r = http().post("/v1/completions", json={"prompt": BRIEF, "n": n, "max_tokens": args.max_tokens,
-                                                     "seed": 1000 + k})
+            with http() as client:
+                r = client.post("/v1/completions", json={"prompt": BRIEF, "n": n, "max_tokens": args.max_tokens,
+                                                         "seed": 1000 + k})
             assert r.status_code == 200, r.text
 
         direct_image(0)   # load the models in this process too, outside the timings
@@ -143,8 +158,9 @@ def main() -> int:
         print("\n| work | clients | requests | direct req/s | api req/s | api/direct | direct p50 / p95 s "
               "| api p50 / p95 s |\n|---|---|---|---|---|---|---|---|")
         for clients in [int(c) for c in args.levels.split(",")]:
-            count = max(args.requests, clients)
-            for name, d, a in (("images (n=1)", direct_image, api_image), ("copy (n=1)", direct_copy, api_copy)):
+            for name, d, a, wanted in (("images (n=1)", direct_image, api_image, args.image_requests),
+                                       ("copy (n=1)", direct_copy, api_copy, args.requests)):
+                count = max(wanted, clients)
                 # Two rounds, alternating sides; the better round of each side counts, so a burst of
                 # load from other work on the shared machine does not land on one side only.
                 rounds = [(run_level(clients, count, d), run_level(clients, count, a)) for _ in range(2)]
@@ -155,9 +171,10 @@ def main() -> int:
                       f"{ar['p50']:.3f} / {ar['p95']:.3f} |", flush=True)
 
         print("\n| one request of 16 | direct s (median) | api s (median) | overhead |\n|---|---|---|---|")
-        for name, d, a in (("16 images", direct_image, api_image), ("16 copy variants", direct_copy, api_copy)):
+        for name, d, a, reps in (("16 images", direct_image, api_image, args.image_reps),
+                                 ("16 copy variants", direct_copy, api_copy, args.reps)):
             ds, as_ = [], []
-            for rep in range(args.reps):   # interleaved, so drift in machine load hits both alike
+            for rep in range(reps):   # interleaved, so drift in machine load hits both alike
                 for side, fn in ((ds, d), (as_, a)):
                     t = time.perf_counter()
                     fn(rep, 16)
