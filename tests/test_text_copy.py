@@ -281,3 +281,29 @@ def test_cli_stream_piped_prints_what_the_plain_command_prints(base_dir: Path) -
     assert plain.returncode == streamed.returncode == 0, streamed.stderr
     assert plain.stdout.count("\n") >= 3 and "\x1b" not in streamed.stdout
     assert streamed.stdout == plain.stdout
+
+
+def test_copy_tune_measures_score_what_they_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sweep behind the defaults (benchmarks/copy_tune.py) rests on these crude measures.
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("copy_tune", REPO / "benchmarks" / "copy_tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "copy_tune", tune)  # dataclasses look their module up there
+    spec.loader.exec_module(tune)
+    bottle = {"brief": "Reusable steel bottle that keeps drinks cold for 24 hours", "kind": "headline"}
+    assert tune.score_variant("Cold for 24 hours, every hike", bottle) == {
+        "on_brief": True, "fits_length": True, "chatbot": False, "stray_tags": False,
+        "new_numbers": False, "placeholders": False, "loops": False}
+    assert tune.score_variant("Bottles that last", bottle)["on_brief"]          # shared stem "bottl"
+    assert not tune.score_variant("The ultimate travel companion", bottle)["on_brief"]
+    long_one = tune.score_variant("Hey there! I'm Alex and this steel bottle is 50% off today #hydrate", bottle)
+    assert long_one["chatbot"] and long_one["stray_tags"] and long_one["new_numbers"]
+    assert not long_one["fits_length"]                                             # 13 words > 10
+    assert tune.score_variant("Dear [Recipient's Name],", {**bottle, "kind": "email-subject"})["placeholders"]
+    ad = {"brief": "Budgeting app", "kind": "ad"}
+    assert tune.score_variant("Save more. Spend less. Try it free today!", ad)["fits_length"]   # 3 sentences
+    assert not tune.score_variant("Save more.", ad)["fits_length"]
+    assert tune.score_variant("The best bottle ever, the best bottle yet", bottle)["loops"]
+    assert tune.distinct2(["a b c", "a b d"]) == 0.75                              # 3 distinct of 4 bigrams
