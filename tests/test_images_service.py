@@ -59,6 +59,22 @@ def test_png_carries_a1111_parameters_and_exact_settings(store: Path) -> None:
     assert format_parameters(back) == params
 
 
+def test_every_image_carries_the_watermark(store: Path, sd_dir: Path) -> None:
+    from brushpen.safety.watermark import extract, model_tag, payload_for
+
+    link_model(sd_dir, "diffusers", "tiny")
+    StyleGANPipeline(tiny_generator(resolution=32)).save_pretrained(store / "gan" / "shapes32")
+    small = generate_images(ImageRequest(model="shapes", seed=1))[0]   # 16 px: too small to mark
+    assert small.image.size == (16, 16)  # made, unmarked: the checker reports too small to read
+    for req in (ImageRequest(model="shapes32", n=2, seed=1),
+                ImageRequest(model="diffusers/tiny", n=1, seed=2, prompt="a cat", steps=2)):
+        for img in generate_images(req):
+            back = Image.open(io.BytesIO(img.png_bytes()))
+            found = extract(back)
+            assert found.found and found.payload == payload_for(read_png_settings(img.png_bytes()))
+            assert found.payload.model == model_tag(img.settings["model"])
+
+
 def test_read_png_settings_of_foreign_and_broken_files(tmp_path: Path) -> None:
     plain = io.BytesIO()
     Image.new("RGB", (4, 4)).save(plain, format="PNG")
@@ -76,8 +92,11 @@ def test_seed_walk_ends_on_the_seed_images(store: Path) -> None:
         im.seek(3)
         last = arr(im)
     a, b = generate_images(ImageRequest(model="shapes", n=2, seed=5))
-    # A 2-seed request draws seeds 5 and 6: the walk's end frames are exactly those images.
-    assert np.array_equal(first, arr(a.image)) and np.array_equal(last, arr(b.image))
+    # A 2-seed request draws seeds 5 and 6: the walk's end frames are those images, up to the
+    # watermark (a different payload per frame, a few levels per pixel).
+    assert np.abs(first - arr(a.image)).mean() < 4 and np.abs(last - arr(b.image)).mean() < 4
+    far = arr(generate_images(ImageRequest(model="shapes", seed=6))[0].image)
+    assert np.abs(first - far).mean() > 4 * np.abs(first - arr(a.image)).mean()
     with pytest.raises(BadParameter):
         seed_walk(WalkRequest(model="shapes", frames=1))
 

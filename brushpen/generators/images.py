@@ -9,6 +9,8 @@ Image i of a request uses seed `seed + i`, so any single image can be re-made al
 settings stored in its PNG. Every PNG carries them twice: an A1111-style `parameters` text chunk
 (readable by other tools) and a `brushpen` chunk holding the exact settings as JSON.
 `seed_walk` interpolates between two seeds and returns an animated GIF or WebP.
+Every image (and walk frame) leaves here with an invisible provenance watermark
+(`brushpen.safety.watermark`) whose payload names the model and hashes the settings.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 import brushpen
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators import diffusion
+from brushpen.safety import watermark
 from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
@@ -166,6 +169,13 @@ def _model_lock(path: Path) -> threading.Lock:
         return _locks.setdefault(str(path), threading.Lock())
 
 
+def _mark(img: Image.Image, settings: dict) -> Image.Image:
+    """The provenance watermark; images under MIN_SIDE pixels (toy models) are too small to hold one."""
+    if min(img.size) < watermark.MIN_SIDE:
+        return img
+    return watermark.embed(img, watermark.payload_for(settings))
+
+
 @lru_cache(maxsize=4)
 def _pipeline(model_dir: str):
     from brushpen.gan.pipeline import StyleGANPipeline
@@ -224,7 +234,7 @@ def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progres
                     "width": resolution, "height": resolution,
                     "steps": None, "guidance": None, "scheduler": None, "negative_prompt": None,
                     "version": brushpen.__version__}
-        out.append(GeneratedImage(img, settings))
+        out.append(GeneratedImage(_mark(img, settings), settings))
         if progress:
             progress(i + 1, req.n)
     return out
@@ -244,7 +254,7 @@ def _diffusers_images(path: Path, ref: str, req: ImageRequest, base_seed: int,
         settings = {**asdict(req), "n": 1, "seed": seed, "model": ref, "kind": "diffusers",
                     "width": call.width, "height": call.height, "truncation_psi": None, "label": None,
                     "mix_seed": None, "mix_cutoff": None, "noise_mode": None, "version": brushpen.__version__}
-        out.append(GeneratedImage(img, settings))
+        out.append(GeneratedImage(_mark(img, settings), settings))
     return out
 
 
@@ -298,8 +308,9 @@ class WalkRequest:
 def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
     """An animated loop from seed A's image to seed B's, linear in w space.
 
-    The end frames equal `generate_images` for those seeds (same z, same drawn class, noise off),
-    so a walk shows the path between two images the user has already seen.
+    The end frames are `generate_images`' images for those seeds (same z, same drawn class, noise
+    off; only the watermark payload differs), so a walk shows the path between two images the user
+    has already seen. GIF's palette loses the watermark; lossless WebP keeps it.
     """
     from brushpen.gan.pipeline import to_uint8
 
@@ -324,7 +335,8 @@ def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
         for k in range(req.frames):
             t = k / (req.frames - 1)
             w = torch.lerp(ws[0], ws[1], t)
-            frames.append(Image.fromarray(to_uint8(G.synthesis(w, noise_mode="none"))[0]))
+            frame = Image.fromarray(to_uint8(G.synthesis(w, noise_mode="none"))[0])
+            frames.append(_mark(frame, {"model": path.name, "walk": [req.seed_a, req.seed_b], "frame": k}))
             if progress:
                 progress(k + 1, req.frames)
     frames += frames[-2:0:-1]  # there and back, so the loop has no jump
