@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 BENCH_THREADS ?= 2
+HOST ?= 127.0.0.1
+PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
@@ -22,10 +24,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the studio exists, the main job writes a sample grid from the shipped emoji model.
+# The studio (Gradio UI + REST API) on the shipped defaults at http://127.0.0.1:7860.
+# Models load lazily on first use; BRUSHPEN_API_KEY=... protects /v1 and the UI.
 run: $(STAMP)
 	$(VENV)/bin/brushpen models list
-	$(VENV)/bin/brushpen image generate --model emoji64 --n 64 --seed 0 --truncation 0.7 --grid --out out/emoji64
+	$(VENV)/bin/brushpen studio --host $(HOST) --port $(PORT)
 
 # Browser tests drive Debian's chromium (never `playwright install`); install it when missing.
 chromium:
