@@ -1,0 +1,329 @@
+"""The detector's **fake** set, built from the same real photo patches (`brushpen detect build-fakes`).
+
+Families (each a folder `OUT/<family>/<split>/*.png`):
+- `stylegan`: samples of our StyleGAN2 (`brushpen.gan`) trained on the real TRAIN patches only.
+- `diffusion`: DDIM samples of a small pixel DDPM (`fake_models.small_unet`) trained on the real
+  TRAIN patches at 32x32, resized to the patch size with Lanczos (noted in the card).
+- `decoder`: real patches passed through a small autoencoder with a transposed-conv decoder
+  (`ae-tconv`) or a nearest-upsample + conv decoder (`ae-upsample`); trained on TRAIN patches.
+- `splice`: a generated region (a StyleGAN or diffusion sample, or the autoencoder's version of
+  the same patch) pasted into a real patch through a mask (`brushpen.safety.splice`).
+Splits: decoder and splice fakes inherit the split of the real patch they were made from;
+StyleGAN and diffusion samples get theirs from a seeded shuffle. Per family, the train split
+gets `count` fakes and val/test the same share of their real size, so real and fake stay
+roughly balanced per split.
+
+**Re-encoding.** Every fake, and a copy of every real patch (`OUT/real/<split>/`), is passed
+through `photos.apply_encoding` with an encoding drawn by `photos.draw_encoding` from a
+`random.Random` seeded by the file's path, then stored as lossless PNG. So real and fake share
+one JPEG/PNG mix and one file format; the detector trainer reads `OUT/real` for the reals and
+does not re-encode again (its own augmentation aside).
+
+**Manifest** (`OUT/manifest.jsonl`, one JSON object per line, every key always present):
+`path` (relative to OUT), `family` (`real`, `stylegan`, `diffusion`, `decoder`, `splice`),
+`label` (0 real, 1 fake), `generator` (e.g. `ae-tconv`, `splice:stylegan`), `split`,
+`encoding` (`jpeg` or `png`), `quality` (JPEG quality or null), `source` (the real patch it was
+made from, relative to the real set, or null), `mask` (splices: the mask PNG relative to OUT,
+255 = generated, in `<split>/masks/`; else null), `mask_area` (mean of mask/255, or null).
+`OUT/card.json` and `card.md` record per family the counts, the generator's training command,
+its state (kimg or steps) and the time taken. Finished families are recorded in
+`OUT/.work/<family>.json` and finished files are skipped, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from brushpen.errors import BadInput, BadParameter
+from brushpen.safety.photos import SPLITS, apply_encoding, draw_encoding
+from brushpen.safety.splice import draw_mask, paste
+from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+FAMILIES = ("stylegan", "diffusion", "decoder", "splice")
+ROW_KEYS = ("path", "family", "label", "generator", "split", "encoding", "quality", "source", "mask",
+            "mask_area")
+ENCODING_NOTE = ("every real and fake patch re-encoded once with brushpen.safety.photos.draw_encoding/"
+                 "apply_encoding (50% JPEG q70-95 4:2:0, else PNG round trip), seeded by its path, "
+                 "stored as PNG; reals in OUT/real")
+
+
+@dataclass
+class FakesConfig:
+    """Every knob of a build; tests shrink the generators and budgets."""
+
+    real: Path
+    out: Path
+    families: tuple[str, ...] = FAMILIES
+    count: int = 1100                   # fakes per family in the train split
+    seed: int = 0
+    models: Path | None = None          # where generators train; None = OUT/.models
+    stylegan_kimg: float = 12.0
+    stylegan_channels: tuple[int, ...] = (128, 96, 64, 32, 16)
+    diffusion_steps: int = 600
+    diffusion_resolution: int = 32
+    ddim_steps: int = 20
+    decoder_steps: int = 300
+    train_batch: int = 32
+    batch: int = 64                     # generation batch
+    real_copy: bool = True
+    threads: int | None = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise BadParameter(f"unknown families {unknown}: pick from {', '.join(FAMILIES)}")
+        if self.count < 1:
+            raise BadParameter("--count must be at least 1")
+
+    def models_dir(self) -> Path:
+        return Path(self.models) if self.models else Path(self.out) / ".models"
+
+
+@dataclass(frozen=True)
+class RealPatch:
+    file: str   # relative to the real set, e.g. "train/x-001.png"
+    split: str
+
+
+def read_real(real: Path) -> list[RealPatch]:
+    """The real set's patches, from its manifest.jsonl or, failing that, its split folders."""
+    real = Path(real)
+    manifest = real / "manifest.jsonl"
+    if manifest.is_file():
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        patches = [RealPatch(r["file"], r["split"]) for r in rows]
+    else:
+        patches = [RealPatch(p.relative_to(real).as_posix(), s) for s in SPLITS
+                   for p in sorted((real / s).glob("*.png"))]
+    if not any(p.split == "train" for p in patches):
+        raise BadInput(f"{real} has no train patches (expected {real}/train/*.png or a manifest.jsonl)")
+    return patches
+
+
+def split_counts(cfg: FakesConfig, real: list[RealPatch]) -> dict[str, int]:
+    n = {s: sum(p.split == s for p in real) for s in SPLITS}
+    return {s: cfg.count if s == "train" else round(cfg.count * n[s] / n["train"]) for s in SPLITS}
+
+
+def row(path: str, family: str, generator: str, split: str, encoding: dict, source: str | None = None,
+        mask: str | None = None, mask_area: float | None = None) -> dict:
+    return {"path": path, "family": family, "label": int(family != "real"), "generator": generator,
+            "split": split, **encoding, "source": source, "mask": mask, "mask_area": mask_area}
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encoding_for(rel: str, seed: int) -> dict:
+    enc = draw_encoding(random.Random(f"{seed}:encode:{rel}"))
+    return {"encoding": enc.format, "quality": enc.quality}
+
+
+def write_encoded(out: Path, rel: str, image: Image.Image, seed: int) -> dict:
+    """Re-encode `image` with the path's encoding, write it as PNG; returns the encoding fields."""
+    enc = encoding_for(rel, seed)
+    from brushpen.safety.photos import Encoding
+
+    atomic_write_bytes(out / rel, png_bytes(apply_encoding(image, Encoding(enc["encoding"], enc["quality"]))))
+    return enc
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+# ---- the families ---------------------------------------------------------------------------
+
+def build_real_copy(cfg: FakesConfig, real: list[RealPatch], _ctx: dict) -> list[dict]:
+    rows = []
+    for p in tqdm(real, desc="real copy", unit="img", disable=not cfg.progress):
+        rel = f"real/{p.split}/{Path(p.file).name}"
+        enc = encoding_for(rel, cfg.seed)
+        if not (cfg.out / rel).is_file():
+            write_encoded(cfg.out, rel, load_rgb(cfg.real / p.file), cfg.seed)
+        rows.append(row(rel, "real", "camera", p.split, enc, source=p.file))
+    return rows
+
+
+def build_sampled(cfg: FakesConfig, family: str, real: list[RealPatch], sample: Callable[[int, int], list],
+                  generator: str) -> list[dict]:
+    """Families drawn from noise: `sample(n, batch_index)` gives n images; splits by seeded shuffle.
+    A lossless copy of each sample goes to .work/raw for the splices."""
+    counts = split_counts(cfg, real)
+    plan = [s for s in SPLITS for _ in range(counts[s])]
+    random.Random(f"{cfg.seed}:{family}:splits").shuffle(plan)
+    rels = [f"{family}/{s}/{family}-{i:05d}.png" for i, s in enumerate(plan)]
+    raw = cfg.out / ".work" / "raw"
+    for b in tqdm(range(0, len(plan), cfg.batch), desc=family, unit="batch", disable=not cfg.progress):
+        chunk = rels[b:b + cfg.batch]
+        if all((cfg.out / r).is_file() and (raw / r).is_file() for r in chunk):
+            continue
+        for rel, image in zip(chunk, sample(len(chunk), b // cfg.batch)):
+            atomic_write_bytes(raw / rel, png_bytes(image))
+            write_encoded(cfg.out, rel, image, cfg.seed)
+    return [row(r, family, generator, s, encoding_for(r, cfg.seed)) for r, s in zip(rels, plan)]
+
+
+def _hosts(cfg: FakesConfig, family: str, real: list[RealPatch], split: str) -> list[RealPatch]:
+    pool = [p for p in real if p.split == split]
+    n = split_counts(cfg, real)[split]
+    rng = random.Random(f"{cfg.seed}:{family}:{split}:hosts")
+    return rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+
+
+def build_decoder(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
+    from brushpen.safety.fake_models import reconstruct
+    from brushpen.gan.pipeline import to_uint8
+
+    rows = []
+    for split in SPLITS:
+        hosts = _hosts(cfg, "decoder", real, split)
+        for kind in ("tconv", "upsample"):
+            todo = [(i, p) for i, p in enumerate(hosts) if i % 2 == (kind == "upsample")]
+            rels = [f"decoder/{split}/decoder-{i:05d}-{kind}.png" for i, _ in todo]
+            for b in tqdm(range(0, len(todo), cfg.batch), desc=f"decoder {kind} {split}", unit="batch",
+                          disable=not cfg.progress):
+                chunk = list(zip(rels[b:b + cfg.batch], todo[b:b + cfg.batch]))
+                if all((cfg.out / r).is_file() for r, _ in chunk):
+                    continue
+                x = torch.stack([torch.from_numpy(_array(cfg.real / p.file)) for _, (_, p) in chunk])
+                for (rel, _), a in zip(chunk, to_uint8(reconstruct(ctx[f"ae-{kind}"], x))):
+                    write_encoded(cfg.out, rel, Image.fromarray(a), cfg.seed)
+            rows += [row(r, "decoder", f"ae-{kind}", split, encoding_for(r, cfg.seed), source=p.file)
+                     for r, (_, p) in zip(rels, todo)]
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def _array(path: Path):
+    import numpy as np
+
+    return np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8).transpose(2, 0, 1))
+
+
+def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
+    from brushpen.safety.fake_models import reconstruct
+    from brushpen.gan.pipeline import to_uint8
+
+    raw = cfg.out / ".work" / "raw"
+    donors = {s: {f: sorted((raw / f / s).glob("*.png")) for f in ("stylegan", "diffusion")} for s in SPLITS}
+    kinds = [k for k in ("stylegan", "diffusion") if any(donors[s][k] for s in SPLITS)]
+    kinds += ["decoder"] if "ae-tconv" in ctx else []
+    if not kinds:
+        raise BadInput("splices need generated regions: build stylegan, diffusion or decoder first")
+    rows = []
+    for split in SPLITS:
+        hosts = _hosts(cfg, "splice", real, split)
+        for i, host in enumerate(tqdm(hosts, desc=f"splice {split}", unit="img", disable=not cfg.progress)):
+            rng = random.Random(f"{cfg.seed}:splice:{split}:{i}")
+            kind = rng.choice([k for k in kinds if k == "decoder" or donors[split][k]])
+            upsampler = rng.choice(("tconv", "upsample"))
+            donor_file = rng.choice(donors[split][kind]) if kind != "decoder" else None
+            mask, info = draw_mask(cfg_size(ctx), rng)
+            rel = f"splice/{split}/splice-{i:05d}.png"
+            mask_rel = f"splice/{split}/masks/splice-{i:05d}.png"
+            generator = f"splice:{kind}" + (f"-{upsampler}" if kind == "decoder" else "")
+            if not ((cfg.out / rel).is_file() and (cfg.out / mask_rel).is_file()):
+                host_im = load_rgb(cfg.real / host.file)
+                if kind == "decoder":
+                    x = torch.from_numpy(_array(cfg.real / host.file))[None]
+                    donor = Image.fromarray(to_uint8(reconstruct(ctx[f"ae-{upsampler}"], x))[0])
+                else:
+                    donor = load_rgb(donor_file)
+                atomic_write_bytes(cfg.out / mask_rel, png_bytes(mask))
+                write_encoded(cfg.out, rel, paste(host_im, donor, mask), cfg.seed)
+            rows.append(row(rel, "splice", generator, split, encoding_for(rel, cfg.seed), source=host.file,
+                            mask=mask_rel, mask_area=info["mask_area"]))
+    return rows
+
+
+def cfg_size(ctx: dict) -> int:
+    return ctx["size"]
+
+
+# ---- the build ------------------------------------------------------------------------------
+
+def build_fakes(cfg: FakesConfig) -> dict:
+    """Build (or resume) every asked family and the real copy; write manifest.jsonl and the card."""
+    from brushpen.safety import fake_generators as gens
+
+    cfg.validate()
+    cfg.out, cfg.real = Path(cfg.out), Path(cfg.real)
+    real = read_real(cfg.real)
+    size = load_rgb(cfg.real / real[0].file).width
+    start = time.monotonic()
+    ctx: dict = {"size": size}
+    card_path = cfg.out / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {"families": {}}
+    settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(cfg).items() if k not in ("families", "progress", "threads", "out")}
+    steps: list[tuple[str, Callable[[], list[dict]]]] = []
+    if cfg.real_copy:
+        steps.append(("real", lambda: build_real_copy(cfg, real, ctx)))
+    builders = {"stylegan": lambda: gens.stylegan_family(cfg, real, size, ctx),
+                "diffusion": lambda: gens.diffusion_family(cfg, real, size, ctx),
+                "decoder": lambda: (gens.load_decoders(cfg, ctx), build_decoder(cfg, real, ctx))[1],
+                "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), build_splice(cfg, real, ctx))[1]}
+    steps += [(f, builders[f]) for f in FAMILIES if f in cfg.families]  # splice last: it needs donors
+    for family, build in steps:
+        record_path = cfg.out / ".work" / f"{family}.json"
+        old = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+        if old.get("settings") == settings:
+            continue
+        t0 = time.monotonic()
+        ctx.pop("training", None)
+        rows = build()
+        counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+        atomic_write_json(record_path, {"settings": settings, "rows": rows})
+        card["families"][family] = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
+                                    "build_seconds": round(time.monotonic() - t0, 1),
+                                    "training": ctx.get("training", {})}
+        _write_outputs(cfg, card)
+    card["elapsed_s"] = round(time.monotonic() - start, 1)
+    _write_outputs(cfg, card)
+    return card
+
+
+def _write_outputs(cfg: FakesConfig, card: dict) -> None:
+    """manifest.jsonl from every finished family record, then card.json and card.md."""
+    rows = []
+    for family in ("real", *FAMILIES):
+        path = cfg.out / ".work" / f"{family}.json"
+        if path.is_file():
+            rows += json.loads(path.read_text(encoding="utf-8"))["rows"]
+    atomic_write_text(cfg.out / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    card.update(real=str(cfg.real), seed=cfg.seed, count=cfg.count, encoding=ENCODING_NOTE,
+                manifest_keys=list(ROW_KEYS), rows=len(rows))
+    atomic_write_json(cfg.out / "card.json", card)
+    atomic_write_text(cfg.out / "card.md", render_card(card))
+
+
+def render_card(card: dict) -> str:
+    lines = ["# Detector fakes", "", f"Real set: `{card['real']}`; seed {card['seed']}; "
+             f"{card['count']} per family in train. Re-encoding: {card['encoding']}.", "",
+             "| family | train | val | test | generators | generator state | train s | build s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, f in card["families"].items():
+        t, c = f.get("training", {}), f["counts"]
+        lines.append(f"| {name} | {c.get('train', 0)} | {c.get('val', 0)} | {c.get('test', 0)} | "
+                     f"{', '.join(f['generators'])} | {t.get('state', '-')} | {t.get('seconds', '-')} | "
+                     f"{f['build_seconds']} |")
+    lines += ["", "Training commands:", ""]
+    for name, f in card["families"].items():
+        for cmd in f.get("training", {}).get("commands", []):
+            lines.append(f"- {name}: `{cmd}`")
+    return "\n".join(lines) + "\n"
