@@ -35,17 +35,19 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from brushpen.errors import BadInput, BadParameter
-from brushpen.safety.photos import SPLITS, apply_encoding, draw_encoding
+from brushpen.safety.photos import SPLITS, Encoding, apply_encoding, draw_encoding
 from brushpen.safety.splice import draw_mask, paste
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -136,8 +138,6 @@ def encoding_for(rel: str, seed: int) -> dict:
 def write_encoded(out: Path, rel: str, image: Image.Image, seed: int) -> dict:
     """Re-encode `image` with the path's encoding, write it as PNG; returns the encoding fields."""
     enc = encoding_for(rel, seed)
-    from brushpen.safety.photos import Encoding
-
     atomic_write_bytes(out / rel, png_bytes(apply_encoding(image, Encoding(enc["encoding"], enc["quality"]))))
     return enc
 
@@ -209,9 +209,8 @@ def build_decoder(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[di
     return sorted(rows, key=lambda r: r["path"])
 
 
-def _array(path: Path):
-    import numpy as np
-
+def _array(path: Path) -> np.ndarray:
+    """uint8 CHW, the layout the autoencoders take."""
     return np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8).transpose(2, 0, 1))
 
 
@@ -233,7 +232,7 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
             kind = rng.choice([k for k in kinds if k == "decoder" or donors[split][k]])
             upsampler = rng.choice(("tconv", "upsample"))
             donor_file = rng.choice(donors[split][kind]) if kind != "decoder" else None
-            mask, info = draw_mask(cfg_size(ctx), rng)
+            mask, info = draw_mask(ctx["size"], rng)
             rel = f"splice/{split}/splice-{i:05d}.png"
             mask_rel = f"splice/{split}/masks/splice-{i:05d}.png"
             generator = f"splice:{kind}" + (f"-{upsampler}" if kind == "decoder" else "")
@@ -249,10 +248,6 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
             rows.append(row(rel, "splice", generator, split, encoding_for(rel, cfg.seed), source=host.file,
                             mask=mask_rel, mask_area=info["mask_area"]))
     return rows
-
-
-def cfg_size(ctx: dict) -> int:
-    return ctx["size"]
 
 
 # ---- the build ------------------------------------------------------------------------------
@@ -281,14 +276,19 @@ def build_fakes(cfg: FakesConfig) -> dict:
     steps += [(f, builders[f]) for f in FAMILIES if f in cfg.families]  # splice last: it needs donors
     for family, build in steps:
         record_path = cfg.out / ".work" / f"{family}.json"
+        key = _family_settings(family, settings)
         old = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
-        if old.get("settings") == settings:
+        if old.get("settings") == key and old.get("done"):
             continue
+        if old and old.get("settings") != key:  # other settings: this family's files are stale
+            for d in (cfg.out / family, cfg.out / ".work" / "raw" / family):
+                shutil.rmtree(d, ignore_errors=True)
+        atomic_write_json(record_path, {"settings": key, "done": False, "rows": []})
         t0 = time.monotonic()
         ctx.pop("training", None)
         rows = build()
         counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
-        atomic_write_json(record_path, {"settings": settings, "rows": rows})
+        atomic_write_json(record_path, {"settings": key, "done": True, "rows": rows})
         card["families"][family] = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
                                     "build_seconds": round(time.monotonic() - t0, 1),
                                     "training": ctx.get("training", {})}
@@ -298,12 +298,26 @@ def build_fakes(cfg: FakesConfig) -> dict:
     return card
 
 
+# What each family's pixels depend on; a change there rebuilds that family (splices depend on
+# every donor generator, so on everything).
+_DEPENDS = {"real": ("real", "seed"),
+            "stylegan": ("real", "seed", "count", "stylegan_kimg", "stylegan_channels", "train_batch", "batch"),
+            "diffusion": ("real", "seed", "count", "diffusion_steps", "diffusion_resolution", "ddim_steps",
+                          "train_batch", "batch"),
+            "decoder": ("real", "seed", "count", "decoder_steps", "train_batch", "batch")}
+
+
+def _family_settings(family: str, settings: dict) -> dict:
+    keys = _DEPENDS.get(family, tuple(settings))
+    return {k: settings[k] for k in keys}
+
+
 def _write_outputs(cfg: FakesConfig, card: dict) -> None:
     """manifest.jsonl from every finished family record, then card.json and card.md."""
     rows = []
     for family in ("real", *FAMILIES):
         path = cfg.out / ".work" / f"{family}.json"
-        if path.is_file():
+        if path.is_file():  # an unfinished family has no rows yet
             rows += json.loads(path.read_text(encoding="utf-8"))["rows"]
     atomic_write_text(cfg.out / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     card.update(real=str(cfg.real), seed=cfg.seed, count=cfg.count, encoding=ENCODING_NOTE,
