@@ -21,7 +21,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 import brushpen
-from brushpen.api import handlers, routes_batches, routes_images, routes_models, routes_text, service
+from brushpen.api import handlers, routes_batches, routes_detect, routes_images, routes_models, routes_text, service
 from brushpen.api.auth import require_key
 from brushpen.api.limits import BodyLimit, WorkQueue
 from brushpen.generators.jobs import JobStore, Worker
@@ -85,7 +85,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     handlers.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes,
-                       upload_prefixes=("/v1/files",))
+                       upload_prefixes=("/v1/files", "/v1/detections"))
 
     @app.get("/health", tags=["health"], summary="Liveness: open without the API key")
     async def health(request: Request) -> dict:
@@ -94,7 +94,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                           "waiting": settings.waiting}}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (routes_models, routes_images, routes_text, routes_batches):
+    for module in (routes_models, routes_images, routes_text, routes_batches, routes_detect):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(routes_images.public)

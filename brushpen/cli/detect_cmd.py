@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from brushpen.cli import detect_model_cmd
 from brushpen.config import apply_threads, get_settings
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     commands = detect.add_subparsers(dest="detect_cmd", required=True)
     _add_build_fakes(commands)
     _add_train_fake(commands)
+    detect_model_cmd.add_commands(commands)   # scan, train, eval: the detector itself
 
 
 # ---- build-fakes --------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    args = build_parser().parse_args(argv)
+    from brushpen.cli.detect_model_cmd import scan_alias   # `detect PATH...` means `detect scan PATH...`
+
+    args = build_parser().parse_args(scan_alias(argv))
     try:
         result = args.func(args)
     except BrushpenError as e:

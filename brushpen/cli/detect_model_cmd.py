@@ -1,0 +1,127 @@
+"""`brushpen detect scan|train|eval`: the detector's own commands, added to `brushpen detect` by
+`detect_cmd.register` (which also holds the fake-set commands).
+
+`brushpen detect PATH...` is short for `brushpen detect scan PATH...`: `scan_alias` inserts `scan`
+when the word after `detect` is not a sub-command or an option (argparse cannot mix sub-commands
+with free positional paths). A file literally named like a sub-command needs the long form or
+`./train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from brushpen.config import apply_threads, get_settings
+
+COMMANDS = ("scan", "train", "eval", "build-fakes", "train-fake")
+
+
+def scan_alias(argv: list[str] | None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "detect" and argv[1] not in COMMANDS and not argv[1].startswith("-"):
+        argv.insert(1, "scan")
+    return argv
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    s = commands.add_parser("scan", help="check images, folders or zips for AI-made images (also: detect PATH...)")
+    s.add_argument("paths", nargs="+", help="image files, folders (recursive) and .zip files")
+    s.add_argument("--model", default="detector", help="detector in the store (safety/NAME) or a folder")
+    s.add_argument("--json", type=Path, default=None, help="write the JSON report here")
+    s.add_argument("--csv", type=Path, default=None, help="write the CSV report here")
+    s.add_argument("--heatmaps", type=Path, default=None, help="write one heatmap overlay PNG per image here")
+    s.add_argument("--quiet", action="store_true", help="no per-image lines, only the summary")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=run_scan)
+
+    t = commands.add_parser("train", help="train and calibrate a detector (resumable)")
+    t.add_argument("--real", type=Path, action="append", default=[],
+                   help="real set, encoded like the fakes (default: the real rows of the --fake manifests)")
+    t.add_argument("--fake", type=Path, action="append", required=True, help="fake set (repeatable)")
+    t.add_argument("--out", type=Path, required=True, help="model folder, e.g. weights/safety/detector")
+    t.add_argument("--families", default=None, help="comma list of fake families to use (default: all)")
+    t.add_argument("--exclude", default="", help="comma list of families to leave out (LOFO)")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--snap", type=int, default=250, help="steps between checkpoints")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--threads", type=int, default=1)
+    t.set_defaults(func=run_train)
+
+    e = commands.add_parser("eval", help="evaluate per family: in-distribution, LOFO, under perturbation")
+    e.add_argument("--model", default="detector")
+    e.add_argument("--real", type=Path, action="append", default=[])
+    e.add_argument("--fake", type=Path, action="append", required=True)
+    e.add_argument("--lofo-steps", type=int, default=0,
+                   help="also train one model per left-out family with this budget (0: evaluate existing only)")
+    e.add_argument("--lofo-dir", type=Path, default=None, help="default: $BRUSHPEN_HOME/detector-lofo/MODEL")
+    e.add_argument("--threads", type=int, default=1)
+    e.set_defaults(func=run_eval)
+
+
+def _command() -> str:
+    return "brushpen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from brushpen.generators.checker import scan_paths, summarize, write_csv, write_json
+
+    apply_threads(args.threads)
+    results = []
+    for r in tqdm(scan_paths(args.paths, args.model, args.heatmaps), desc="detect", unit="img",
+                  disable=args.quiet or not sys.stderr.isatty()):
+        results.append(r)
+        if not args.quiet:
+            head = f"error     {'':>6}" if r.error else f"{r.verdict:<9} {r.score:6.3f}"
+            tail = f"  ({r.error})" if r.error else (f"  watermark: {r.provenance['watermark'].get('model') or 'brushpen'}"
+                                                      if r.provenance.get("watermark", {}).get("found") else "")
+            print(f"{head}  {r.path}{tail}", flush=True)
+    if args.json:
+        write_json(results, args.json, args.model)
+    if args.csv:
+        write_csv(results, args.csv)
+    print(json.dumps({"summary": summarize(results)}))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from brushpen.safety.detector_train import TrainConfig, train_detector
+
+    apply_threads(args.threads)
+    split = lambda text: tuple(f.strip() for f in (text or "").split(",") if f.strip())
+    cfg = TrainConfig(out=args.out, real=args.real, fake=args.fake, families=split(args.families) or None,
+                      exclude=split(args.exclude), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                      snap=args.snap, resume=args.resume)
+    model = train_detector(cfg, command=_command(), log=lambda m: print(m, flush=True))
+    c = model.calibration
+    print(json.dumps({"out": str(args.out), "temperature": c.temperature, "t_real": c.t_real, "t_fake": c.t_fake}))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from brushpen.safety.detector import load_detector
+    from brushpen.safety.detector_data import gather
+    from brushpen.safety.detector_eval import evaluate, evaluate_lofo, table_markdown, train_lofo, write_card, write_eval
+    from brushpen.store import resolve_model
+
+    apply_threads(args.threads)
+    folder = resolve_model(args.model, family="safety")
+    samples = gather(args.real, args.fake)
+    rows = evaluate(load_detector(folder), samples, progress=sys.stderr.isatty())
+    lofo_dir = args.lofo_dir or get_settings().home / "detector-lofo" / folder.name
+    if args.lofo_steps:
+        train_lofo(lofo_dir, args.real, args.fake, args.lofo_steps, log=lambda m: print(m, flush=True))
+    if lofo_dir.is_dir():
+        rows += evaluate_lofo(lofo_dir, args.real, args.fake)
+    write_eval(folder, rows, _command())
+    write_card(folder)
+    print(table_markdown(rows))
+    return 0

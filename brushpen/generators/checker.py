@@ -1,0 +1,326 @@
+"""The deepfake checker service: one code path behind `brushpen detect scan`, `POST /v1/detections`
+and the studio's Checker tab.
+
+- `check_images([(name, bytes), ...])`: score images already in memory (uploads, a UI drop).
+- `scan_paths([path, ...])`: walk files, folders (recursive, sorted) and zip files, yielding one
+  `CheckResult` per image as it goes, so a long scan streams.
+- `write_json` / `write_csv` / `summarize`: the reports, schemas below.
+
+**Per image** (`CheckResult`): `path`; `score`, the calibrated probability that it is AI-made
+(images over 64x64 are cut into 64x64 tiles and the mean tile logit is calibrated, see
+`brushpen.safety.detector.score_image`; smaller ones are enlarged to 64 first); `verdict`
+(`real`, `uncertain`, `fake`, from the model's calibrated bands); `heatmap` (a PNG path when
+asked; `heatmap_png` holds the bytes in memory for the API and UI); `provenance` (`watermark`:
+found, model tag and the store model it names, image id, confidence; `settings`: the PNG's
+`brushpen` or A1111 `parameters` chunk, or {}); `error` (why the file could not be checked,
+else null); `width`, `height`, `tiles`.
+
+**Bad input never stops a scan**: each becomes a result with `error` set. Refused: files over
+`max_file_bytes`; anything PIL cannot identify or fully decode (corrupt, truncated); images over
+`max_pixels` (decompression bombs, checked from the header before decoding, without touching
+PIL's global limit); sides under `min_side`; zip entries whose name is absolute or holds `..`;
+zip entries past `zip_max_entries`, past `zip_max_total` uncompressed bytes in all, or with a
+compression ratio over `zip_max_ratio` (zip bombs; sizes are counted while reading, never taken
+from the header on trust).
+
+**JSON report** (`write_json`): {"schema": "brushpen.detections/1", "model": NAME, "calibration":
+{temperature, t_real, t_fake, rule}, "results": [CheckResult.to_json(), ...], "summary": {total,
+real, uncertain, fake, error}}. **CSV** (`write_csv`): the columns in `CSV_COLUMNS`, one row per
+file, provenance flattened (`png_settings` is JSON text).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import threading
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from PIL import Image
+
+from brushpen.errors import BadInput
+from brushpen.generators.images import read_png_settings
+from brushpen.safety import watermark
+from brushpen.safety.detector import Detector, load_detector, overlay, score_image
+from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, list_models, resolve_model
+
+DEFAULT_MODEL = "detector"
+SCHEMA = "brushpen.detections/1"
+CSV_COLUMNS = ("path", "score", "verdict", "heatmap", "watermark_found", "watermark_model", "watermark_image_id",
+               "png_settings", "error", "width", "height", "tiles")
+VERDICTS = ("real", "uncertain", "fake")
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    max_file_bytes: int = 64 << 20
+    max_pixels: int = 40_000_000       # 40 MP: larger than any camera photo we expect, far below a bomb
+    min_side: int = 16
+    zip_max_entries: int = 10_000
+    zip_max_total: int = 1 << 30       # uncompressed bytes read from one zip, in all
+    zip_max_ratio: float = 200.0       # PNG/JPEG barely compress; a 1000:1 entry is a bomb
+
+
+@dataclass
+class CheckResult:
+    path: str
+    score: float | None = None
+    verdict: str | None = None
+    heatmap: str | None = None
+    provenance: dict = field(default_factory=dict)
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tiles: int | None = None
+    heatmap_png: bytes | None = field(default=None, repr=False)   # in memory only, never in reports
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("heatmap_png")
+        return out
+
+    def csv_row(self) -> dict:
+        mark = self.provenance.get("watermark") or {}
+        settings = self.provenance.get("settings")
+        return {"path": self.path, "score": "" if self.score is None else f"{self.score:.6f}",
+                "verdict": self.verdict or "", "heatmap": self.heatmap or "",
+                "watermark_found": "" if not mark else str(bool(mark.get("found"))).lower(),
+                "watermark_model": mark.get("model") or "", "watermark_image_id": mark.get("image_id") or "",
+                "png_settings": json.dumps(settings, sort_keys=True) if settings else "",
+                "error": self.error or "", "width": self.width or "", "height": self.height or "",
+                "tiles": self.tiles or ""}
+
+
+# ---- the model ------------------------------------------------------------------------------------
+
+_lock = threading.Lock()   # one forward at a time: cheap, and torch modules are not shared mid-call
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> Detector:
+    return load_detector(Path(path))
+
+
+def load_model(name: str | Path = DEFAULT_MODEL) -> Detector:
+    """The detector by store name (`detector`, `safety/detector`) or folder; cached until it changes."""
+    folder = resolve_model(name, family="safety")
+    return _load(str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime)
+
+
+@lru_cache(maxsize=1)
+def _model_names() -> dict[int, str]:
+    names: dict[int, str] = {}
+    for m in list_models():
+        for n in (m.name, m.ref):
+            names.setdefault(watermark.model_tag(n), n)
+    return names
+
+
+def provenance(image: Image.Image, data: bytes) -> dict:
+    """What the image says about where it came from: the invisible mark and the PNG settings chunk."""
+    mark: dict = {"found": False}
+    if min(image.size) >= watermark.MIN_SIDE:
+        det = watermark.extract(image)
+        mark = {"found": det.found, "confidence": round(det.confidence, 4)}
+        if det.found and det.payload is not None:
+            mark.update(model_tag=det.payload.model, model=_model_names().get(det.payload.model),
+                        image_id=det.payload.image_id, bit_agreement=det.bit_agreement)
+    else:
+        mark["note"] = f"smaller than {watermark.MIN_SIDE} px: no mark can be read"
+    try:
+        settings = read_png_settings(data)
+    except BadInput as e:
+        settings = {"error": str(e)}
+    return {"watermark": mark, "settings": settings}
+
+
+# ---- one image ----------------------------------------------------------------------------------------
+
+def decode(data: bytes, limits: ScanLimits) -> Image.Image:
+    """Bytes -> a fully decoded RGB image, or BadInput saying why not."""
+    if len(data) > limits.max_file_bytes:
+        raise BadInput(f"file is {len(data):,} bytes, over the limit of {limits.max_file_bytes:,}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # our own limit decides
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > limits.max_pixels:
+                raise BadInput(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limits.max_pixels:,} "
+                               "(a decompression bomb, or simply too large)")
+            im.load()
+    except BadInput:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadInput(f"decompression bomb refused: {e}") from e
+    except Exception as e:   # PIL raises many kinds on corrupt data; none may stop a scan
+        kind = "not an image" if "cannot identify" in str(e) else "corrupt or truncated image"
+        raise BadInput(f"{kind}: {e}") from e
+    if min(w, h) < limits.min_side:
+        raise BadInput(f"image is {w}x{h}: too small to judge (at least {limits.min_side} px a side)")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels have no colour of their own: judge what a viewer sees on white.
+        rgba = im.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return im.convert("RGB")
+
+
+def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
+              limits: ScanLimits = ScanLimits()) -> CheckResult:
+    result = CheckResult(path=name)
+    try:
+        image = decode(data, limits)
+    except BadInput as e:
+        result.error = str(e)
+        return result
+    result.width, result.height = image.size
+    with _lock:
+        s = score_image(model, image, heatmap=heatmap)
+    result.score, result.verdict, result.tiles = round(s.probability, 6), s.verdict, s.tiles
+    result.provenance = provenance(image, data)
+    if heatmap and s.heatmap is not None:
+        buf = io.BytesIO()
+        overlay(image, s.heatmap).save(buf, format="PNG")
+        result.heatmap_png = buf.getvalue()
+    return result
+
+
+def check_images(items: Iterable[tuple[str, bytes]], model: str | Path = DEFAULT_MODEL, heatmaps: bool = False,
+                 limits: ScanLimits = ScanLimits()) -> list[CheckResult]:
+    """Score images held in memory; a bad one gets its `error`, the others are still scored."""
+    net = load_model(model)
+    return [check_one(name, data, net, heatmaps, limits) for name, data in items]
+
+
+# ---- files, folders and zips ----------------------------------------------------------------------
+
+def _unsafe_name(name: str) -> str | None:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path in zip refused"
+    if ".." in parts:
+        return "zip entry with '..' in its path refused"
+    return None
+
+
+def iter_zip(path: Path, limits: ScanLimits) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(name, bytes or None, error or None) per entry; the caps are counted on the bytes read."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        yield str(path), None, f"not a readable zip file: {e}"
+        return
+    total = 0
+    with zf:
+        entries = [i for i in zf.infolist() if not i.is_dir()]
+        for n, info in enumerate(entries):
+            name = f"{path}!{info.filename}"
+            if n >= limits.zip_max_entries:
+                yield f"{path}!...", None, (f"{len(entries) - n} more entries skipped: a zip may hold at most "
+                                            f"{limits.zip_max_entries:,}")
+                return
+            if (why := _unsafe_name(info.filename)) is not None:
+                yield name, None, why
+                continue
+            if info.file_size / max(info.compress_size, 1) > limits.zip_max_ratio:
+                yield name, None, (f"compression ratio {info.file_size / max(info.compress_size, 1):,.0f}:1 "
+                                   f"over {limits.zip_max_ratio:,.0f}:1 (a zip bomb?)")
+                continue
+            budget = min(limits.max_file_bytes, limits.zip_max_total - total)
+            if budget <= 0:
+                yield name, None, f"the zip's total uncompressed size passed {limits.zip_max_total:,} bytes"
+                continue
+            try:
+                with zf.open(info) as f:
+                    data = f.read(budget + 1)
+            except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as e:
+                yield name, None, f"unreadable zip entry: {e}"
+                continue
+            total += len(data)
+            if len(data) > budget:
+                yield name, None, (f"entry is larger than {budget:,} bytes (file or total-zip limit)")
+                continue
+            yield name, data, None
+
+
+def iter_sources(paths: Iterable[str | Path], limits: ScanLimits = ScanLimits()
+                 ) -> Iterator[tuple[str, bytes | None, str | None]]:
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.exists():
+            files = [p]
+        else:
+            yield str(p), None, "no such file or folder"
+            continue
+        for f in files:
+            if f.suffix.lower() == ".zip":
+                yield from iter_zip(f, limits)
+                continue
+            try:
+                size = f.stat().st_size
+                if size > limits.max_file_bytes:
+                    yield str(f), None, f"file is {size:,} bytes, over the limit of {limits.max_file_bytes:,}"
+                    continue
+                yield str(f), f.read_bytes(), None
+            except OSError as e:
+                yield str(f), None, f"cannot read: {e}"
+
+
+def _heatmap_name(index: int, name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(name.replace("!", "/").replace("\\", "/")).stem)
+    return f"{index:05d}-{stem[:80] or 'image'}.png"
+
+
+def scan_paths(paths: Iterable[str | Path], model: str | Path = DEFAULT_MODEL, heatmaps_dir: Path | None = None,
+               limits: ScanLimits = ScanLimits()) -> Iterator[CheckResult]:
+    """One result per file (or zip entry), in order; heatmaps written to `heatmaps_dir` if given."""
+    net = load_model(model)
+    for index, (name, data, error) in enumerate(iter_sources(paths, limits)):
+        if error is not None or data is None:
+            yield CheckResult(path=name, error=error)
+            continue
+        result = check_one(name, data, net, heatmaps_dir is not None, limits)
+        if heatmaps_dir is not None and result.heatmap_png is not None:
+            result.heatmap = str(atomic_write_bytes(Path(heatmaps_dir) / _heatmap_name(index, name),
+                                                    result.heatmap_png))
+        yield result
+
+
+# ---- reports ----------------------------------------------------------------------------------------
+
+def summarize(results: list[CheckResult]) -> dict[str, int]:
+    out = {"total": len(results), **{v: 0 for v in VERDICTS}, "error": 0}
+    for r in results:
+        out["error" if r.error else r.verdict or "error"] += 1
+    return out
+
+
+def report(results: list[CheckResult], model: str | Path = DEFAULT_MODEL) -> dict:
+    cal = load_model(model).calibration
+    return {"schema": SCHEMA, "model": str(model),
+            "calibration": {"temperature": cal.temperature, "t_real": cal.t_real, "t_fake": cal.t_fake,
+                            "rule": cal.rule},
+            "results": [r.to_json() for r in results], "summary": summarize(results)}
+
+
+def write_json(results: list[CheckResult], path: Path, model: str | Path = DEFAULT_MODEL) -> Path:
+    return atomic_write_json(Path(path), report(results, model))
+
+
+def write_csv(results: list[CheckResult], path: Path) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(r.csv_row())
+    return atomic_write_text(Path(path), buf.getvalue())

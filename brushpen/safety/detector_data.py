@@ -1,0 +1,158 @@
+"""The detector's data: reading real and fake sets, training augmentation and class-balanced batches.
+
+**Sets** (`read_set`). A folder is read in the first way that fits:
+1. `manifest.jsonl` in the `build-fakes` schema (rows with `path`, `family`, `label`, `split`,
+   `mask`): each row is one sample; with `--real` only its label-0 rows are used, with `--fake`
+   only its label-1 rows.
+2. `manifest.jsonl` in the `data photos` schema (rows with `file`, `split`): all real.
+3. Otherwise by layout: `<split>/*.png` (family = the folder's name, or `real`) or
+   `<family>/<split>/*.png`.
+Reals must be encoded like the fakes (e.g. `build-fakes`' OUT/real, or the real rows of its
+manifest, which `train` uses when no `--real` is given): the trainer does not re-encode on its own,
+so a lossless real set against JPEG'd fakes would teach the file format.
+
+**Augmentation** (`augment`), applied alike to real and fake training images (CNNDetection's
+recipe plus resizing, since NPR residuals are scale-sensitive): resize 0.5-1.5x (p 0.3, bicubic or
+bilinear) then a random 64-crop, or an enlargement back to 64 as a scan does for small images;
+Gaussian blur sigma 0.1-1.5 (p 0.1); JPEG quality 60-100 (p 0.3); horizontal flip (p 0.5).
+
+**Batches** (`BalancedSampler`): half real, half fake, and the fake half spread evenly over the
+generator families, so a family with more images does not dominate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, UnidentifiedImageError
+
+from brushpen.errors import BadInput
+from brushpen.safety.detector import TILE
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int              # 0 real, 1 fake
+    family: str             # "real", "stylegan", "diffusion", "decoder", "splice", ...
+    split: str
+    mask: Path | None = None  # splices: 255 where generated
+
+
+def _rows(manifest: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{manifest} is not JSON lines: {e}") from e
+
+
+def read_set(folder: Path, label: int) -> list[Sample]:
+    """The samples of one class (0 real, 1 fake) in a folder; see the module docstring."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"no such data folder: {folder}")
+    manifest = folder / "manifest.jsonl"
+    if manifest.exists():
+        rows = _rows(manifest)
+        if rows and "label" in rows[0]:
+            return [Sample(folder / r["path"], int(r["label"]), r["family"], r["split"],
+                           folder / r["mask"] if r.get("mask") else None)
+                    for r in rows if int(r["label"]) == label]
+        if rows and "file" in rows[0] and label == 0:
+            return [Sample(folder / r["file"], 0, "real", r["split"]) for r in rows]
+    out = []
+    for split in SPLITS:
+        for f in sorted((folder / split).glob("*.png")):
+            out.append(Sample(f, label, "real" if label == 0 else folder.name, split))
+    if not out:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for split in SPLITS:
+                for f in sorted((sub / split).glob("*.png")):
+                    out.append(Sample(f, label, "real" if label == 0 else sub.name, split))
+    if not out:
+        raise BadInput(f"{folder} holds no manifest.jsonl and no <split>/*.png or <family>/<split>/*.png")
+    return out
+
+
+def gather(real: list[Path], fake: list[Path], families: tuple[str, ...] | None = None,
+           exclude: tuple[str, ...] = ()) -> list[Sample]:
+    """All samples of the given folders, fakes restricted to `families` and without `exclude`.
+    With no real folder, the label-0 rows of the fake folders' manifests are the reals."""
+    samples = [s for d in (real or fake) for s in read_set(d, 0)]
+    for d in fake:
+        samples += [s for s in read_set(d, 1)
+                    if (families is None or s.family in families) and s.family not in exclude]
+    if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
+        raise BadInput("training needs both real and fake images (check --real/--fake/--families)")
+    return samples
+
+
+def load_rgb(path: Path, tile: int = TILE) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from e
+    if im.size != (tile, tile):
+        im = im.resize((tile, tile), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_arrays(samples: list[Sample], tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, tile, tile, 3) uint8, masks (N, tile, tile) uint8: 255 where generated)."""
+    images = np.stack([load_rgb(s.path, tile) for s in samples]) if samples else np.zeros((0, tile, tile, 3), np.uint8)
+    masks = np.zeros((len(samples), tile, tile), np.uint8)
+    for i, s in enumerate(samples):
+        if s.mask is not None and s.mask.exists():
+            with Image.open(s.mask) as m:
+                masks[i] = np.asarray(m.convert("L").resize((tile, tile), Image.BILINEAR))
+        elif s.label == 1:
+            masks[i] = 255
+    return images, masks
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile: int = TILE
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented copy of a training image and its mask (module docstring has the recipe)."""
+    im, m = Image.fromarray(image), Image.fromarray(mask)
+    if rng.random() < 0.3:
+        side = max(8, int(round(tile * rng.uniform(0.5, 1.5))))
+        method = Image.BICUBIC if rng.random() < 0.5 else Image.BILINEAR
+        im, m = im.resize((side, side), method), m.resize((side, side), Image.BILINEAR)
+        if side < tile:   # as the scanner does with small images
+            im, m = im.resize((tile, tile), Image.BICUBIC), m.resize((tile, tile), Image.BILINEAR)
+        elif side > tile:
+            x, y = (int(v) for v in rng.integers(0, side - tile + 1, 2))
+            im, m = im.crop((x, y, x + tile, y + tile)), m.crop((x, y, x + tile, y + tile))
+    if rng.random() < 0.1:
+        im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 1.5))))
+    if rng.random() < 0.3:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=int(rng.integers(60, 101)))
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    out, mout = np.asarray(im, np.uint8), np.asarray(m, np.uint8)
+    if rng.random() < 0.5:
+        out, mout = out[:, ::-1], mout[:, ::-1]
+    return out, mout
+
+
+class BalancedSampler:
+    """Index batches: half real, the other half fake spread evenly over families."""
+
+    def __init__(self, samples: list[Sample]):
+        self.real = np.array([i for i, s in enumerate(samples) if s.label == 0])
+        fams = sorted({s.family for s in samples if s.label == 1})
+        self.fakes = [np.array([i for i, s in enumerate(samples) if s.label == 1 and s.family == f]) for f in fams]
+        self.families = fams
+
+    def batch(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        n_real = size // 2
+        fam = rng.integers(0, len(self.fakes), size - n_real)
+        fake = [int(self.fakes[f][rng.integers(0, len(self.fakes[f]))]) for f in fam]
+        return np.concatenate([rng.choice(self.real, n_real), np.array(fake, dtype=np.int64)])

@@ -1,0 +1,198 @@
+"""Evaluating the detector (`brushpen detect eval`) and writing its model card.
+
+Protocol (every figure in the table carries its setting's name):
+- Test split only: no photo behind a test patch is in train or val (`data photos` splits by photo;
+  decoder and splice fakes inherit their host patch's split). Each family's fakes are scored
+  against ALL test reals.
+- `in-distribution`: the model trained on every family, on the clean test images.
+- `jpeg75`, `resize0.5`, `resize0.5+jpeg75`: the same test images, real and fake alike, through
+  `brushpen.safety.perturb` first, then scored as a scan would (a 32 px image is enlarged to 64).
+- `lofo`: for each family F, a model trained without F (its own, usually shorter, budget: the
+  row's `steps`), tested on F's test fakes; its thresholds come from its own validation split.
+Metrics per row (`calibrate.family_metrics`): AUC, AP, balanced accuracy at the model's `t_fake`,
+TPR at 1% FPR, counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from brushpen.safety.calibrate import family_metrics
+from brushpen.safety.detector import Detector, load_detector, tile_image
+from brushpen.safety.detector_data import Sample, gather, load_rgb
+from brushpen.safety.detector_train import TrainConfig, logits_of, train_detector
+from brushpen.safety.perturb import PERTURBATIONS
+from brushpen.store import atomic_write_json, atomic_write_text
+
+SETTINGS = ("in-distribution", "jpeg75", "resize0.5", "resize0.5+jpeg75")
+
+
+def _perturbed_logits(model: Detector, samples: list[Sample], setting: str, progress: bool) -> np.ndarray:
+    if setting == "in-distribution":
+        return logits_of(model, np.stack([load_rgb(s.path, model.config.tile) for s in samples]))
+    fn = PERTURBATIONS[setting]
+    images = []
+    for s in tqdm(samples, desc=setting, disable=not progress, leave=False):
+        with Image.open(s.path) as im:
+            tiles, _, _ = tile_image(fn(im.convert("RGB")), model.config.tile)
+        images.append(tiles[0])   # a 64 patch perturbed stays one tile (32 -> enlarged to 64)
+    return logits_of(model, np.stack(images))
+
+
+def evaluate(model: Detector, samples: list[Sample], settings: tuple[str, ...] = SETTINGS,
+             progress: bool = True) -> list[dict]:
+    """Rows {setting, family, auc, ap, acc, tpr_at_1fpr, n_real, n_fake} on the test split."""
+    test = [s for s in samples if s.split == "test"]
+    families = sorted({s.family for s in test if s.label == 1})
+    rows = []
+    for setting in settings:
+        logits = _perturbed_logits(model, test, setting, progress)
+        scores = model.calibration.probability(logits)
+        labels = np.array([s.label for s in test])
+        fams = np.array([s.family for s in test])
+        for fam in families + ["all"]:
+            keep = (labels == 0) | ((fams == fam) if fam != "all" else (labels == 1))
+            rows.append({"setting": setting, "family": fam,
+                         **family_metrics(scores[keep], labels[keep], model.calibration.t_fake)})
+    return rows
+
+
+def evaluate_lofo(lofo_dir: Path, real: list[Path], fake: list[Path]) -> list[dict]:
+    """Rows for each `lofo_dir/<family>` model, tested on that held-out family only."""
+    rows = []
+    for folder in sorted(p for p in Path(lofo_dir).iterdir() if (p / "config.json").exists()):
+        family = folder.name
+        model = load_detector(folder)
+        test = [s for s in gather(real, fake, (family,)) if s.split == "test"]
+        logits = logits_of(model, np.stack([load_rgb(s.path, model.config.tile) for s in test]))
+        labels = np.array([s.label for s in test])
+        steps = json.loads((folder / "train.json").read_text())["steps"] if (folder / "train.json").exists() else None
+        rows.append({"setting": "lofo", "family": family, "steps": steps,
+                     **family_metrics(model.calibration.probability(logits), labels, model.calibration.t_fake)})
+    return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+    lines = ["| setting | family | AUC | AP | bal. acc @ t_fake | TPR @ 1% FPR | real | fake |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        setting = r["setting"] + (f" ({r['steps']} steps)" if r.get("steps") else "")
+        lines.append(f"| {setting} | {r['family']} | {r['auc']:.4f} | {r['ap']:.4f} | {r['acc']:.4f} | "
+                     f"{r['tpr_at_1fpr']:.4f} | {r['n_real']} | {r['n_fake']} |")
+    return "\n".join(lines)
+
+
+def write_eval(model_dir: Path, rows: list[dict], command: str) -> dict:
+    """Merge the rows into metrics.json (key `auc`: in-distribution, all families) and the card."""
+    model_dir = Path(model_dir)
+    path = model_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    old = [r for r in metrics.get("eval", []) if (r["setting"], r["family"]) not in
+           {(n["setting"], n["family"]) for n in rows}]
+    metrics["eval"] = old + rows
+    metrics["eval_command"] = command
+    for r in metrics["eval"]:
+        if r["setting"] == "in-distribution" and r["family"] == "all":
+            metrics.update(auc=round(r["auc"], 4), ap=round(r["ap"], 4), tpr_at_1fpr=round(r["tpr_at_1fpr"], 4))
+    atomic_write_json(path, metrics)
+    atomic_write_text(model_dir / "eval.md", table_markdown(metrics["eval"]) + "\n")
+    return metrics
+
+
+
+def train_lofo(lofo_dir: Path, real: list[Path], fake: list[Path], steps: int,
+               log: Callable[[str], None] = print) -> None:
+    """One model per family F, trained on every other family for `steps` (resumable, each in its folder)."""
+    families = sorted({s.family for s in gather(real, fake) if s.label == 1})
+    for family in families:
+        out = Path(lofo_dir) / family
+        if (out / "config.json").exists() and json.loads((out / "train.json").read_text())["steps"] >= steps:
+            continue
+        log(f"LOFO: training without {family} for {steps} steps -> {out}")
+        train_detector(TrainConfig(out=out, real=real, fake=fake, exclude=(family,), steps=steps, resume=True,
+                                   progress=False), command=f"lofo without {family}", log=log)
+
+
+def _sources_md(train: dict) -> str:
+    """Where the training images came from: the photo packages and the fakes' own card."""
+    lines = []
+    real_dirs = train["config"]["real"] or train["config"]["fake"]
+    for d in map(Path, train["config"]["fake"] + real_dirs):
+        for cand in (d / "card.json", d.parent / "card.json"):
+            if cand.exists():
+                card = json.loads(cand.read_text())
+                photos = Path(card.get("real") or "") / "sources.json"
+                if photos.exists():
+                    src = json.loads(photos.read_text())
+                    lines.append("Real photo patches (`brushpen data photos`), per package:\n")
+                    lines.append("| package | version | photos train/val/test | patches | licences |")
+                    lines.append("|---|---|---|---|---|")
+                    for name, p in sorted(src["packages"].items()):
+                        ph = p.get("photos", {})
+                        lic = ", ".join(f"{k} ({v})" for k, v in sorted(p.get("licences", {}).items()))
+                        lines.append(f"| {name} | {p.get('version')} | {ph.get('train', 0)}/{ph.get('val', 0)}/"
+                                     f"{ph.get('test', 0)} | {p.get('patches')} | {lic} |")
+                md = cand.with_name("card.md")
+                if md.exists():
+                    lines.append("\nThe fake set's own card (`brushpen detect build-fakes`), verbatim:\n")
+                    lines.append("\n".join("> " + ln for ln in md.read_text().splitlines()))
+                return "\n".join(lines)
+    return "Training folders: " + ", ".join(train["config"]["fake"] + train["config"]["real"])
+
+
+def write_card(model_dir: Path) -> Path:
+    """card.md from train.json, config.json and metrics.json (rewritten on every eval)."""
+    model_dir = Path(model_dir)
+    train = json.loads((model_dir / "train.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
+    cal, arch = config["calibration"], config["architecture"]
+    text = f"""# {model_dir.name}: brushpen's AI-made image detector
+
+A {train['params']:,}-parameter CNN on RGB + NPR residuals (x - up(down(x))) of 64x64 patches, with a
+classification head (global average pool + 1x1) and a localisation head (per-region logits,
+trained on the splice masks; the scan's heatmap). Conv/BN/ReLU only: int8-friendly (static QDQ).
+Widths {arch['widths']}, strides {arch['strides']}. See `brushpen/safety/detector.py`.
+
+## Training
+
+    {train['command']}
+
+{train['steps']} steps of batch {train['config']['batch']} (half real, half fake spread evenly over the
+families {', '.join(train['families'])}), AdamW lr {train['config']['lr']} cosine, augmentation
+(JPEG 60-100, blur, resize 0.5-1.5x, crops, flips) alike for both classes, {train['threads']} CPU thread.
+Images per split: {json.dumps(train['counts'])}.
+
+## Calibration
+
+Temperature T = {cal['temperature']:.4f}; verdict `fake` if p >= {cal['t_fake']:.4f}, `real` if
+p < {cal['t_real']:.4f}, else `uncertain`. Rule: {cal['rule']}. Fitted on {json.dumps(cal['fitted_on'])}.
+
+## Evaluation (test split, disjoint by source photo)
+
+    {metrics.get('eval_command', '(not evaluated yet)')}
+
+{table_markdown(metrics.get('eval', []))}
+
+Protocol: `brushpen/safety/detector_eval.py`. Each family's test fakes against all test reals;
+perturbations (`brushpen.safety.perturb`) hit real and fake alike; 32 px results are enlarged to
+64 as a scan does. LOFO rows: a model trained without that family, with the shorter budget shown,
+and its own validation thresholds. Balanced accuracy = (TPR + TNR) / 2 at t_fake.
+
+## Data
+
+{_sources_md(train)}
+
+## Licence
+
+The weights were trained here from scratch and are released under the project's licence. The
+training photos keep their own licences (table above: CC-BY, CC-BY-SA, CC0, GPL, per file, as
+recorded in `sources.json`); the weights contain no image, but credit the photographers named there.
+"""
+    return atomic_write_text(model_dir / "card.md", text)
