@@ -75,12 +75,14 @@ def diffusion_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
     state = _train(cfg, "diffusion", cfg.diffusion_steps, res)
     ctx["training"] = {"state": f"{state['step']} steps (batch {cfg.train_batch}, {res}x{res})",
                        "seconds": state["seconds"], "commands": [state["command"]], "params": state["params"],
-                       "sampler": f"DDIM {cfg.ddim_steps} steps, eta 0, Lanczos {res}->{size}"}
+                       "sampler": f"DDIM {cfg.ddim_steps} steps, eta 0, Lanczos {res}->{size}",
+                       "prediction": state.get("prediction") or "epsilon"}
     unet = load_model(cfg.models_dir() / "diffusion")
+    prediction = state.get("prediction") or "epsilon"  # models trained before v-prediction
 
     def sample(n: int, batch_index: int) -> list[Image.Image]:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch_index)
-        images = [Image.fromarray(a) for a in to_uint8(ddim_sample(unet, n, g, cfg.ddim_steps))]
+        images = [Image.fromarray(a) for a in to_uint8(ddim_sample(unet, n, g, cfg.ddim_steps, prediction))]
         return [im.resize((size, size), Image.LANCZOS) if im.width != size else im for im in images]
 
     return build_sampled(cfg, "diffusion", real, sample, f"ddpm{res}-ddim{cfg.ddim_steps}")

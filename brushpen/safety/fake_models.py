@@ -33,6 +33,11 @@ from brushpen.store import atomic_write_json
 
 KINDS = ("diffusion", "decoder-tconv", "decoder-upsample")
 TRAIN_TIMESTEPS = 1000
+# The model predicts the clean image x0 ("sample"), not the noise: a few hundred steps leave an
+# epsilon (or v) model unable to see the faint noise of the last timesteps (epsilon MSE 0.64 at
+# t=10 after 300 steps here) and DDIM then ends in pure noise; the last DDIM step returns the
+# x0 prediction itself, so an under-trained x0 model ends in smooth images instead.
+PREDICTION = "sample"
 
 
 class ConvAutoencoder(ModelMixin, ConfigMixin):
@@ -120,12 +125,12 @@ def read_train_state(folder: Path) -> dict:
 def _loss_fn(kind: str, model: nn.Module, rng: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     if kind != "diffusion":
         return lambda x: F.l1_loss(model(x), x)
-    sched = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
+    sched = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type=PREDICTION)
 
-    def loss(x: torch.Tensor) -> torch.Tensor:  # epsilon prediction, as in DDPM
+    def loss(x: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=rng)
         t = torch.randint(0, TRAIN_TIMESTEPS, (x.shape[0],), generator=rng)
-        return F.mse_loss(model(sched.add_noise(x, noise, t), t).sample, noise)
+        return F.mse_loss(model(sched.add_noise(x, noise, t), t).sample, x)
     return loss
 
 
@@ -149,6 +154,7 @@ def train_fake_model(cfg: FakeModelConfig, command: str = "", log: Callable[[str
     record = {"kind": cfg.kind, "step": step, "steps": cfg.steps, "seconds": round(seconds, 1),
               "loss": last_loss, "resolution": res, "command": command,
               "params": sum(p.numel() for p in model.parameters()),
+              "prediction": PREDICTION if cfg.kind == "diffusion" else None,
               "config": json.loads(json.dumps(asdict(cfg), default=str))}
     if step >= cfg.steps and (out / "model" / "config.json").is_file():
         return record
@@ -185,9 +191,10 @@ def train_fake_model(cfg: FakeModelConfig, command: str = "", log: Callable[[str
 
 
 @torch.no_grad()
-def ddim_sample(unet: UNet2DModel, num: int, generator: torch.Generator, steps: int = 20) -> torch.Tensor:
+def ddim_sample(unet: UNet2DModel, num: int, generator: torch.Generator, steps: int = 20,
+                prediction: str = PREDICTION) -> torch.Tensor:
     """`num` images in [-1, 1] from pure noise with `steps` deterministic DDIM steps (eta 0)."""
-    sched = DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
+    sched = DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, prediction_type=prediction)
     sched.set_timesteps(steps)
     res = unet.config.sample_size
     x = torch.randn((num, 3, res, res), generator=generator)

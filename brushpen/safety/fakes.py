@@ -2,8 +2,8 @@
 
 Families (each a folder `OUT/<family>/<split>/*.png`):
 - `stylegan`: samples of our StyleGAN2 (`brushpen.gan`) trained on the real TRAIN patches only.
-- `diffusion`: DDIM samples of a small pixel DDPM (`fake_models.small_unet`) trained on the real
-  TRAIN patches at 32x32, resized to the patch size with Lanczos (noted in the card).
+- `diffusion`: DDIM samples of a small pixel DDPM (`fake_models.small_unet`, x0-prediction)
+  trained on the real TRAIN patches at 32x32, resized to the patch size with Lanczos (in the card).
 - `decoder`: real patches passed through a small autoencoder with a transposed-conv decoder
   (`ae-tconv`) or a nearest-upsample + conv decoder (`ae-upsample`); trained on TRAIN patches.
 - `splice`: a generated region (a StyleGAN or diffusion sample, or the autoencoder's version of
