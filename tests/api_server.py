@@ -50,11 +50,11 @@ def make_store(root: Path) -> Path:
 
 
 class Server:
-    """`brushpen studio --no-ui` on a free port; `start()` waits until /health answers."""
+    """`brushpen studio` (with `--no-ui` unless `ui`) on a free port; `start()` waits until /health answers."""
 
     def __init__(self, home: Path, store: Path, api_key: str | None = None, log: Path | None = None,
-                 **env: str):
-        self.home, self.store, self.api_key = home, store, api_key
+                 ui: bool = False, **env: str):
+        self.home, self.store, self.api_key, self.ui = home, store, api_key, ui
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or home.parent / f"server-{self.port}.log"
@@ -63,7 +63,8 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait for /health; returns the seconds it took."""
-        args = [PYTHON, "-m", "brushpen.cli.main", "studio", "--no-ui", "--port", str(self.port)]
+        args = [PYTHON, "-m", "brushpen.cli.main", "studio", *([] if self.ui else ["--no-ui"]),
+                "--port", str(self.port)]
         if self.api_key:
             args += ["--api-key", self.api_key]
         env = subprocess_env(BRUSHPEN_HOME=str(self.home), BRUSHPEN_WEIGHTS=str(self.store), **self.env)

@@ -292,6 +292,7 @@ class WalkRequest:
     label: str | None = None
     fps: int = 8
     format: str = "gif"   # or "webp"
+    prompt: str | None = None   # a class word, as for generate_images
 
     def validate(self) -> None:
         if not 2 <= self.frames <= MAX_WALK_FRAMES:
@@ -321,6 +322,8 @@ def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
     pipe = _pipeline(str(path.resolve()))
     G = pipe.generator
     label = pipe.label_index(req.label)
+    if label is None and req.prompt and req.prompt.strip() and pipe.class_names:
+        label = class_from_prompt(pipe.class_names, pipe.label_index, req.prompt)
     ends = []
     for seed in (req.seed_a, req.seed_b):
         gen = torch.Generator().manual_seed(seed)

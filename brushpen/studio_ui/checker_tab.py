@@ -1,0 +1,65 @@
+"""The Checker tab: drop images or a zip, get a verdict, score, heatmap and provenance per image,
+a sortable table and a CSV. Images from the Images tab arrive here with "Send to checker"."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from brushpen.generators.history import history_dir
+from brushpen.studio_ui.common import user_errors
+
+COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error"]
+
+
+def receive(paths: list[str]) -> tuple:
+    """The Images tab's latest images, put into this tab's input, and this tab shown."""
+    if not paths:
+        raise gr.Error("generate some images first")
+    return paths, gr.Tabs(selected="checker")
+
+
+@user_errors
+def _check(files: list[str] | None, heatmaps: bool, progress: gr.Progress = gr.Progress()) -> tuple:
+    from brushpen.generators.checker import scan_paths, summarize, write_csv
+
+    if not files:
+        raise gr.Error("drop one or more images, or a zip of them")
+    run = history_dir() / "checks" / time.strftime("%Y%m%d-%H%M%S")
+    results = []
+    for r in progress.tqdm(scan_paths([Path(f) for f in files], heatmaps_dir=run / "heatmaps" if heatmaps else None),
+                           desc="checking", total=None):
+        results.append(r)
+    rows = []
+    for r in results:
+        mark = (r.provenance or {}).get("watermark") or {}
+        settings = (r.provenance or {}).get("settings") or {}
+        rows.append([Path(r.path).name, r.verdict or "", r.score if r.score is not None else None,
+                     ("brushpen: " + str(mark.get("model") or "?")) if mark.get("found") else "none",
+                     settings.get("model", ""), r.error or ""])
+    csv_path = write_csv(results, run / "report.csv")
+    shown = [(r.heatmap, f"{r.verdict} {r.score:.2f}") for r in results if r.heatmap] if heatmaps else []
+    counts = summarize(results)
+    status = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    return rows, str(csv_path), shown, status
+
+
+def build() -> gr.File:
+    with gr.Tab("Checker", id="checker"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                files = gr.File(label="Images or a zip", file_count="multiple", type="filepath",
+                                elem_id="checker-files")
+                heatmaps = gr.Checkbox(value=True, label="Heatmaps")
+                go = gr.Button("Check", variant="primary", elem_id="checker-go")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="checker-status")
+                table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Verdicts (click a header to sort)",
+                                     elem_id="checker-table")
+                csv_file = gr.File(label="Report (CSV)")
+                maps = gr.Gallery(label="Heatmaps", format="png", columns=6)
+    go.click(_check, [files, heatmaps], [table, csv_file, maps, status], concurrency_id="checker",
+             concurrency_limit=1, api_name="check_images")
+    return files

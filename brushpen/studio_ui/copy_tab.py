@@ -1,0 +1,80 @@
+"""The Copy tab: a brief in, up to 16 variants streamed into their own boxes as they are written.
+
+It applies `stream_copy`'s events (append a delta, swap on replace, clear on drop) to one box per
+variant, so what the boxes end with equals `generate_copy`'s result for the same seed. Each box has
+a copy button; the finished result goes into the history.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+
+from brushpen.generators.copy import MAX_VARIANTS, CopyRequest, stream_copy
+from brushpen.generators.history import record_copy
+from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors
+from brushpen.text.prompts import KINDS
+
+DEFAULTS = CopyRequest(brief="-")
+
+
+def _boxes(texts: list[str | None], n: int) -> list:
+    return [gr.update(value=t or "", visible=i < n) for i, t in enumerate(texts)]
+
+
+@user_errors
+def _write(brief: str, kind: str, tone: str, audience: str, n: float, temperature: float, top_p: float,
+           top_k: float, repetition_penalty: float, max_new_tokens: float, seed: float) -> Iterator[list]:
+    req = CopyRequest(brief=brief, kind=kind, tone=tone or None, audience=audience or None, n=int(n),
+                      temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                      repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
+                      seed=seed_or_none(seed))
+    req.validate()  # a clear message before any box changes
+    texts: list[str | None] = [""] * MAX_VARIANTS
+    yield _boxes(texts, req.n) + ["writing..."]
+    for ev in stream_copy(req):
+        if ev.kind == "delta":
+            texts[ev.variant] = (texts[ev.variant] or "") + ev.text
+        elif ev.kind == "replace":
+            texts[ev.variant] = ev.text
+        elif ev.kind == "drop":
+            texts[ev.variant] = None
+        elif ev.kind == "done" and ev.result is not None:
+            record_copy(ev.result)
+            notes = "; ".join(ev.result.notes)
+            status = (f"{len(ev.result.variants)} variant(s), seed {ev.result.settings['seed']}"
+                      + (f". {notes}" if notes else ""))
+            yield _boxes(texts, req.n) + [status]
+            return
+        yield _boxes(texts, req.n) + ["writing..."]
+
+
+def build() -> None:
+    with gr.Tab("Copy", id="copy"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                brief = gr.Textbox(label="Brief", lines=3, elem_id="copy-brief",
+                                   placeholder="Reusable steel bottle that keeps drinks cold for 24 hours")
+                kind = gr.Dropdown(list(KINDS), value=DEFAULTS.kind, label="Kind")
+                with gr.Row():
+                    tone = gr.Textbox(label="Tone", placeholder="friendly")
+                    audience = gr.Textbox(label="Audience", placeholder="hikers")
+                n = gr.Slider(1, MAX_VARIANTS, value=DEFAULTS.n, step=1, label="Variants")
+                with gr.Accordion("Sampling", open=False):
+                    temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0: greedy)")
+                    top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p")
+                    top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0: off)")
+                    rep = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
+                    max_new = gr.Slider(8, 512, value=DEFAULTS.max_new_tokens, step=8, label="Max new tokens")
+                with gr.Row():
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1)
+                    dice = gr.Button("Random seed", size="sm")
+                go = gr.Button("Write", variant="primary", elem_id="copy-write")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="copy-status")
+                boxes = [gr.Textbox(label=f"Variant {i + 1}", buttons=["copy"], visible=i < DEFAULTS.n,
+                                    interactive=False, elem_id=f"copy-variant-{i}") for i in range(MAX_VARIANTS)]
+    dice.click(random_seed, None, seed, concurrency_id="light")
+    go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed],
+             boxes + [status], concurrency_id="copy", concurrency_limit=1, api_name="write_copy")

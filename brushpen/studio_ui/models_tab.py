@@ -1,0 +1,34 @@
+"""The Models tab: every model in the store with its card and metrics."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from brushpen.store import list_models
+
+
+def _rows() -> list[list[str]]:
+    return [[m.family, m.name, f"{m.size_bytes / 1e6:.1f} MB", m.key_metric(), ", ".join(m.adapters)]
+            for m in list_models()]
+
+
+def _show(ref: str | None) -> tuple[str, dict]:
+    for m in list_models():
+        if m.ref == ref:
+            return m.card() or "_(this model has no card)_", m.metrics
+    return "", {}
+
+
+def build() -> None:
+    with gr.Tab("Models", id="models"):
+        table = gr.Dataframe(value=_rows, headers=["family", "name", "size", "key metric", "adapters"],
+                             interactive=False, label="Models in the store")
+        refs = [m.ref for m in list_models()]
+        pick = gr.Dropdown(refs, value=refs[0] if refs else None, label="Model")
+        with gr.Row():
+            card = gr.Markdown(value=lambda: _show(refs[0])[0] if refs else "")
+            metrics = gr.JSON(value=lambda: _show(refs[0])[1] if refs else {}, label="metrics.json")
+        refresh = gr.Button("Refresh")
+        pick.change(_show, pick, [card, metrics], concurrency_id="models")
+        refresh.click(lambda: (_rows(), gr.update(choices=[m.ref for m in list_models()])),
+                      None, [table, pick], concurrency_id="models")

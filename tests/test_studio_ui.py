@@ -1,0 +1,114 @@
+"""The studio against the real `brushpen studio` server, driven with `gradio_client`: images (GAN and a
+linked diffusers pipeline), seed walks, streamed copy, history and PNG info, clear messages for bad
+input, and the UI login when a key is set. The diffusers pipeline also goes through the REST API."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from api_server import BRIEF, Server, make_home, make_store
+from brushpen.store import link_model
+from conftest import save_tiny_sd_pipeline
+
+# Images-tab inputs in order: model, prompt, negative, seed, n, psi, mix seed, crossover, steps,
+# guidance, width, height, scheduler.
+GAN = ("shapes", "flag", "", 5, 3, 0.7, -1, 4, 20, 7.5, 512, 512, "default")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("studio")
+    store = make_store(root)
+    link_model(save_tiny_sd_pipeline(root / "tiny-sd"), "diffusers", "tiny", root=store)
+    srv = Server(make_home(root), store, ui=True)
+    srv.start(120)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Client:
+    return Client(server.url + "/", verbose=False)
+
+
+def gallery_paths(gallery: list) -> list[str]:
+    return [g["image"]["path"] if isinstance(g["image"], dict) else g["image"] for g in gallery]
+
+
+def test_images_tab_generates_records_and_reads_back(client: Client, server: Server) -> None:
+    gallery, zipped, status, first_seed = client.predict(*GAN, api_name="/generate_images")
+    paths = gallery_paths(gallery)
+    assert len(paths) == 3 and "seeds 5–7" in status and "class Flags" in status and first_seed == 5
+    assert [g["caption"] for g in gallery] == ["seed 5", "seed 6", "seed 7"]
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as zf:
+        assert len(zf.namelist()) == 3
+    text, settings = client.predict(handle_file(paths[1]), api_name="/png_info")
+    assert "Seed: 6" in text and "Class: Flags" in text and settings["seed"] == 6
+    # The history keeps every image with its settings, on the server's disk.
+    index = (server.home / "history" / "index.jsonl").read_text().splitlines()
+    seeds = [json.loads(line)["settings"]["seed"] for line in index if '"image"' in line]
+    assert {5, 6, 7} <= set(seeds)
+    recent, _ = client.predict(api_name="/_recent")
+    assert len(recent) >= 3
+
+
+def test_bad_input_is_a_message(client: Client) -> None:
+    with pytest.raises(Exception, match="no class matches the prompt 'spaceship'.*Circles, Squares, Flags"):
+        client.predict("shapes", "spaceship", *GAN[2:], api_name="/generate_images")
+    with pytest.raises(Exception, match="brief is empty"):
+        client.predict("  ", "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 8, 1, api_name="/write_copy")
+    gallery, *_ = client.predict(*GAN, api_name="/generate_images")   # still serving
+    assert len(gallery) == 3
+
+
+def test_copy_streams_into_one_box_per_variant(client: Client) -> None:
+    from brushpen.generators.copy import CopyRequest, generate_copy
+
+    job = client.submit(BRIEF, "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 12, 7, api_name="/write_copy")
+    outputs = list(job)
+    assert len(outputs) > 3  # streamed: many partial updates before the last
+    final = outputs[-1]
+    texts = [final[i]["value"] for i in range(2)]
+    assert all(texts) and final[2]["visible"] is False and "seed 7" in final[-1]
+    direct = generate_copy(CopyRequest(brief=BRIEF, kind="headline", n=2, max_new_tokens=12, seed=7))
+    assert texts == direct.texts
+
+
+def test_seed_walk_and_diffusers_model(client: Client, server: Server) -> None:
+    walk = client.predict("shapes", 1, 2, 4, 0.7, "", api_name="/seed_walk")
+    with Image.open(walk) as im:
+        assert im.format == "WEBP" and im.n_frames == 6
+    sd = ("diffusers/tiny", "a red lighthouse", "blurry", 3, 1, 1.0, -1, 4, 2, 5.0, 32, 32, "euler-a")
+    gallery, _, status, _ = client.predict(*sd, api_name="/generate_images")
+    text, settings = client.predict(handle_file(gallery_paths(gallery)[0]), api_name="/png_info")
+    assert text.startswith("```\na red lighthouse\nNegative prompt: blurry\nSteps: 2, Sampler: euler-a")
+    assert settings["model"] == "diffusers/tiny" and settings["width"] == 32
+    # The REST API passes the prompt through to the same pipeline: the same seed, the same pixels.
+    r = httpx.post(server.url + "/v1/images/generations", timeout=120,
+                   json={"model": "diffusers/tiny", "prompt": "a red lighthouse", "n": 1, "seed": 3,
+                         "response_format": "b64_json", "size": "32x32"})
+    assert r.status_code == 200, r.text
+    api_img = Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"])))
+    assert api_img.size == (32, 32) and api_img.info["parameters"].startswith("a red lighthouse\nSteps: 20")
+
+
+def test_ui_login_asks_for_the_key(tmp_path: Path) -> None:
+    srv = Server(make_home(tmp_path), make_store(tmp_path), api_key="k-123", ui=True)
+    srv.start(120)
+    try:
+        assert httpx.get(srv.url + "/config", timeout=10).status_code == 401
+        with pytest.raises(Exception):
+            Client(srv.url + "/", verbose=False)
+        Client(srv.url + "/", auth=("anyone", "k-123"), verbose=False)   # logs in with the key
+    finally:
+        srv.stop()
