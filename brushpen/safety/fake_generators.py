@@ -73,12 +73,12 @@ def diffusion_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
 
     res = min(cfg.diffusion_resolution, size)
     state = _train(cfg, "diffusion", cfg.diffusion_steps, res)
-    ctx["training"] = {"state": f"{state['step']} steps (batch {cfg.train_batch}, {res}x{res})",
+    prediction = state.get("prediction") or "epsilon"  # models trained before x0-prediction
+    ctx["training"] = {"state": f"{state['step']} steps (batch {cfg.train_batch}, {res}x{res}, {prediction})",
                        "seconds": state["seconds"], "commands": [state["command"]], "params": state["params"],
                        "sampler": f"DDIM {cfg.ddim_steps} steps, eta 0, Lanczos {res}->{size}",
-                       "prediction": state.get("prediction") or "epsilon"}
+                       "prediction": prediction}
     unet = load_model(cfg.models_dir() / "diffusion")
-    prediction = state.get("prediction") or "epsilon"  # models trained before v-prediction
 
     def sample(n: int, batch_index: int) -> list[Image.Image]:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + batch_index)

@@ -69,12 +69,12 @@ class FakesConfig:
     count: int = 1100                   # fakes per family in the train split
     seed: int = 0
     models: Path | None = None          # where generators train; None = OUT/.models
-    stylegan_kimg: float = 12.0
+    stylegan_kimg: float = 8.0
     stylegan_channels: tuple[int, ...] = (128, 96, 64, 32, 16)
-    diffusion_steps: int = 600
+    diffusion_steps: int = 300
     diffusion_resolution: int = 32
     ddim_steps: int = 20
-    decoder_steps: int = 300
+    decoder_steps: int = 200
     train_batch: int = 32
     batch: int = 64                     # generation batch
     real_copy: bool = True
@@ -272,7 +272,8 @@ def build_fakes(cfg: FakesConfig) -> dict:
     builders = {"stylegan": lambda: gens.stylegan_family(cfg, real, size, ctx),
                 "diffusion": lambda: gens.diffusion_family(cfg, real, size, ctx),
                 "decoder": lambda: (gens.load_decoders(cfg, ctx), build_decoder(cfg, real, ctx))[1],
-                "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), build_splice(cfg, real, ctx))[1]}
+                "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), _no_training(ctx),
+                                   build_splice(cfg, real, ctx))[-1]}
     steps += [(f, builders[f]) for f in FAMILIES if f in cfg.families]  # splice last: it needs donors
     for family, build in steps:
         record_path = cfg.out / ".work" / f"{family}.json"
@@ -296,6 +297,11 @@ def build_fakes(cfg: FakesConfig) -> dict:
     card["elapsed_s"] = round(time.monotonic() - start, 1)
     _write_outputs(cfg, card)
     return card
+
+
+def _no_training(ctx: dict) -> None:
+    ctx["training"] = {"state": "no generator of its own: regions from the stylegan, diffusion and "
+                                "decoder families' generators (see their rows)"}
 
 
 # What each family's pixels depend on; a change there rebuilds that family (splices depend on
@@ -334,7 +340,8 @@ def render_card(card: dict) -> str:
     for name, f in card["families"].items():
         t, c = f.get("training", {}), f["counts"]
         lines.append(f"| {name} | {c.get('train', 0)} | {c.get('val', 0)} | {c.get('test', 0)} | "
-                     f"{', '.join(f['generators'])} | {t.get('state', '-')} | {t.get('seconds', '-')} | "
+                     f"{', '.join(f['generators'])} | {t.get('state', '-')}"
+                     f"{'; ' + t['sampler'] if 'sampler' in t else ''} | {t.get('seconds', '-')} | "
                      f"{f['build_seconds']} |")
     lines += ["", "Training commands:", ""]
     for name, f in card["families"].items():
