@@ -61,6 +61,14 @@ def test_images_tab_generates_records_and_reads_back(client: Client, server: Ser
     recent, _ = client.predict(api_name="/_recent")
     assert len(recent) >= 3
 
+    # "Send to Images" sets every control to those settings; generating again gives the same pixels.
+    controls = [v["value"] if isinstance(v, dict) and "value" in v else v
+                for v in client.predict(settings, api_name="/rerun")[:13]]
+    assert controls[:5] == ["shapes", "Flags", "", 6, 1]
+    again, *_ = client.predict(*controls, api_name="/generate_images")
+    with Image.open(gallery_paths(again)[0]) as a, Image.open(paths[1]) as b:
+        assert a.tobytes() == b.tobytes()
+
 
 def test_bad_input_is_a_message(client: Client) -> None:
     with pytest.raises(Exception, match="no class matches the prompt 'spaceship'.*Circles, Squares, Flags"):
@@ -85,9 +93,15 @@ def test_copy_streams_into_one_box_per_variant(client: Client) -> None:
 
 
 def test_seed_walk_and_diffusers_model(client: Client, server: Server) -> None:
-    walk = client.predict("shapes", 1, 2, 4, 0.7, "", api_name="/seed_walk")
+    walk = client.predict("shapes", 1, 2, 4, 0.7, "", "WebP", api_name="/seed_walk")
     with Image.open(walk) as im:
-        assert im.format == "WEBP" and im.n_frames == 6
+        assert im.format == "WEBP" and im.n_frames == 6   # 4 there, 2 back
+    gif = client.predict("shapes", 1, 2, 3, 0.7, "flag", "GIF", api_name="/seed_walk")
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 4
+    walks = [json.loads(line) for line in (server.home / "history" / "index.jsonl").read_text().splitlines()
+             if '"walk"' in line]
+    assert walks[-1]["settings"]["format"] == "gif" and walks[-1]["settings"]["prompt"] == "flag"
     sd = ("diffusers/tiny", "a red lighthouse", "blurry", 3, 1, 1.0, -1, 4, 2, 5.0, 32, 32, "euler-a")
     gallery, _, status, _ = client.predict(*sd, api_name="/generate_images")
     text, settings = client.predict(handle_file(gallery_paths(gallery)[0]), api_name="/png_info")

@@ -1,16 +1,20 @@
-"""The studio's history: every image and copy result made there, kept with its full settings.
+"""The studio's history: every image, seed walk and copy result made there, kept with its full settings.
 
 Layout under `$BRUSHPEN_HOME/history/`:
 - `images/YYYYMMDD-HHMMSS-<id>.png`: the PNG exactly as emitted (settings chunks and watermark);
-- `index.jsonl`: one JSON line per item, newest last: id, kind ("image" or "copy"), time, the
-  settings, and either the PNG's path or the copy variants.
+- `walks/YYYYMMDD-HHMMSS-<id>.gif|webp`: seed walks;
+- `index.jsonl`: one JSON line per item, newest last: id, kind ("image", "walk" or "copy"), time,
+  the settings, and either the file's path or the copy variants.
 
-PNGs are written atomically before their index line, and index lines are appended whole under a
-lock and fsynced, so a kill leaves at worst one torn last line, which `list_history` skips.
+Files are written atomically before their index line. Each line goes to the index in one
+`write()` on an O_APPEND descriptor under an exclusive `flock`, then is fsynced, so the studio and
+a CLI sharing one home never interleave lines. A kill can leave at worst one torn last line:
+`list_history` skips it, and the next append starts on a fresh line so no good line is lost.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -22,19 +26,20 @@ from typing import Any
 
 from brushpen.config import get_settings
 from brushpen.generators.copy import CopyResult
-from brushpen.generators.images import GeneratedImage
+from brushpen.generators.images import GeneratedImage, WalkRequest
 from brushpen.store import atomic_write_bytes
 
-_append_lock = threading.Lock()
+KINDS = ("image", "walk", "copy")
+_append_lock = threading.Lock()   # flock is per open file description; this guards threads too
 
 
 @dataclass
 class HistoryItem:
     id: str
-    kind: str                      # "image" or "copy"
+    kind: str                      # "image", "walk" or "copy"
     time: float
     settings: dict[str, Any]
-    path: str | None = None        # the PNG, for images
+    path: str | None = None        # the PNG or the animation, for images and walks
     texts: list[str] = field(default_factory=list)   # the variants, for copy
 
 
@@ -45,11 +50,20 @@ def history_dir() -> Path:
 def _append(item: HistoryItem) -> None:
     index = history_dir() / "index.jsonl"
     index.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(asdict(item), sort_keys=True) + "\n"
-    with _append_lock, open(index, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    data = (json.dumps(asdict(item), sort_keys=True) + "\n").encode("utf-8")
+    with _append_lock:
+        fd = os.open(index, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)   # read: the last byte
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data   # a torn line from a kill: end it, so this line parses
+            view = memoryview(data)
+            while view:                # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)               # also releases the flock
 
 
 def _new_id() -> tuple[str, float]:
@@ -69,6 +83,15 @@ def record_images(images: list[GeneratedImage]) -> list[HistoryItem]:
     return items
 
 
+def record_walk(req: WalkRequest, data: bytes) -> HistoryItem:
+    """Save a seed walk's animation and index it with the request that made it."""
+    item_id, now = _new_id()
+    path = atomic_write_bytes(history_dir() / "walks" / f"{item_id}.{req.format}", data)
+    item = HistoryItem(item_id, "walk", now, asdict(req), path=str(path))
+    _append(item)
+    return item
+
+
 def record_copy(result: CopyResult) -> HistoryItem:
     item_id, now = _new_id()
     item = HistoryItem(item_id, "copy", now, result.settings, texts=result.texts)
@@ -77,16 +100,17 @@ def record_copy(result: CopyResult) -> HistoryItem:
 
 
 def list_history(limit: int = 100, kind: str | None = None) -> list[HistoryItem]:
-    """The newest `limit` items, newest first; images whose PNG was deleted are left out."""
+    """The newest `limit` items (of one kind, if given), newest first; items whose file was
+    deleted are left out."""
     index = history_dir() / "index.jsonl"
     if not index.exists():
         return []
     items = []
-    for line in index.read_text(encoding="utf-8").splitlines():
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             item = HistoryItem(**json.loads(line))
         except (json.JSONDecodeError, TypeError):
-            continue  # a torn last line after a kill
+            continue  # a torn line after a kill
         if kind not in (None, item.kind) or (item.path and not Path(item.path).exists()):
             continue
         items.append(item)

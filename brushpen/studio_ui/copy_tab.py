@@ -69,7 +69,7 @@ def build() -> None:
                     max_new = gr.Slider(8, 512, value=DEFAULTS.max_new_tokens, step=8, label="Max new tokens")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1)
-                    dice = gr.Button("Random seed", size="sm")
+                    dice = gr.Button("🎲 Random", size="sm", min_width=40)
                 go = gr.Button("Write", variant="primary", elem_id="copy-write")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="copy-status")

@@ -7,16 +7,22 @@ from pathlib import Path
 
 import gradio as gr
 
-from brushpen.errors import BadInput
-from brushpen.generators.history import list_history
+from brushpen.generators.history import HistoryItem, list_history
 from brushpen.generators.images import format_parameters, read_png_settings
 from brushpen.studio_ui.common import user_errors
-from brushpen.studio_ui.images_tab import ImagesTab
+from brushpen.studio_ui.images_tab import ImagesTab, settings_updates
+
+
+def _caption(it: HistoryItem) -> str:
+    s = it.settings
+    if it.kind == "walk":
+        return f"{s.get('model')} · walk {s.get('seed_a')}→{s.get('seed_b')}"
+    return f"{s.get('model')} · seed {s.get('seed')}"
 
 
 def _recent() -> tuple[list, list[list]]:
-    images = [(it.path, f"{it.settings.get('model')} · seed {it.settings.get('seed')}")
-              for it in list_history(48, "image")]
+    """The newest images and walks (one gallery) and copy results (a table), newest first."""
+    images = [(it.path, _caption(it)) for it in list_history(500) if it.kind != "copy"][:48]
     copy = [[it.id, it.settings.get("brief", ""), it.settings.get("kind", ""), it.settings.get("seed"),
              " | ".join(it.texts)] for it in list_history(50, "copy")]
     return images, copy
@@ -24,8 +30,8 @@ def _recent() -> tuple[list, list[list]]:
 
 @user_errors
 def _png_info(file: str | None) -> tuple[str, dict]:
-    if not file:
-        raise BadInput("drop a PNG made by brushpen to read its settings")
+    if not file:   # the file was cleared: nothing to show, and nothing wrong
+        return "", {}
     settings = read_png_settings(Path(file))
     if not settings:
         return "This image carries no generation settings.", {}
@@ -35,26 +41,19 @@ def _png_info(file: str | None) -> tuple[str, dict]:
 
 
 def _rerun(settings: dict) -> list:
-    """The Images tab's controls set to an image's settings (n=1, so the same image comes back)."""
+    """The Images tab set to an image's settings, and shown."""
     if not settings:
         raise gr.Error("read an image's settings first")
-    s = settings
-    is_gan = s.get("kind", "gan") == "gan"
-    return [s.get("model"), (s.get("label") or s.get("prompt") or "") if is_gan else (s.get("prompt") or ""),
-            s.get("negative_prompt") or "", s.get("seed"), 1,
-            s.get("truncation_psi") if s.get("truncation_psi") is not None else 1.0,
-            s.get("mix_seed") if s.get("mix_seed") is not None else -1, s.get("mix_cutoff") or 4,
-            s.get("steps") or 20, s.get("guidance") if s.get("guidance") is not None else 7.5,
-            s.get("width") or 512, s.get("height") or 512, s.get("scheduler") or "default",
-            gr.Tabs(selected="images")]
+    return settings_updates(settings) + [gr.Tabs(selected="images")]
 
 
 def build(images: ImagesTab, tabs: gr.Tabs) -> None:
-    with gr.Tab("History", id="history"):
-        refresh = gr.Button("Refresh")
-        gallery = gr.Gallery(label="Recent images", format="png", columns=8, value=lambda: _recent()[0])
+    with gr.Tab("History", id="history") as tab:
+        refresh = gr.Button("Refresh", size="sm")
+        gallery = gr.Gallery(label="Recent images and walks", format="png", columns=8, elem_id="history-gallery",
+                             value=lambda: _recent()[0])
         table = gr.Dataframe(headers=["id", "brief", "kind", "seed", "variants"], interactive=False,
-                             value=lambda: _recent()[1], label="Recent copy")
+                             value=lambda: _recent()[1], label="Recent copy", elem_id="history-copy")
         with gr.Accordion("PNG info", open=True):
             with gr.Row():
                 drop = gr.File(label="Drop an image made here", file_types=["image"], type="filepath",
@@ -62,9 +61,8 @@ def build(images: ImagesTab, tabs: gr.Tabs) -> None:
                 with gr.Column():
                     text = gr.Markdown(elem_id="pnginfo-text")
                     settings = gr.JSON(label="settings")
-                    rerun = gr.Button("Send to Images")
+                    rerun = gr.Button("Send to Images", elem_id="pnginfo-rerun")
     refresh.click(_recent, None, [gallery, table], concurrency_id="light")
+    tab.select(_recent, None, [gallery, table], concurrency_id="light", api_name=False)
     drop.change(_png_info, drop, [text, settings], concurrency_id="light", api_name="png_info")
-    rerun.click(_rerun, settings, [images.model, images.prompt, images.negative, images.seed, images.n, images.psi,
-                                   images.mix_seed, images.crossover, images.steps, images.guidance, images.width,
-                                   images.height, images.scheduler, tabs], concurrency_id="light")
+    rerun.click(_rerun, settings, images.settings_outputs() + [tabs], concurrency_id="light", api_name="rerun")

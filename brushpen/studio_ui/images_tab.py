@@ -7,15 +7,14 @@ history with its settings, so "PNG info" can read it back later.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import gradio as gr
 
-from brushpen.generators.history import history_dir, record_images
-from brushpen.generators.images import (ImageRequest, WalkRequest, generate_images, image_models,
-                                        seed_walk)
-from brushpen.store import atomic_write_bytes
+from brushpen.generators.history import record_images, record_walk
+from brushpen.generators.diffusion import SCHEDULERS
+from brushpen.generators.images import (ImageModelInfo, ImageRequest, WalkRequest, generate_images,
+                                        image_models, seed_walk)
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors, zip_files
 
 
@@ -36,24 +35,53 @@ class ImagesTab:
     width: gr.Number
     height: gr.Number
     scheduler: gr.Dropdown
+    gan_box: gr.Group
+    sd_box: gr.Group
     paths: gr.State
     to_checker: gr.Button
+
+    def settings_outputs(self) -> list:
+        """The components `settings_updates` fills, in its order."""
+        return [self.model, self.prompt, self.negative, self.seed, self.n, self.psi, self.mix_seed, self.crossover,
+                self.steps, self.guidance, self.width, self.height, self.scheduler, self.gan_box, self.sd_box]
 
 
 def _models() -> dict:
     return {m.name: m for m in image_models()}
 
 
+def _prompt_look(info: ImageModelInfo | None) -> dict:
+    """The prompt box's label and hint: a GAN's prompt is a word naming one of its classes."""
+    if info is not None and info.kind == "diffusers":
+        return {"label": "Prompt", "placeholder": "Describe the image"}
+    hint = ("A word naming a class: " + ", ".join(info.class_names)) if info and info.class_names \
+        else "This model takes no prompt"
+    return {"label": "Prompt (class)", "placeholder": hint}
+
+
 def _controls_for(name: str | None) -> list:
-    """Show the GAN or the diffusers controls, and say which classes a GAN prompt can name."""
+    """Show the GAN or the diffusers controls (as A1111 does) and size the image to the model."""
     info = _models().get(name)
     is_gan = info is None or info.kind == "gan"
-    hint = ("A word naming a class: " + ", ".join(info.class_names)) if is_gan and info and info.class_names \
-        else ("This model takes no prompt" if is_gan else "Describe the image")
     side = info.resolution if info else None
-    return [gr.update(placeholder=hint, label="Prompt (class)" if is_gan else "Prompt"),
-            gr.update(visible=not is_gan), gr.update(visible=is_gan), gr.update(visible=not is_gan),
-            gr.update(value=side), gr.update(value=side)]
+    return [gr.update(**_prompt_look(info)), gr.update(visible=not is_gan), gr.update(visible=is_gan),
+            gr.update(visible=not is_gan), gr.update(value=side), gr.update(value=side)]
+
+
+def settings_updates(s: dict) -> list:
+    """Every control set to an image's settings (n=1, so the same image comes back), for
+    `ImagesTab.settings_outputs`. The model's own controls are shown here rather than by the
+    model dropdown's event, which would reset the size to the model's native one."""
+    info = _models().get(s.get("model"))
+    is_gan = s.get("kind", "gan") == "gan"
+    prompt = (s.get("label") or s.get("prompt") or "") if is_gan else (s.get("prompt") or "")
+    return [s.get("model"), gr.update(value=prompt, **_prompt_look(info)),
+            gr.update(value=s.get("negative_prompt") or "", visible=not is_gan), s.get("seed"), 1,
+            s.get("truncation_psi") if s.get("truncation_psi") is not None else 1.0,
+            s.get("mix_seed") if s.get("mix_seed") is not None else -1, s.get("mix_cutoff") or 4,
+            s.get("steps") or 20, s.get("guidance") if s.get("guidance") is not None else 7.5,
+            s.get("width") or 512, s.get("height") or 512, s.get("scheduler") or "default",
+            gr.update(visible=is_gan), gr.update(visible=not is_gan)]
 
 
 @user_errors
@@ -74,70 +102,77 @@ def _generate(model: str, prompt: str, negative: str, seed: float, n: float, psi
     paths = [it.path for it in items]
     first = images[0].settings
     zipped = zip_files(paths, f"{items[0].id}-x{len(paths)}")
-    status = (f"{len(images)} image(s) from **{first['model']}**, seeds {first['seed']}–{first['seed'] + len(images) - 1}"
+    seeds = f"seed {first['seed']}" if len(images) == 1 else f"seeds {first['seed']}–{first['seed'] + len(images) - 1}"
+    status = (f"{len(images)} image(s) from **{first['model']}**, {seeds}"
               + (f", class {first['label']}" if first.get("label") else ""))
     gallery = [(p, f"seed {im.settings['seed']}") for p, im in zip(paths, images)]
     return gallery, zipped, status, paths, first["seed"]
 
 
 @user_errors
-def _walk(model: str, seed_a: float, seed_b: float, frames: float, psi: float, prompt: str,
+def _walk(model: str, seed_a: float, seed_b: float, frames: float, psi: float, prompt: str, fmt: str,
           progress: gr.Progress = gr.Progress()) -> str:
     req = WalkRequest(model=model, seed_a=int(seed_a), seed_b=int(seed_b), frames=int(frames),
-                      truncation_psi=float(psi), prompt=prompt or None, format="webp")
+                      truncation_psi=float(psi), prompt=prompt or None, format=(fmt or "webp").lower())
     data = seed_walk(req, progress=lambda d, t: progress((d, t), desc="walking"))
-    name = f"walk-{time.strftime('%Y%m%d-%H%M%S')}-{req.model}-{req.seed_a}-{req.seed_b}.webp"
-    return str(atomic_write_bytes(history_dir() / "walks" / name, data))
+    return str(record_walk(req, data).path)
 
 
 def build() -> ImagesTab:
     models = _models()
     names = list(models)
     first = names[0] if names else None
+    info = models.get(first)
+    is_gan = info is None or info.kind == "gan"   # the first model's controls show from the start
+    side = info.resolution if info else 512
     with gr.Tab("Images", id="images"):
         with gr.Row():
             with gr.Column(scale=2):
-                model = gr.Dropdown(names, value=first, label="Model")
-                prompt = gr.Textbox(label="Prompt (class)", lines=2)
-                negative = gr.Textbox(label="Negative prompt", visible=False)
+                model = gr.Dropdown(names, value=first, label="Model", elem_id="images-model")
+                prompt = gr.Textbox(lines=2, elem_id="images-prompt", **_prompt_look(info))
+                negative = gr.Textbox(label="Negative prompt", visible=not is_gan, elem_id="images-negative")
                 with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1)
-                    dice = gr.Button("Random seed", size="sm")
-                n = gr.Slider(1, 64, value=8, step=1, label="Number of images")
-                with gr.Group(visible=True) as gan_box:
-                    psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation ψ")
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1, elem_id="images-seed")
+                    dice = gr.Button("🎲 Random", size="sm", min_width=40, elem_id="images-dice")
+                n = gr.Slider(1, 64, value=8, step=1, label="Number of images", elem_id="images-n")
+                with gr.Group(visible=is_gan) as gan_box:
+                    psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation ψ", elem_id="images-psi")
                     mix_seed = gr.Number(value=-1, precision=0, label="Style-mix seed (-1: off)", minimum=-1)
                     crossover = gr.Slider(1, 9, value=4, step=1, label="Style-mix crossover layer")
-                with gr.Group(visible=False) as sd_box:
-                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
+                with gr.Group(visible=not is_gan) as sd_box:
+                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="images-steps")
                     guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance (CFG scale)")
                     with gr.Row():
-                        width = gr.Number(value=512, precision=0, label="Width")
-                        height = gr.Number(value=512, precision=0, label="Height")
-                    scheduler = gr.Dropdown(["default", "euler", "euler-a", "dpm++2m", "ddim", "pndm", "lms", "unipc"],
-                                            value="default", label="Scheduler")
+                        width = gr.Number(value=side, precision=0, label="Width", elem_id="images-width")
+                        height = gr.Number(value=side, precision=0, label="Height", elem_id="images-height")
+                    scheduler = gr.Dropdown(["default", *SCHEDULERS], value="default",
+                                            label="Scheduler (default: the pipeline's own)")
                 go = gr.Button("Generate", variant="primary", elem_id="images-generate")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="images-gallery")
                 status = gr.Markdown(elem_id="images-status")
                 with gr.Row():
                     zipped = gr.File(label="Download all (zip)")
-                    to_checker = gr.Button("Send to checker")
+                    to_checker = gr.Button("Send to checker", elem_id="images-to-checker")
         with gr.Accordion("Seed walk", open=False):
             with gr.Row():
                 seed_a = gr.Number(value=0, precision=0, label="From seed")
                 seed_b = gr.Number(value=1, precision=0, label="To seed")
                 frames = gr.Slider(2, 60, value=16, step=1, label="Frames")
-                walk_go = gr.Button("Walk")
-            walk_out = gr.Image(label="Seed walk (animated WebP)", type="filepath", elem_id="images-walk")
+                # Lossless WebP keeps the provenance watermark; GIF's palette loses it but plays anywhere.
+                fmt = gr.Radio(["WebP", "GIF"], value="WebP", label="Format")
+                walk_go = gr.Button("Walk", elem_id="images-walk-go")
+            walk_out = gr.Image(label="Seed walk (animated)", type="filepath", elem_id="images-walk")
         paths = gr.State([])
 
-    model.change(_controls_for, model, [prompt, negative, gan_box, sd_box, width, height], concurrency_id="light")
+    # .input (the user picked a model), not .change: a PNG-info re-run sets the model and the size
+    # together, and .change would then reset the size to the model's native one.
+    model.input(_controls_for, model, [prompt, negative, gan_box, sd_box, width, height], concurrency_id="light")
     dice.click(random_seed, None, seed, concurrency_id="light")
     go.click(_generate, [model, prompt, negative, seed, n, psi, mix_seed, crossover, steps, guidance, width,
                          height, scheduler], [gallery, zipped, status, paths, seed_a],
              concurrency_id="images", concurrency_limit=1, api_name="generate_images")
-    walk_go.click(_walk, [model, seed_a, seed_b, frames, psi, prompt], walk_out,
+    walk_go.click(_walk, [model, seed_a, seed_b, frames, psi, prompt, fmt], walk_out,
                   concurrency_id="images", concurrency_limit=1, api_name="seed_walk")
     return ImagesTab(model, prompt, negative, seed, n, psi, mix_seed, crossover, steps, guidance, width,
-                     height, scheduler, paths, to_checker)
+                     height, scheduler, gan_box, sd_box, paths, to_checker)
