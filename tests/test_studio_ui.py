@@ -1,6 +1,7 @@
 """The studio against the real `brushpen studio` server, driven with `gradio_client`: images (GAN and a
-linked diffusers pipeline), seed walks, streamed copy, history and PNG info, clear messages for bad
-input, and the UI login when a key is set. The diffusers pipeline also goes through the REST API."""
+linked diffusers pipeline), seed walks, streamed copy, history and PNG info with re-runs, the models'
+cards, clear messages for bad input, separate queues for copy and images, and the UI login when a
+key is set. The diffusers pipeline also goes through the REST API."""
 
 from __future__ import annotations
 
@@ -126,3 +127,29 @@ def test_ui_login_asks_for_the_key(tmp_path: Path) -> None:
         Client(srv.url + "/", auth=("anyone", "k-123"), verbose=False)   # logs in with the key
     finally:
         srv.stop()
+
+
+def test_images_do_not_wait_for_a_running_copy_job(client: Client) -> None:
+    """Copy and images have their own queues (concurrency_id): a batch of images finishes while a
+    long copy job is still writing."""
+    import time
+
+    job = client.submit(BRIEF, "description", "", "", 3, 0.3, 0.9, 50, 1.1, 96, 11, api_name="/write_copy")
+    deadline = time.monotonic() + 60
+    while len(job.outputs()) < 2 and time.monotonic() < deadline:   # the model has started writing
+        time.sleep(0.05)
+    assert not job.done()
+    gallery, *_ = client.predict(*GAN, api_name="/generate_images")
+    assert len(gallery) == 3 and not job.done(), "the images waited for the copy job"
+    final = job.result()
+    assert "3 variant(s), seed 11" in final[-1]
+
+
+def test_models_tab_shows_cards_and_metrics(client: Client, server: Server) -> None:
+    folder = server.store / "gan" / "shapes"
+    (folder / "card.md").write_text("# shapes\n\nA tiny test GAN.\n")
+    (folder / "metrics.json").write_text('{"fid": 321.5, "kimg": 0.1}')
+    card, metrics = client.predict("gan/shapes", api_name="/model_card")
+    assert card.startswith("# shapes") and metrics == {"fid": 321.5, "kimg": 0.1}
+    card, _ = client.predict("diffusers/tiny", api_name="/model_card")
+    assert card == "_(this model has no card)_"

@@ -29,6 +29,6 @@ def build() -> None:
             card = gr.Markdown(value=lambda: _show(refs[0])[0] if refs else "")
             metrics = gr.JSON(value=lambda: _show(refs[0])[1] if refs else {}, label="metrics.json")
         refresh = gr.Button("Refresh")
-        pick.change(_show, pick, [card, metrics], concurrency_id="models")
+        pick.change(_show, pick, [card, metrics], concurrency_id="models", api_name="model_card")
         refresh.click(lambda: (_rows(), gr.update(choices=[m.ref for m in list_models()])),
                       None, [table, pick], concurrency_id="models")
