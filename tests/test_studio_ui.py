@@ -103,6 +103,8 @@ def test_seed_walk_and_diffusers_model(client: Client, server: Server) -> None:
     walks = [json.loads(line) for line in (server.home / "history" / "index.jsonl").read_text().splitlines()
              if '"walk"' in line]
     assert walks[-1]["settings"]["format"] == "gif" and walks[-1]["settings"]["prompt"] == "flag"
+    recent, _ = client.predict(api_name="/_recent")
+    assert recent[0]["caption"] == "shapes · walk 1→2" and gallery_paths(recent)[0].endswith(".gif")
     sd = ("diffusers/tiny", "a red lighthouse", "blurry", 3, 1, 1.0, -1, 4, 2, 5.0, 32, 32, "euler-a")
     gallery, _, status, _ = client.predict(*sd, api_name="/generate_images")
     text, settings = client.predict(handle_file(gallery_paths(gallery)[0]), api_name="/png_info")
