@@ -129,6 +129,7 @@ def save_detector(model: Detector, folder: Path, extra: dict | None = None) -> P
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".model.safetensors.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.chmod(0o644)
     tmp.replace(folder / "model.safetensors")
     atomic_write_json(folder / "config.json", {"model_type": "brushpen-detector",
                                                "architecture": asdict(model.config),

@@ -153,13 +153,17 @@ def write_card(model_dir: Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text())
     metrics = json.loads((model_dir / "metrics.json").read_text()) if (model_dir / "metrics.json").exists() else {}
     cal, arch = config["calibration"], config["architecture"]
+    from brushpen.safety.fakes import FAMILIES   # the families the checker is meant to cover
+    missing = [f for f in FAMILIES if f not in train["families"]]
+    gap = (f"\n**Interim model: trained and evaluated without {', '.join(missing)}** (not in the fake set when "
+           "it was trained); its figures say nothing about those families.\n") if missing else ""
     text = f"""# {model_dir.name}: brushpen's AI-made image detector
 
 A {train['params']:,}-parameter CNN on RGB + NPR residuals (x - up(down(x))) of 64x64 patches, with a
 classification head (global average pool + 1x1) and a localisation head (per-region logits,
 trained on the splice masks; the scan's heatmap). Conv/BN/ReLU only: int8-friendly (static QDQ).
 Widths {arch['widths']}, strides {arch['strides']}. See `brushpen/safety/detector.py`.
-
+{gap}
 ## Training
 
     {train['command']}

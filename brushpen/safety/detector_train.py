@@ -130,7 +130,7 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
         step += 1
         losses.append(round(float(loss.detach()), 4))
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
         if step % cfg.snap == 0 or step == cfg.steps:
             checkpoint()
     bar.close()
