@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from api_server import BRIEF, Server, make_home, make_store
 from brushpen.store import link_model
-from conftest import save_tiny_sd_pipeline
+from conftest import REPO, save_tiny_sd_pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -27,6 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("browser")
     store = make_store(root)
     link_model(save_tiny_sd_pipeline(root / "tiny-sd"), "diffusers", "tiny", root=store)
+    link_model(REPO / "weights" / "safety" / "detector", "safety", "detector", root=store)  # the shipped checker
     srv = Server(make_home(root), store, ui=True)
     srv.start(120)
     yield srv
@@ -80,6 +81,11 @@ def test_studio_in_chromium(server: Server, tmp_path: Path) -> None:
         files = page.locator("#checker-files")
         for png in gan_pngs:
             expect(files).to_contain_text(png.stem)   # the name and ".png" sit in two spans
+        # Check them: eight verdicts in the table, and the status counts them.
+        page.locator("#checker-go").click()
+        expect(page.locator("#checker-status")).to_contain_text("total: 8", timeout=120_000)
+        expect(page.locator("#checker-table")).to_contain_text(gan_pngs[0].name)
+        assert re.search(r"\b(real|uncertain|fake)\b", page.locator("#checker-table").inner_text())
         page.screenshot(path=str(tmp_path / "2-checker.png"), full_page=True)
 
         # Copy: the first variant's box fills while the model writes (seen at several lengths).
