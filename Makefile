@@ -11,7 +11,7 @@ PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install chromium run test test-slow bench data clean-venv
+.PHONY: install chromium run test test-slow bench bench-copy-tune data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 $(STAMP): pyproject.toml
@@ -48,6 +48,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/gan_train.py --threads $(BENCH_THREADS) $(if $(SG2_REFERENCE),--reference $(SG2_REFERENCE))
 	$(PY) benchmarks/text_generate.py --threads 1,$(BENCH_THREADS)
 	$(PY) benchmarks/text_pretrain.py --threads $(BENCH_THREADS)
+	$(PY) benchmarks/api_load.py --threads 1 --requests 4 --image-requests 32 --max-tokens 8
+	$(PY) benchmarks/watermark.py
+	$(PY) benchmarks/detect.py --threads 1
+
+# The copy defaults sweep: about 25 minutes on one thread (see BENCHMARKS.md).
+bench-copy-tune: $(STAMP)
+	$(PY) benchmarks/copy_tune.py --threads 1 --seeds 1000,2000
 
 clean-venv:
 	rm -rf $(VENV)
