@@ -54,7 +54,7 @@ bench: $(STAMP)
 
 # The copy defaults sweep: about 25 minutes on one thread (see BENCHMARKS.md).
 bench-copy-tune: $(STAMP)
-	$(PY) benchmarks/copy_tune.py --threads 1 --seeds 1000,2000
+	$(PY) benchmarks/copy_tune.py --threads 1 --seeds 1000,2000,3000
 
 clean-venv:
 	rm -rf $(VENV)
