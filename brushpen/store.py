@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BrokenModel, ModelNotFound, UnsafeWeights
@@ -208,10 +208,12 @@ def staging_dir(final: Path) -> Path:
     return stage
 
 
-def link_model(target: Path, family: str, name: str, root: Path | None = None) -> Path:
+def link_model(target: Path, family: str, name: str, root: Path | None = None,
+               check: Callable[[Path], Any] | None = None) -> Path:
     """Add a model folder that lives elsewhere on disk to the store, as a symlink `family/name`.
 
     Large downloads (a Stable Diffusion folder is several GB) stay where the user keeps them.
+    `check(target)`, e.g. a trial load, runs after the cheap checks and before the link is made.
     """
     if family not in FAMILIES:
         raise BadInput(f"unknown family '{family}': expected one of {', '.join(FAMILIES)}")
@@ -224,6 +226,8 @@ def link_model(target: Path, family: str, name: str, root: Path | None = None) -
     link = store_root(root) / family / name
     if link.exists() or link.is_symlink():
         raise BadInput(f"{family}/{name} is already in the store ({link}); pick another --name")
+    if check is not None:
+        check(target)
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{name}.tmp-link")
     tmp.unlink(missing_ok=True)

@@ -59,17 +59,10 @@ def run_add(args: argparse.Namespace) -> int:
     from brushpen.generators.diffusion import load_pipeline
     from brushpen.store import link_model
 
-    from brushpen.errors import BadInput
-    from brushpen.store import PIPELINE_INDEX, store_root
-
     target = Path(args.path).expanduser().resolve()
     name = args.name or target.name
-    if not (target / PIPELINE_INDEX).is_file():
-        raise BadInput(f"{target} is not a diffusers pipeline folder: it has no {PIPELINE_INDEX}")
-    if (store_root() / "diffusers" / name).exists():
-        raise BadInput(f"diffusers/{name} is already in the store; pick another --name")
-    load_pipeline(str(target))  # refuse a folder that does not load as a text-to-image pipeline
-    link = link_model(target, "diffusers", name)
+    # The trial load refuses a folder that is not a text-to-image pipeline, before anything is linked.
+    link = link_model(target, "diffusers", name, check=lambda t: load_pipeline(str(t)))
     print(f"added diffusers/{name} -> {target}")
     print(f"try: brushpen image generate --model diffusers/{name} --prompt 'a lighthouse at dusk' --n 1")
     return 0 if link else 1

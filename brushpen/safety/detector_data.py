@@ -22,7 +22,6 @@ generator families, so a family with more images does not dominate.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from brushpen.errors import BadInput
 from brushpen.safety.detector import TILE
+from brushpen.safety.perturb import jpeg
 
 SPLITS = ("train", "val", "test")
 
@@ -133,9 +133,7 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile:
     if rng.random() < 0.1:
         im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 1.5))))
     if rng.random() < 0.3:
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=int(rng.integers(60, 101)))
-        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        im = jpeg(im, int(rng.integers(60, 101)))
     out, mout = np.asarray(im, np.uint8), np.asarray(m, np.uint8)
     if rng.random() < 0.5:
         out, mout = out[:, ::-1], mout[:, ::-1]

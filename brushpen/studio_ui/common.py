@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import random
 import zipfile
@@ -23,7 +24,7 @@ def user_errors(fn: Callable) -> Callable:
     def translate(e: BrushpenError) -> gr.Error:
         return gr.Error(str(e), print_exception=False)
 
-    if _is_generator(fn):
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any):
             try:
@@ -39,12 +40,6 @@ def user_errors(fn: Callable) -> Callable:
         except BrushpenError as e:
             raise translate(e) from e
     return wrapper
-
-
-def _is_generator(fn: Callable) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(fn)
 
 
 def seed_or_none(value: float | None) -> int | None:
