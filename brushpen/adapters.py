@@ -102,3 +102,24 @@ def resolve_adapter(ref: str, family: str | None = None, base_sha256: str | None
         raise BrokenModel(f"adapter '{name}' was trained on other weights than {base_dir.name} "
                           f"(base hash {info.base_sha256[:12]} vs {base_sha256[:12]}): retrain it on this base")
     return base_dir, folder
+
+
+# ---- the fine-tuning contract every family follows -------------------------------------------
+# `brushpen.gan.lora.finetune`, `brushpen.text.lora.finetune` and `brushpen.safety.lora.finetune`
+# each take their family's request dataclass and an optional progress callback, and return a
+# `FinetuneResult`. The CLI, the API's fine-tuning jobs and the studio's Fine-tune tab call them.
+
+@dataclass
+class FinetuneEvent:
+    step: int                  # optimizer steps done (or kimg*1000 images for the GAN)
+    total: int
+    loss: float | None = None  # the main training loss at this step, for the loss plot
+    message: str = ""          # one line for logs ("kimg 1.2, loss_G 0.91, p 0.05")
+    metrics: dict[str, float] = field(default_factory=dict)   # any other figures of this step
+
+
+@dataclass
+class FinetuneResult:
+    ref: str                   # "base:adapter", usable wherever a model name is
+    path: Path                 # the adapter folder
+    metrics: dict[str, Any] = field(default_factory=dict)
