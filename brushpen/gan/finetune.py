@@ -1,0 +1,179 @@
+"""`finetune`: adapt a shipped GAN to a few of your own images, on the ordinary StyleGAN2 trainer.
+
+Three modes share the data, the trainer (adaptive augmentation, EMA, resume, snapshots) and the
+architecture of the base:
+- `lora`   : start from the base, train only LoRA matrices in G (`gan/lora.py`), write an adapter
+             to `weights/gan/<base>/adapters/NAME/` (served as `<base>:NAME`);
+- `full`   : start from the base, train every weight, write an ordinary model folder;
+- `scratch`: the base's architecture at random initialisation, same data: the baseline.
+Freeze-D (`freeze_d`) fixes the discriminator's first blocks in `lora` and `full`. The data is an
+image folder or a .zip (unpacked safely under `$BRUSHPEN_HOME/finetune/`); its labels must use the
+base's class names, and unlabelled images on a class-conditional base are spread over its
+classes in turn, so every class moves to the new domain.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from brushpen.adapters import FinetuneEvent, FinetuneResult, adapter_dir, check_name, split_ref, unpack_zip
+from brushpen.config import get_settings
+from brushpen.errors import BadInput, BadParameter
+from brushpen.gan.data import ImageDataset, load_image_folder
+from brushpen.gan.lora import save_adapter, trainable_parameters
+from brushpen.gan.trainer import TrainConfig, Trainer, sample_grid
+from brushpen.store import resolve_model, store_root
+
+MODES = ("lora", "full", "scratch")
+
+
+@dataclass
+class GanFinetuneRequest:
+    base: str = "emoji64"
+    data: Path | str = ""           # an image folder or a .zip of images
+    out: str = ""                   # the adapter name (lora), or a model name or folder (full, scratch)
+    mode: str = "lora"
+    rank: int = 4
+    alpha: float | None = None      # LoRA scale = alpha / rank; None = rank
+    kimg: float = 2.0               # thousands of real images shown
+    freeze_d: int = 0               # Freeze-D: D's fromRGB and first K blocks stay fixed (lora, full)
+    batch: int = 16
+    lr: float = 0.0025
+    augment: str = "ada"
+    seed: int = 0
+    snapshot_kimg: float = 1.0
+    resume: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise BadParameter(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        if not 1 <= self.rank <= 64:
+            raise BadParameter(f"rank must lie in 1..64, got {self.rank}")
+        if not 0 < self.kimg <= 10_000:
+            raise BadParameter(f"kimg must lie in (0, 10000], got {self.kimg}")
+        if not 1 <= self.batch <= 1024 or self.freeze_d < 0:
+            raise BadParameter("batch must lie in 1..1024 and freeze_d be >= 0")
+        if not str(self.out):
+            raise BadParameter("name the result with out (the adapter or model name)")
+        if self.mode == "lora":
+            check_name(self.out)
+
+
+def work_dir(req: GanFinetuneRequest, base: str) -> Path:
+    """Checkpoints and unpacked data of a run; outside the store, so only results are committed."""
+    return get_settings().home / "finetune" / "gan" / base / f"{req.mode}-{Path(str(req.out)).name}"
+
+
+def prepare_data(data: Path | str, work: Path) -> Path:
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return unpack_zip(path, work / "data")
+    if not path.is_dir():
+        raise BadInput(f"training data not found: {path} (give an image folder or a .zip)")
+    return path
+
+
+def fit_labels(data: ImageDataset, class_names: list[str]) -> ImageDataset:
+    """Put the data's labels in the base's class order."""
+    if not class_names:
+        data.labels, data.class_names = None, []
+        return data
+    if data.labels is None:   # unlabelled: each class gets its share, so all of them adapt
+        data.labels = torch.arange(len(data)) % len(class_names)
+    else:
+        unknown = sorted(set(data.class_names) - set(class_names))
+        if unknown:
+            raise BadInput(f"the data's classes {unknown} are not among the base's: {', '.join(class_names)}")
+        remap = torch.tensor([class_names.index(c) for c in data.class_names])
+        data.labels = remap[data.labels]
+    data.class_names = list(class_names)
+    return data
+
+
+def _command(req: GanFinetuneRequest) -> str:
+    args = ["brushpen", "finetune", "gan", "--base", req.base, "--data", str(req.data), "--out", str(req.out),
+            "--mode", req.mode, "--kimg", f"{req.kimg:g}", "--freeze-d", str(req.freeze_d), "--batch", str(req.batch)]
+    if req.mode == "lora":
+        args += ["--rank", str(req.rank)]
+    return shlex.join(args)
+
+
+def _adapter_card(req: GanFinetuneRequest, data: Path, source: str, metrics: dict) -> str:
+    return (f"# {req.base}:{req.out}\n\nA rank-{req.rank} LoRA adapter of the GAN `{req.base}`, trained with "
+            f"`brushpen finetune gan` (LoRA on the modulated convs, their affine layers and the mapping "
+            f"network; Freeze-D {req.freeze_d}).\n\n- Data: {source} (`{data}`)\n- Command: `{_command(req)}`\n"
+            f"- Metrics at write time: `{json.dumps(metrics, sort_keys=True)}` (see metrics.json)\n"
+            f"- Licence: that of the training data.\n- Use: `brushpen image generate --model {req.base}:{req.out}`\n")
+
+
+def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] | None = None,
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Train as the request says; returns the result's model reference, folder and last metrics.
+
+    `log` gets the trainer's lines (kimg, sec/kimg, losses, p); by default they are printed when
+    no `progress` callback is given and dropped when one is."""
+    req.validate()
+    base_name, adapter = split_ref(req.base)
+    if adapter is not None:
+        raise BadParameter("fine-tune a base model, not an adapter: drop the ':NAME'")
+    base_dir = resolve_model(base_name, family="gan")
+    base_cfg = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    work = work_dir(req, base_dir.name)
+    data_dir = prepare_data(req.data, work)
+    class_names = list(base_cfg.get("class_names") or [])
+    data = fit_labels(load_image_folder(data_dir, base_cfg["resolution"], use_labels=True), class_names)
+    spec = data_dir / "dataset.json"
+    source = json.loads(spec.read_text(encoding="utf-8")).get("source", "") if spec.exists() else ""
+
+    if req.mode == "lora":
+        out = adapter_dir(base_dir, req.out)
+    else:
+        out = Path(req.out) if ("/" in str(req.out) or Path(str(req.out)).is_absolute()) \
+            else store_root() / "gan" / str(req.out)
+        if out.resolve() == base_dir.resolve():
+            raise BadParameter("the output would overwrite the base model: pick another --out")
+    cfg = TrainConfig(data=data_dir, out=work if req.mode == "lora" else out,
+                      resolution=base_cfg["resolution"], kimg=req.kimg, batch=req.batch,
+                      channels=base_cfg.get("channels"), z_dim=base_cfg["z_dim"], w_dim=base_cfg["w_dim"],
+                      mapping_layers=base_cfg["mapping_layers"], cond=bool(class_names), lr=req.lr,
+                      augment=req.augment, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
+                      tick_kimg=min(1.0, req.kimg), resume=req.resume, threads=req.threads,
+                      checkpoint_dir=work / "checkpoint",
+                      base=None if req.mode == "scratch" else base_dir,
+                      lora_rank=req.rank if req.mode == "lora" else 0, lora_alpha=req.alpha,
+                      freeze_d=req.freeze_d if req.mode != "scratch" else 0)
+    last: dict = {}
+
+    def write_adapter(tr: Trainer) -> None:
+        png = io.BytesIO()
+        sample_grid(tr.G_ema).save(png, format="PNG")
+        last.update({"kimg": round(tr.nimg / 1000, 3), "train_seconds": round(tr.train_seconds, 1),
+                     "sec_per_kimg": round(tr.train_seconds / max(tr.nimg / 1000, 1e-9), 1),
+                     "augment_p": round(tr.ada.p, 4), "num_train_images": len(tr.data),
+                     "freeze_d": req.freeze_d})
+        save_adapter(tr.G_ema, out, base_dir, base_dir.name, last, _adapter_card(req, data_dir, source, last),
+                     png.getvalue(), extra={"command": _command(req), "data": str(data_dir), "source": source})
+
+    def on_step(nimg: int, total: int, stats: dict) -> None:
+        if progress is not None:
+            progress(FinetuneEvent(step=nimg, total=total, loss=stats.get("loss_G"),
+                                   message=f"kimg {nimg / 1000:.3f}/{total / 1000:g}, loss_G {stats.get('loss_G', 0):.3f}, "
+                                           f"loss_D {stats.get('loss_D', 0):.3f}, p {stats.get('augment_p', 0):.3f}",
+                                   metrics={k: float(v) for k, v in stats.items() if k != "loss_G"}))
+
+    trainer = Trainer(cfg, dataset=data, log=log or ((lambda msg: None) if progress else None),
+                      write_model=write_adapter if req.mode == "lora" else None, progress=on_step)
+    result = trainer.run()
+    result["trainable_params_G"] = trainable_parameters(trainer.G)
+    if req.mode == "lora":
+        result.update(last)
+        return FinetuneResult(ref=f"{base_dir.name}:{req.out}", path=out, metrics=result)
+    return FinetuneResult(ref=str(out) if "/" in str(req.out) else str(req.out), path=out, metrics=result)
