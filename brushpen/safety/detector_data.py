@@ -80,6 +80,27 @@ def read_set(folder: Path, label: int) -> list[Sample]:
     return out
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_any(folder: Path, label: int, val_fraction: float = 0.2) -> list[Sample]:
+    """`read_set`'s layouts, else every image under the folder (recursive; a user's own folder for
+    fine-tuning), with a fixed `val_fraction` of the files (at least one of two or more) held out."""
+    try:
+        return read_set(folder, label)
+    except BadInput:
+        if not Path(folder).is_dir():
+            raise
+    files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    if not files:
+        raise BadInput(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    n_val = max(1, int(round(val_fraction * len(files)))) if len(files) >= 2 and val_fraction > 0 else 0
+    val = set(np.random.default_rng(0).permutation(len(files))[:n_val].tolist())
+    family = "real" if label == 0 else Path(folder).name
+    return [Sample(f, label, family, "val" if i in val else "train") for i, f in enumerate(files)]
+
+
 def gather(real: list[Path], fake: list[Path], families: tuple[str, ...] | None = None,
            exclude: tuple[str, ...] = ()) -> list[Sample]:
     """All samples of the given folders, fakes restricted to `families` and without `exclude`.

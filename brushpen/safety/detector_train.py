@@ -68,6 +68,27 @@ def split_of(samples: list[Sample], split: str) -> list[Sample]:
     return [s for s in samples if s.split == split]
 
 
+def make_batch(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, idx: np.ndarray,
+               rng: np.random.Generator, tile: int, device: torch.device | str = "cpu"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, masks in [0, 1], labels) of the augmented images at `idx`: one training batch.
+    Shared with LoRA fine-tuning (`brushpen.safety.lora`), so both see the same augmentation."""
+    pairs = [augment(images[i], masks[i], rng, tile) for i in idx]
+    x = to_tensor(np.stack([p[0] for p in pairs])).to(device)
+    m = torch.from_numpy(np.stack([p[1] for p in pairs])).float().div(255).unsqueeze(1).to(device)
+    y = torch.as_tensor(np.asarray(labels)[idx], dtype=torch.float32, device=device)
+    return x, m, y
+
+
+def detector_loss(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor,
+                  loc_weight: float) -> torch.Tensor:
+    """Image BCE + loc_weight x region BCE against the mask pooled to the head's grid."""
+    logit, where = model(x)
+    target = F.adaptive_avg_pool2d(m, where.shape[-2:])
+    return F.binary_cross_entropy_with_logits(logit, y) + \
+        loc_weight * F.binary_cross_entropy_with_logits(where, target)
+
+
 @torch.no_grad()
 def logits_of(model: Detector, images: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
@@ -87,6 +108,7 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
     log(f"train: {sum(s.label == 0 for s in train)} real, {sum(s.label == 1 for s in train)} fake "
         f"({', '.join(sampler.families)}); val: {len(val)}")
     images, masks = load_arrays(train, cfg.model.tile)
+    labels = np.array([s.label for s in train])
 
     torch.manual_seed(cfg.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -114,16 +136,10 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
         idx = sampler.batch(cfg.batch, rng)
-        pairs = [augment(images[i], masks[i], rng, cfg.model.tile) for i in idx]
-        x = to_tensor(np.stack([p[0] for p in pairs])).to(acc.device)
-        m = torch.from_numpy(np.stack([p[1] for p in pairs])).float().div(255).unsqueeze(1).to(acc.device)
-        y = torch.tensor([train[i].label for i in idx], dtype=torch.float32, device=acc.device)
+        x, m, y = make_batch(images, masks, labels, idx, rng, cfg.model.tile, acc.device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logit, where = model(x)
-        target = F.adaptive_avg_pool2d(m, where.shape[-2:])
-        loss = F.binary_cross_entropy_with_logits(logit, y) + \
-            cfg.loc_weight * F.binary_cross_entropy_with_logits(where, target)
+        loss = detector_loss(model, x, m, y, cfg.loc_weight)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()

@@ -1,0 +1,194 @@
+"""LoRA fine-tuning of the detector (BENCHMARKS.md, "LoRA fine-tuning: detector"), two experiments:
+
+    .venv/bin/python benchmarks/finetune_detector.py lofo [--family decoder] [--counts 10,50,200]
+        [--seeds 0,1] [--replays 0.5,0] [--steps 300] [--lofo-steps 2000] [--threads 1]
+    .venv/bin/python benchmarks/finetune_detector.py shipped [--count 200] [--steps 300] [--threads 1]
+
+`lofo`: a base trained without one family (`brushpen detect train ... --exclude FAMILY`, kept in
+runs/, never shipped), then one adapter per (count, seed, replay): `count` training fakes of the
+held-out family and as many training reals (a draw seeded by `seed`). Reported on the TEST split
+(disjoint by source photo): the held-out family's fakes against all test reals, and the original
+families' fakes against all test reals (pooled, and the worst per-family change), before and after.
+
+`shipped`: an adapter on the shipped `detector` for what it is weakest at, images down-scaled 0.5x
+(as sites do): `count` training fakes (spread evenly over the four families) and `count` training
+reals, all resized 0.5x, replay of the base's data on. Evaluated with `detector_eval.evaluate` on
+the test split, clean and perturbed, base against adapter; the table goes into the adapter's card.
+Results: `runs/lora-bench/*.json` and printed markdown.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from brushpen.config import apply_threads, get_settings  # noqa: E402
+from brushpen.safety import lora  # noqa: E402
+from brushpen.safety.calibrate import roc_auc  # noqa: E402
+from brushpen.safety.detector import load_detector  # noqa: E402
+from brushpen.safety.detector_data import gather, load_arrays  # noqa: E402
+from brushpen.safety.detector_train import TrainConfig, logits_of, train_detector  # noqa: E402
+from brushpen.safety.lora_train import DetectorFinetuneRequest, finetune  # noqa: E402
+
+WORK = Path(__file__).resolve().parent.parent / "runs" / "lora-bench"
+
+
+def test_set(data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    test = [s for s in gather([data / "real"], [data]) if s.split == "test"]
+    images, _ = load_arrays(test)
+    return images, np.array([s.label for s in test]), np.array([s.family for s in test])
+
+
+def aucs(logits: np.ndarray, labels: np.ndarray, fams: np.ndarray) -> dict[str, float]:
+    """AUC of each family's test fakes against all test reals."""
+    out = {}
+    for fam in sorted(set(fams[labels == 1])):
+        keep = (labels == 0) | (fams == fam)
+        out[fam] = roc_auc(logits[keep], labels[keep])
+    return out
+
+
+def pooled(logits: np.ndarray, labels: np.ndarray, fams: np.ndarray, families: list[str]) -> float:
+    keep = (labels == 0) | np.isin(fams, families)
+    return roc_auc(logits[keep], labels[keep])
+
+
+def run_lofo(args: argparse.Namespace) -> None:
+    data, family = args.data, args.family
+    base = WORK / f"no-{family}"
+    cmd = (f"brushpen detect train --real {data / 'real'} --fake {data} --exclude {family} "
+           f"--steps {args.lofo_steps} --out {base} --threads {args.threads}")
+    if not (base / "config.json").exists():
+        print(f"training the base without {family}: {cmd}", flush=True)
+        train_detector(TrainConfig(out=base, real=[data / "real"], fake=[data], exclude=(family,),
+                                   steps=args.lofo_steps, resume=True, progress=False), command=cmd)
+    images, labels, fams = test_set(data)
+    old = sorted(set(fams[labels == 1]) - {family})
+    before = logits_of(load_detector(base), images)
+    result = {"family": family, "base_command": cmd, "threads": args.threads, "steps": args.steps,
+              "before": {"new": aucs(before, labels, fams)[family], "old": pooled(before, labels, fams, old),
+                         "per_family": aucs(before, labels, fams)}, "runs": []}
+    for count in args.counts:
+        for replay in args.replays:
+            for seed in args.seeds:
+                name = f"{family}-n{count}-s{seed}-r{replay:g}"
+                req = DetectorFinetuneRequest(base=str(base), fake=data, real=data / "real", out=name,
+                                              families=[family], count=count, seed=seed, replay=replay,
+                                              steps=args.steps, rank=args.rank)
+                t0 = time.time()
+                res = finetune(req)
+                after = logits_of(lora.load_adapted(base, res.path), images)
+                per = aucs(after, labels, fams)
+                row = {"count": count, "seed": seed, "replay": replay, "new": per[family],
+                       "old": pooled(after, labels, fams, old), "per_family": per, "command": lora_cmd(req),
+                       "seconds": round(time.time() - t0, 1), "train_seconds": res.metrics["train_seconds_this_run"],
+                       "trainable_params": res.metrics["trainable_params"]}
+                row["worst_old_change"] = min(per[f] - result["before"]["per_family"][f] for f in old)
+                result["runs"].append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "per_family"}), flush=True)
+                save(result, f"lofo-{family}.json")
+    print(lofo_table(result))
+
+
+def lora_cmd(req: DetectorFinetuneRequest) -> str:
+    from brushpen.safety.lora_train import command_of
+
+    return command_of(req)
+
+
+def lofo_table(result: dict) -> str:
+    b = result["before"]
+    lines = [f"| examples per class | replay | seeds | {result['family']} AUC before | after | "
+             "original families AUC before | after | worst per-family change | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["count"], r["replay"]) for r in result["runs"]}, key=lambda k: (k[0], -k[1]))
+    for count, replay in keys:
+        rs = [r for r in result["runs"] if r["count"] == count and r["replay"] == replay]
+        fmt = lambda v: f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else "")
+        lines.append(f"| {count} | {replay:g} | {len(rs)} | {b['new']:.4f} | {fmt([r['new'] for r in rs])} | "
+                     f"{b['old']:.4f} | {fmt([r['old'] for r in rs])} | "
+                     f"{min(r['worst_old_change'] for r in rs):+.4f} | {np.median([r['train_seconds'] for r in rs]):.0f} |")
+    return "\n".join(lines)
+
+
+def save(obj: dict, name: str) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / name).write_text(json.dumps(obj, indent=2))
+
+
+def run_shipped(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from brushpen.safety.detector_eval import evaluate, table_markdown
+    from brushpen.safety.perturb import PERTURBATIONS
+    from brushpen.store import atomic_write_text, resolve_model, update_metrics
+
+    data, setting = args.data, "resize0.5"
+    folder = WORK / f"{setting}-data"
+    samples = gather([data / "real"], [data])
+    train = [s for s in samples if s.split == "train"]
+    rng = np.random.default_rng(0)
+    fams = sorted({s.family for s in train if s.label == 1})
+    picks = {"real": [s for s in train if s.label == 0]}
+    picks.update({f: [s for s in train if s.family == f] for f in fams})
+    for kind, pool in picks.items():
+        n = args.count if kind == "real" else args.count // len(fams)
+        out = folder / ("real" if kind == "real" else "fake")
+        out.mkdir(parents=True, exist_ok=True)
+        for i in rng.choice(len(pool), n, replace=False):
+            with Image.open(pool[i].path) as im:
+                PERTURBATIONS[setting](im.convert("RGB")).save(out / f"{kind}-{i:05d}.png")
+    req = DetectorFinetuneRequest(base="detector", fake=folder / "fake", real=folder / "real", out=setting,
+                                  steps=args.steps, rank=args.rank, seed=0)
+    res = finetune(req, log=lambda m: print(m, flush=True))
+    base_dir = resolve_model("detector", family="safety")
+    settings = ("in-distribution", "jpeg75", "resize0.5", "resize0.5+jpeg75")
+    rows_before = evaluate(load_detector(base_dir), samples, settings, progress=False)
+    rows_after = evaluate(lora.load_adapted(base_dir, res.path), samples, settings, progress=False)
+    both = [dict(r, setting=f"{r['setting']} (base)") for r in rows_before] + \
+           [dict(r, setting=f"{r['setting']} (adapter)") for r in rows_after]
+    table = table_markdown(sorted(both, key=lambda r: (r["setting"].split(" ")[0], r["family"], r["setting"])))
+    eval_cmd = "OMP_NUM_THREADS=1 .venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
+    update_metrics(res.path, test_eval=rows_after, test_eval_base=rows_before, eval_command=eval_cmd)
+    card = (res.path / "card.md").read_text()
+    card += (f"\n## Test split, base against adapter\n\n    {eval_cmd}\n\nTraining images: {args.count} of the "
+             f"train split's reals and {args.count} of its fakes ({args.count // len(fams)} per family: "
+             f"{', '.join(fams)}), each resized 0.5x (bicubic), written as PNG; a scan enlarges them back to 64.\n"
+             f"Each family's test fakes against all test reals (`brushpen.safety.detector_eval`).\n\n{table}\n")
+    atomic_write_text(res.path / "card.md", card)
+    save({"rows_before": rows_before, "rows_after": rows_after, "metrics": res.metrics, "command": lora_cmd(req),
+          "eval_command": eval_cmd}, f"shipped-{setting}.json")
+    print(table)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=("lofo", "shipped"))
+    p.add_argument("--data", type=Path, default=get_settings().home / "data" / "fakes")
+    p.add_argument("--family", default="decoder")
+    p.add_argument("--counts", type=lambda t: [int(v) for v in t.split(",")], default=[10, 50, 200])
+    p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1])
+    p.add_argument("--replays", type=lambda t: [float(v) for v in t.split(",")], default=[0.5, 0.0])
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--lofo-steps", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    apply_threads(args.threads)
+    (run_lofo if args.experiment == "lofo" else run_shipped)(args)
+
+
+if __name__ == "__main__":
+    main()
