@@ -39,7 +39,9 @@ class DetectionImage(BaseModel):
 class DetectionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[DetectionImage] = Field(..., min_length=1, max_length=MAX_IMAGES)
-    model: str = Field(DEFAULT_MODEL, max_length=200, description="a detector in the store (safety/NAME)")
+    model: str = Field(DEFAULT_MODEL, max_length=200,
+                       description="a detector in the store (safety/NAME), or BASE:ADAPTER for one with a LoRA "
+                                   "adapter (`detector:NAME`, made by `brushpen finetune detector`)")
     heatmaps: bool = Field(False, description="also return a heatmap overlay PNG per image, base64")
 
 

@@ -108,8 +108,24 @@ def _load(path: str, mtime: float) -> Detector:
     return load_detector(Path(path))
 
 
+@lru_cache(maxsize=4)
+def _load_adapted(base: str, adapter: str, stamp: tuple[float, float]) -> Detector:
+    from brushpen.safety.lora import load_adapted
+
+    return load_adapted(Path(base), Path(adapter))
+
+
 def load_model(name: str | Path = DEFAULT_MODEL) -> Detector:
-    """The detector by store name (`detector`, `safety/detector`) or folder; cached until it changes."""
+    """The detector by store name (`detector`, `safety/detector`), folder, or `base:adapter` (a LoRA
+    adapter, served merged with its own calibration); cached until its files change."""
+    if isinstance(name, str) and ":" in name:
+        from brushpen.adapters import resolve_adapter
+
+        base, adapter = resolve_adapter(name, family="safety")
+        if adapter is not None:
+            stamp = ((base / "model.safetensors").stat().st_mtime, (adapter / "adapter.json").stat().st_mtime)
+            return _load_adapted(str(base.resolve()), str(adapter.resolve()), stamp)
+        name = base
     folder = resolve_model(name, family="safety")
     return _load(str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime)
 
