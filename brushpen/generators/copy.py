@@ -14,6 +14,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
+from brushpen.edge.common import check_backend
 from brushpen.errors import BadParameter
 from brushpen.text import prompts
 from brushpen.text.base import TextModel, load_text_model
@@ -43,6 +44,7 @@ class CopyRequest:
     seed: int | None = None
     model: str | None = None          # None: the shipped SmolLM2 base
     stop: list[str] = field(default_factory=list)
+    backend: str = "torch"            # torch, onnx or onnx-int8 (the last two after `brushpen export`)
 
     def validate(self) -> None:
         if not isinstance(self.brief, str) or not self.brief.strip():
@@ -73,6 +75,7 @@ class CopyRequest:
             raise BadParameter(f"seed must be >= 0, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise BadParameter("stop strings must be non-empty")
+        check_backend(self.backend)  # a known name; whether this model has it is checked on load
 
 
 @dataclass
@@ -118,9 +121,18 @@ def _prepare(req: CopyRequest) -> tuple[TextModel, int, Blocklist]:
     req.validate()
     blocklist = load_blocklist()
     check_brief(req.brief, blocklist)
-    tm = load_text_model(req.model)
+    tm = _load(req)
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     return tm, seed, blocklist
+
+
+def _load(req: CopyRequest) -> TextModel:
+    """The model of a request on its backend: torch, or an exported graph under onnxruntime."""
+    if req.backend == "torch":
+        return load_text_model(req.model)
+    from brushpen.edge.lm_runtime import load_ort_text_model
+
+    return load_ort_text_model(req.model, req.backend)
 
 
 def _sampling(req: CopyRequest) -> Sampling:
@@ -190,8 +202,8 @@ def generate_copy_batch(reqs: list[CopyRequest]) -> list[CopyResult]:
     results: list[CopyResult | None] = [None] * len(reqs)
     groups: dict[tuple, list[int]] = {}
     for k, (req, (tm, _, _)) in enumerate(zip(reqs, prepared)):
-        groups.setdefault((str(tm.path), _sampling(req)), []).append(k)
-    for (_, sampling), members in groups.items():
+        groups.setdefault((str(tm.path), req.backend, _sampling(req)), []).append(k)
+    for (_, _, sampling), members in groups.items():
         tm = prepared[members[0]][0]
         collectors = {k: _Collector(reqs[k], prepared[k][2]) for k in members}
         for attempt in range(MAX_ATTEMPTS):
