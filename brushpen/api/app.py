@@ -10,6 +10,7 @@ picks up any batch a previous run left unfinished.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -21,7 +22,8 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 import brushpen
-from brushpen.api import handlers, routes_batches, routes_detect, routes_images, routes_models, routes_text, service
+from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
+                          routes_text, service)
 from brushpen.api.auth import require_key
 from brushpen.api.limits import BodyLimit, WorkQueue
 from brushpen.generators.jobs import JobStore, Worker
@@ -62,7 +64,7 @@ def _warm_imports() -> None:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings.from_env()
     jobs = JobStore()
-    worker = Worker(jobs, service.run_line)
+    worker = Worker(jobs, functools.partial(service.run_line, jobs=jobs))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,7 +96,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                           "waiting": settings.waiting}}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-    for module in (routes_models, routes_images, routes_text, routes_batches, routes_detect):
+    for module in (routes_models, routes_images, routes_text, routes_batches, routes_detect, routes_finetune):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(routes_images.public)

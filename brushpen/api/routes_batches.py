@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from brushpen.api.limits import run_blocking
 from brushpen.api.schemas import BatchCreateRequest
 from brushpen.errors import BadInput, BadParameter
+from brushpen.generators.finetune_jobs import FILE_PURPOSE, check_training_file
 from brushpen.generators.jobs import JobStore, parse_batch_file
 
 router = APIRouter(tags=["batches"])
@@ -19,16 +20,19 @@ def _store(request: Request) -> JobStore:
     return request.app.state.jobs
 
 
-@router.post("/files", summary="Upload a JSONL batch input file (purpose 'batch')")
+@router.post("/files", summary="Upload a batch input file (purpose 'batch') or fine-tuning data ('fine-tune')")
 async def upload_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
-    if purpose != "batch":
-        raise BadParameter(f"purpose '{purpose}' is not supported: brushpen takes files for batches only "
-                           "(purpose 'batch')")
+    if purpose not in ("batch", FILE_PURPOSE):
+        raise BadParameter(f"purpose '{purpose}' is not supported: brushpen takes files for batches "
+                           f"(purpose 'batch') and fine-tuning (purpose '{FILE_PURPOSE}')")
     data = await file.read()
     filename = (file.filename or "input.jsonl")[:200]
-    if not filename.endswith(".jsonl"):
+    if purpose == FILE_PURPOSE:
+        await run_blocking(check_training_file, filename, data)
+    elif not filename.endswith(".jsonl"):
         raise BadInput(f"'{filename}' is not a .jsonl file: a batch input file holds one JSON request per line")
-    await run_blocking(parse_batch_file, data, None)   # refuse a broken file now, not at batch time
+    else:
+        await run_blocking(parse_batch_file, data, None)   # refuse a broken file now, not at batch time
     record = await run_blocking(_store(request).add_file, filename, purpose, data)
     return record.to_openai()
 

@@ -112,6 +112,8 @@ class CopyExtras(Strict):
     audience: str | None = Field(None, max_length=200)
     top_k: int | None = Field(None, ge=0, le=1000)
     repetition_penalty: float | None = Field(None, gt=0.0, le=3.0)
+    backend: str = Field("torch", max_length=32, description="torch, or onnx / onnx-int8 once the model was "
+                         "exported with `brushpen export MODEL --int8`")
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -232,3 +234,18 @@ class BatchCreateRequest(Strict):
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
+
+
+# ---- fine-tuning ------------------------------------------------------------------------------
+
+class FineTuningJobCreate(Strict):
+    """OpenAI's fine-tuning job body; `model` is a base (emoji64, smollm2-135m, detector) and
+    `suffix` names the adapter, which is then used as `base:suffix`."""
+
+    model: str = Field(..., max_length=200)
+    training_file: str = Field(..., max_length=100)
+    suffix: str = Field(..., min_length=1, max_length=64)
+    hyperparameters: dict[str, int | float | bool | str] = Field(default_factory=dict)
+    validation_file: None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None

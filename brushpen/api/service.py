@@ -20,6 +20,8 @@ import brushpen
 from brushpen.api.handlers import error_body, validation_error_body
 from brushpen.api.schemas import ChatCompletionRequest, CompletionRequest, ImageGenerationRequest
 from brushpen.errors import BadParameter, ModelNotFound
+from brushpen.generators import finetune_jobs
+from brushpen.generators.jobs import JobStore
 
 FINGERPRINT = f"brushpen-{brushpen.__version__}"
 DEFAULT_IMAGE_MODEL = "emoji64"
@@ -127,7 +129,7 @@ def copy_request(body: CompletionRequest | ChatCompletionRequest, brief: str, ma
     from brushpen.generators.copy import CopyRequest
 
     req = CopyRequest(brief=brief, kind=body.kind, tone=body.tone, audience=body.audience, n=body.n,
-                      seed=body.seed, model=copy_model(body.model), stop=body.stops())
+                      seed=body.seed, model=copy_model(body.model), stop=body.stops(), backend=body.backend)
     # Unset knobs keep the copywriter's tuned defaults (see README), not OpenAI's.
     for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
         if getattr(body, name) is not None:
@@ -261,8 +263,13 @@ def stream_chunks(req, chat: bool, include_usage: bool) -> Iterator[dict]:
 
 # ---- batch lines --------------------------------------------------------------------------------
 
-def run_line(endpoint: str, body: dict) -> tuple[int, dict]:
-    """One batch line: (status code, response body), as the same request over HTTP would give."""
+def run_line(endpoint: str, body: dict, jobs: "JobStore | None" = None) -> tuple[int, dict]:
+    """One batch line: (status code, response body), as the same request over HTTP would give.
+
+    A fine-tuning job is a one-line batch too; it needs `jobs`, where it writes its progress events.
+    """
+    if endpoint == finetune_jobs.ENDPOINT:
+        return finetune_jobs.run_job(jobs, body)
     schema = {"/v1/images/generations": ImageGenerationRequest, "/v1/completions": CompletionRequest,
               "/v1/chat/completions": ChatCompletionRequest}[endpoint]
     try:

@@ -39,6 +39,12 @@ MAX_LINES = 10_000
 MAX_ATTEMPTS = 3
 FINISHED = ("completed", "failed", "cancelled", "expired")
 LineRunner = Callable[[str, dict], "tuple[int, dict]"]   # (endpoint, body) -> (status, body)
+_running = threading.local()   # which batch the worker thread is running, for runners that report progress
+
+
+def current_batch_id() -> str | None:
+    """The id of the batch the calling worker thread is running (None outside the worker)."""
+    return getattr(_running, "batch_id", None)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -225,13 +231,15 @@ class JobStore:
 
     def list_batches(self, limit: int = 20, after: str | None = None) -> list[dict]:
         with self._connect() as db:
+            # Fine-tuning jobs share the table (they are one-line batches) but list apart.
             if after:
                 rows = db.execute("SELECT * FROM batches WHERE created_at <= (SELECT created_at FROM batches "
-                                  "WHERE id=?) AND id != ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                                  (after, after, limit)).fetchall()
+                                  "WHERE id=?) AND id != ? AND endpoint IN (%s) ORDER BY created_at DESC, id DESC "
+                                  "LIMIT ?" % ",".join("?" * len(ENDPOINTS)),
+                                  (after, after, *ENDPOINTS, limit)).fetchall()
             else:
-                rows = db.execute("SELECT * FROM batches ORDER BY created_at DESC, id DESC LIMIT ?",
-                                  (limit,)).fetchall()
+                rows = db.execute("SELECT * FROM batches WHERE endpoint IN (%s) ORDER BY created_at DESC, id DESC "
+                                  "LIMIT ?" % ",".join("?" * len(ENDPOINTS)), (*ENDPOINTS, limit)).fetchall()
         return [_batch_object(r) for r in rows]
 
     def cancel(self, batch_id: str) -> dict:
@@ -380,7 +388,11 @@ class Worker:
                 continue
             body.setdefault("seed", line_seed(batch_id, idx))
             endpoint = self.store.get_batch(batch_id)["endpoint"]
-            status_code, response = self._run_one(endpoint, body)
+            _running.batch_id = batch_id
+            try:
+                status_code, response = self._run_one(endpoint, body)
+            finally:
+                _running.batch_id = None
             self.store.finish_line(batch_id, idx, status_code, response)
 
     def _run_one(self, endpoint: str, body: dict) -> tuple[int, dict]:

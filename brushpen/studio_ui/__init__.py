@@ -13,16 +13,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 def build_studio(api_key: str | None = None) -> gr.Blocks:
     """The studio's Blocks. `api_key` is enforced by the login page `brushpen studio` mounts."""
-    from brushpen.studio_ui import checker_tab, copy_tab, history_tab, images_tab, models_tab
+    from brushpen.studio_ui import (checker_tab, copy_tab, export_tab, finetune_tab, history_tab, images_tab,
+                                    models_tab)
 
     with gr.Blocks(title="brushpen studio") as blocks:
-        gr.Markdown("# brushpen studio\nImages, copy and the deepfake checker, on this machine.")
+        gr.Markdown("# brushpen studio\nImages, copy and the deepfake checker, on this machine; "
+                    "edge exports and LoRA fine-tuning of each model.")
         with gr.Tabs() as tabs:
             images = images_tab.build()
             copy_tab.build()
             checker = checker_tab.build()
             history_tab.build(images, tabs)
             models_tab.build()
+            export_tab.build()
+            finetune_tab.build()
         images.to_checker.click(checker_tab.receive, images.paths, [checker, tabs], concurrency_id="light")
     blocks.queue(default_concurrency_limit=1, max_size=64)
     return blocks

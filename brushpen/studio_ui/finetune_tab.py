@@ -1,0 +1,118 @@
+"""The Fine-tune tab: start a LoRA fine-tune from an uploaded zip or JSONL, watch its progress and
+loss, and list the adapters it made. Jobs go into the same job store the API's batch and
+fine-tuning jobs use, and the server's batch worker runs them, so a job started here shows up at
+`GET /v1/fine_tuning/jobs` too and survives a restart of the studio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from brushpen.errors import BadInput
+from brushpen.generators import finetune_jobs
+from brushpen.generators.finetune_jobs import FILE_PURPOSE, FinetuneJobRequest
+from brushpen.generators.jobs import JobStore
+from brushpen.studio_ui.common import user_errors
+
+BASES = {"GAN: emoji64 (zip of images)": "emoji64",
+         "Copywriter: smollm2-135m (JSONL of brief/copy)": "smollm2-135m",
+         "Detector: detector (zip with fake/ and real/)": "detector"}
+# The main length knob of each family, by the trainer's own field name.
+LENGTH_FIELD = {"gan": "kimg", "text": "max_steps", "safety": "steps"}
+MAX_UPLOAD = 64 << 20
+
+
+def _store() -> JobStore:
+    return JobStore()
+
+
+@user_errors
+def start(base_label: str, upload: str | None, name: str, rank: float, length: float):
+    if not upload:
+        raise BadInput("upload the training data first (a .zip of images or a .jsonl of examples)")
+    path = Path(upload)
+    if path.stat().st_size > MAX_UPLOAD:
+        raise BadInput(f"{path.name} is larger than {MAX_UPLOAD >> 20} MB")
+    data = path.read_bytes()
+    finetune_jobs.check_training_file(path.name, data)
+    model = BASES[base_label]
+    family = finetune_jobs.family_of(model)
+    hyper = {"rank": int(rank)}
+    allowed = finetune_jobs.allowed_hyperparameters(family)
+    field = LENGTH_FIELD[family]
+    if length and field in allowed:
+        hyper[field] = float(length) if family == "gan" else int(length)
+    store = _store()
+    record = store.add_file(path.name, FILE_PURPOSE, data)
+    job = finetune_jobs.create_job(store, FinetuneJobRequest(model, record.id, name.strip(), hyper))
+    return job["id"], *poll(job["id"])
+
+
+def _plot(job_id: str) -> pd.DataFrame:
+    rows = [e["data"] for e in reversed(finetune_jobs.events(_store(), job_id, limit=5000))
+            if e["data"] and e["data"].get("train_loss") is not None]
+    return pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["train_loss"] for r in rows]})
+
+
+def poll(job_id: str | None):
+    """(status line, loss plot data, recent event log) of a job."""
+    if not job_id:
+        return "", pd.DataFrame({"step": [], "loss": []}), ""
+    store = _store()
+    job = finetune_jobs.get_job(store, job_id)
+    prog = job.get("progress") or {}
+    done = f" step {prog.get('step')}/{prog.get('total_steps')}" if prog.get("step") is not None else ""
+    status = f"**{job['id']}**: {job['status']}{done}"
+    if job["fine_tuned_model"]:
+        status += f". Adapter: `{job['fine_tuned_model']}`; use it as the model name anywhere."
+    if job["error"]:
+        status += f". Error: {job['error'].get('message')}"
+    log = "\n".join(e["message"] for e in reversed(finetune_jobs.events(store, job_id, limit=12)))
+    return status, _plot(job_id), log
+
+
+@user_errors
+def cancel(job_id: str | None):
+    if job_id:
+        finetune_jobs.cancel_job(_store(), job_id)
+    return poll(job_id)
+
+
+def adapters_table() -> list[list[str]]:
+    rows = []
+    for label, model in BASES.items():
+        try:
+            rows += [[model, ref] for ref in finetune_jobs.adapters_of(model)]
+        except Exception:   # a base missing from this store lists nothing
+            continue
+    return rows
+
+
+def build() -> None:
+    with gr.Tab("Fine-tune", id="finetune"):
+        gr.Markdown("Train a small LoRA adapter on your own data. GAN: a zip of 50-200 images. Copywriter: a "
+                    "JSONL of `{\"brief\", \"kind\", \"copy\"}` or `{\"text\"}` rows. Detector: a zip with "
+                    "`fake/` and `real/` folders. The job runs in the background; this tab follows it.")
+        with gr.Row():
+            base = gr.Dropdown(list(BASES), value=list(BASES)[0], label="Base model")
+            upload = gr.File(label="Training data (.zip or .jsonl)", file_types=[".zip", ".jsonl"], type="filepath")
+        with gr.Row():
+            name = gr.Textbox("my-adapter", label="Adapter name", max_lines=1)
+            rank = gr.Number(4, label="LoRA rank", precision=0, minimum=1, maximum=64)
+            length = gr.Number(0, label="Length (GAN kimg / copy steps / detector steps; 0 = default)", minimum=0)
+        with gr.Row():
+            go = gr.Button("Start fine-tune", variant="primary")
+            stop = gr.Button("Cancel")
+        job_id = gr.Textbox(label="Job", interactive=False)
+        status = gr.Markdown()
+        plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
+        log = gr.Textbox(label="Events", lines=6, interactive=False)
+        adapters = gr.Dataframe(value=adapters_table, headers=["base", "adapter"], interactive=False,
+                                label="Adapters in the store")
+        timer = gr.Timer(2.0)
+        go.click(start, [base, upload, name, rank, length], [job_id, status, plot, log], concurrency_id="light")
+        stop.click(cancel, job_id, [status, plot, log], concurrency_id="light")
+        timer.tick(user_errors(poll), job_id, [status, plot, log], concurrency_id="poll", show_progress="hidden")
+        timer.tick(adapters_table, None, adapters, concurrency_id="poll", show_progress="hidden")
