@@ -107,7 +107,7 @@ def resolve_adapter(ref: str, family: str | None = None, base_sha256: str | None
 
 
 # ---- the fine-tuning contract every family follows -------------------------------------------
-# `brushpen.gan.lora.finetune`, `brushpen.text.lora.finetune` and `brushpen.safety.lora.finetune`
+# `brushpen.gan.finetune.finetune`, `brushpen.text.lora.finetune` and `brushpen.safety.lora_train.finetune`
 # each take their family's request dataclass and an optional progress callback, and return a
 # `FinetuneResult`. The CLI, the API's fine-tuning jobs and the studio's Fine-tune tab call them.
 

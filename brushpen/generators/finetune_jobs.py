@@ -33,12 +33,15 @@ ENDPOINT = "/v1/fine_tuning/jobs"
 FILE_PURPOSE = "fine-tune"
 # family -> (module with `finetune(req, progress)`, its request class, the data file kind it takes)
 TRAINERS = {
-    "gan": ("brushpen.gan.lora", "GanFinetuneRequest", ".zip"),
+    "gan": ("brushpen.gan.finetune", "GanFinetuneRequest", ".zip"),
     "text": ("brushpen.text.lora", "TextFinetuneRequest", ".jsonl"),
-    "safety": ("brushpen.safety.lora", "DetectorFinetuneRequest", ".zip"),
+    "safety": ("brushpen.safety.lora_train", "DetectorFinetuneRequest", ".zip"),
 }
-# Request fields the job sets itself; a client's hyperparameters may not override them.
-RESERVED = ("base", "data", "fake", "real", "out", "resume", "progress")
+# Request fields the job sets itself, and ones a remote client must not set: paths on the server
+# (heldout, families' manifest), the thread count, and the GAN's full/scratch modes, which write
+# whole models rather than an adapter.
+RESERVED = ("base", "data", "fake", "real", "out", "resume", "progress", "mode", "threads", "command",
+            "heldout", "families")
 STATUS = {"validating": "validating_files", "in_progress": "running", "finalizing": "running",
           "cancelling": "running", "completed": "succeeded", "failed": "failed", "cancelled": "cancelled",
           "expired": "failed"}
