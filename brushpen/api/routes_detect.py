@@ -1,12 +1,14 @@
 """`POST /v1/detections`: the deepfake checker over HTTP (`brushpen.generators.checker.check_images`).
 
 Two ways to send images, up to `MAX_IMAGES` per call, each at most `MAX_IMAGE_BYTES`:
-- multipart/form-data: one or more `file` parts (form fields `model`, `heatmaps` optional);
-- JSON: `{"images": [{"name": "a.png", "b64_json": "..."}], "model": "detector", "heatmaps": false}`.
+- multipart/form-data: one or more `file` parts (form fields `model`, `heatmaps`, `backend` optional);
+- JSON: `{"images": [{"name": "a.png", "b64_json": "..."}], "model": "detector", "heatmaps": false,
+  "backend": "torch"}`. `backend` is `torch`, `onnx`, `onnx-int8` or `student` (the last three once
+  `brushpen export detector` made them); an unknown or unavailable one is a 400 saying which exist.
 The whole body is capped by the server's upload limit (`BRUSHPEN_API_MAX_UPLOAD`, 413 beyond).
 A bad image (not base64, not an image, truncated, a decompression bomb) gets its own `error` in the
 result and the others are still checked; a malformed request is a 400, an unknown model a 404.
-Response: `{"object": "list", "model", "data": [CheckResult + `heatmap_b64` when asked], "summary"}`.
+Response: `{"object": "list", "model", "backend", "data": [CheckResult + `heatmap_b64` when asked], "summary"}`.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ class DetectionRequest(BaseModel):
                        description="a detector in the store (safety/NAME), or BASE:ADAPTER for one with a LoRA "
                                    "adapter (`detector:NAME`, made by `brushpen finetune detector`)")
     heatmaps: bool = Field(False, description="also return a heatmap overlay PNG per image, base64")
+    backend: str = Field("torch", max_length=40,
+                         description="torch, or an edge variant made by `brushpen export detector`: onnx, "
+                                     "onnx-int8, student (unknown or not exported: 400)")
 
 
 _MULTIPART_SCHEMA = {"type": "object", "required": ["file"], "properties": {
     "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_IMAGES},
-    "model": {"type": "string"}, "heatmaps": {"type": "boolean"}}}
+    "model": {"type": "string"}, "heatmaps": {"type": "boolean"}, "backend": {"type": "string"}}}
 
 
 def _decode_b64(text: str) -> bytes | None:
@@ -57,7 +62,7 @@ def _decode_b64(text: str) -> bytes | None:
         return None
 
 
-async def _read_multipart(request: Request) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool]:
+async def _read_multipart(request: Request) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool, str]:
     form = await request.form(max_files=MAX_IMAGES + 1)
     parts = [p for p in form.getlist("file") if isinstance(p, UploadFile)]
     if not parts:
@@ -72,10 +77,10 @@ async def _read_multipart(request: Request) -> tuple[list[tuple[str, bytes | Non
                      if len(data) > MAX_IMAGE_BYTES else (name, data, None))
     model = str(form.get("model") or DEFAULT_MODEL)
     heatmaps = str(form.get("heatmaps") or "").lower() in ("1", "true", "yes", "on")
-    return items, model, heatmaps
+    return items, model, heatmaps, str(form.get("backend") or "torch")
 
 
-def _read_json(raw: bytes) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool]:
+def _read_json(raw: bytes) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool, str]:
     try:
         body = DetectionRequest.model_validate_json(raw or b"{}")
     except ValidationError as e:
@@ -90,14 +95,15 @@ def _read_json(raw: bytes) -> tuple[list[tuple[str, bytes | None, str | None]], 
             items.append((name, None, f"image is larger than {MAX_IMAGE_BYTES:,} bytes"))
         else:
             items.append((name, data, None))
-    return items, body.model, body.heatmaps
+    return items, body.model, body.heatmaps, body.backend
 
 
-def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatmaps: bool) -> dict:
+def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatmaps: bool,
+           backend: str = "torch") -> dict:
     from brushpen.generators import checker
 
     good = [(n, d) for n, d, err in items if err is None and d is not None]
-    checked = iter(checker.check_images(good, model, heatmaps))
+    checked = iter(checker.check_images(good, model, heatmaps, backend=backend))
     results = [checker.CheckResult(path=n, error=err) if err is not None else next(checked) for n, _, err in items]
     data = []
     for r in results:
@@ -105,7 +111,8 @@ def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatma
         if heatmaps:
             row["heatmap_b64"] = base64.b64encode(r.heatmap_png).decode() if r.heatmap_png else None
         data.append(row)
-    return {"object": "list", "model": model, "data": data, "summary": checker.summarize(results)}
+    return {"object": "list", "model": model, "backend": backend, "data": data,
+            "summary": checker.summarize(results)}
 
 
 @router.post("/detections", summary="Check images for AI generation: score, verdict, heatmap, provenance",
@@ -114,7 +121,7 @@ def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatma
                  "multipart/form-data": {"schema": _MULTIPART_SCHEMA}}}})
 async def detections(request: Request) -> dict:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        items, model, heatmaps = await _read_multipart(request)
+        items, model, heatmaps, backend = await _read_multipart(request)
     else:
-        items, model, heatmaps = _read_json(await request.body())
-    return await request.app.state.queue.run(_check, items, model, heatmaps)
+        items, model, heatmaps, backend = _read_json(await request.body())
+    return await request.app.state.queue.run(_check, items, model, heatmaps, backend)

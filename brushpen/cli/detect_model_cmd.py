@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from brushpen.config import apply_threads, get_settings
+from brushpen.edge.common import BACKENDS
 
 COMMANDS = ("scan", "train", "eval", "build-fakes", "train-fake")
 
@@ -35,6 +36,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--csv", type=Path, default=None, help="write the CSV report here")
     s.add_argument("--heatmaps", type=Path, default=None, help="write one heatmap overlay PNG per image here")
     s.add_argument("--quiet", action="store_true", help="no per-image lines, only the summary")
+    s.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="torch, or an edge variant made by `brushpen export detector` (onnx, onnx-int8, student)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=run_scan)
 
@@ -76,7 +79,7 @@ def run_scan(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     results = []
-    for r in tqdm(scan_paths(args.paths, args.model, args.heatmaps), desc="detect", unit="img",
+    for r in tqdm(scan_paths(args.paths, args.model, args.heatmaps, backend=args.backend), desc="detect", unit="img",
                   disable=args.quiet or not sys.stderr.isatty()):
         results.append(r)
         if not args.quiet:
@@ -85,7 +88,7 @@ def run_scan(args: argparse.Namespace) -> int:
                                                       if r.provenance.get("watermark", {}).get("found") else "")
             print(f"{head}  {r.path}{tail}", flush=True)
     if args.json:
-        write_json(results, args.json, args.model)
+        write_json(results, args.json, args.model, args.backend)
     if args.csv:
         write_csv(results, args.csv)
     print(json.dumps({"summary": summarize(results)}))

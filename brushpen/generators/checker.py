@@ -8,7 +8,8 @@ and the studio's Checker tab.
 
 **Per image** (`CheckResult`): `path`; `score`, the calibrated probability that it is AI-made
 (images over 64x64 are cut into 64x64 tiles and the mean tile logit is calibrated, see
-`brushpen.safety.detector.score_image`; smaller ones are enlarged to 64 first); `verdict`
+`brushpen.safety.detector.score_image`; smaller ones are enlarged to 64 first; `backend` picks
+torch, the exported ONNX fp32/int8 graphs or the distilled student, see `load_scorer`); `verdict`
 (`real`, `uncertain`, `fake`, from the model's calibrated bands); `heatmap` (a PNG path when
 asked; `heatmap_png` holds the bytes in memory for the API and UI); `provenance` (`watermark`:
 found, model tag and the store model it names, image id, confidence; `settings`: the PNG's
@@ -45,7 +46,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
-from brushpen.errors import BadInput
+from brushpen.errors import BadInput, BadParameter
 from brushpen.generators.images import read_png_settings
 from brushpen.safety import watermark
 from brushpen.safety.detector import Detector, load_detector, overlay, score_image
@@ -130,6 +131,23 @@ def load_model(name: str | Path = DEFAULT_MODEL) -> Detector:
     return _load(str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime)
 
 
+def load_scorer(name: str | Path = DEFAULT_MODEL, backend: str = "torch") -> Detector:
+    """The network a request runs: the model under torch, or one of its edge variants (`brushpen
+    export`: `onnx`, `onnx-int8`, `student`; an ONNX graph comes as an `OnnxDetector`, which
+    `score_image` runs through the same tiling, mean and heatmap code as a Detector)."""
+    from brushpen.edge.common import check_backend
+
+    check_backend(backend)
+    net = load_model(name)
+    if backend == "torch":
+        return net
+    if isinstance(name, str) and ":" in name:
+        raise BadParameter(f"backend '{backend}' serves exported models only: use backend 'torch' with an adapter")
+    from brushpen.edge.detector import load_backend
+
+    return load_backend(resolve_model(name, family="safety"), backend, net)
+
+
 @lru_cache(maxsize=1)
 def _model_names() -> dict[int, str]:
     names: dict[int, str] = {}
@@ -211,9 +229,9 @@ def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
 
 
 def check_images(items: Iterable[tuple[str, bytes]], model: str | Path = DEFAULT_MODEL, heatmaps: bool = False,
-                 limits: ScanLimits = ScanLimits()) -> list[CheckResult]:
+                 limits: ScanLimits = ScanLimits(), backend: str = "torch") -> list[CheckResult]:
     """Score images held in memory; a bad one gets its `error`, the others are still scored."""
-    net = load_model(model)
+    net = load_scorer(model, backend)
     return [check_one(name, data, net, heatmaps, limits) for name, data in items]
 
 
@@ -298,9 +316,9 @@ def _heatmap_name(index: int, name: str) -> str:
 
 
 def scan_paths(paths: Iterable[str | Path], model: str | Path = DEFAULT_MODEL, heatmaps_dir: Path | None = None,
-               limits: ScanLimits = ScanLimits()) -> Iterator[CheckResult]:
+               limits: ScanLimits = ScanLimits(), backend: str = "torch") -> Iterator[CheckResult]:
     """One result per file (or zip entry), in order; heatmaps written to `heatmaps_dir` if given."""
-    net = load_model(model)
+    net = load_scorer(model, backend)
     for index, (name, data, error) in enumerate(iter_sources(paths, limits)):
         if error is not None or data is None:
             yield CheckResult(path=name, error=error)
@@ -321,16 +339,17 @@ def summarize(results: list[CheckResult]) -> dict[str, int]:
     return out
 
 
-def report(results: list[CheckResult], model: str | Path = DEFAULT_MODEL) -> dict:
-    cal = load_model(model).calibration
+def report(results: list[CheckResult], model: str | Path = DEFAULT_MODEL, backend: str = "torch") -> dict:
+    cal = load_scorer(model, backend).calibration   # the student has its own
     return {"schema": SCHEMA, "model": str(model),
             "calibration": {"temperature": cal.temperature, "t_real": cal.t_real, "t_fake": cal.t_fake,
                             "rule": cal.rule},
             "results": [r.to_json() for r in results], "summary": summarize(results)}
 
 
-def write_json(results: list[CheckResult], path: Path, model: str | Path = DEFAULT_MODEL) -> Path:
-    return atomic_write_json(Path(path), report(results, model))
+def write_json(results: list[CheckResult], path: Path, model: str | Path = DEFAULT_MODEL,
+               backend: str = "torch") -> Path:
+    return atomic_write_json(Path(path), report(results, model, backend))
 
 
 def write_csv(results: list[CheckResult], path: Path) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from brushpen.edge.common import BACKENDS
 from brushpen.generators.history import history_dir
 from brushpen.studio_ui.common import user_errors
 
@@ -22,15 +23,16 @@ def receive(paths: list[str]) -> tuple:
 
 
 @user_errors
-def _check(files: list[str] | None, heatmaps: bool, progress: gr.Progress = gr.Progress()) -> tuple:
+def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch",
+           progress: gr.Progress = gr.Progress()) -> tuple:
     from brushpen.generators.checker import scan_paths, summarize, write_csv
 
     if not files:
         raise gr.Error("drop one or more images, or a zip of them")
     run = history_dir() / "checks" / time.strftime("%Y%m%d-%H%M%S")
     results = []
-    for r in progress.tqdm(scan_paths([Path(f) for f in files], heatmaps_dir=run / "heatmaps" if heatmaps else None),
-                           desc="checking", total=None):
+    for r in progress.tqdm(scan_paths([Path(f) for f in files], heatmaps_dir=run / "heatmaps" if heatmaps else None,
+                                      backend=backend or "torch"), desc="checking", total=None):
         results.append(r)
     rows = []
     for r in results:
@@ -53,6 +55,8 @@ def build() -> gr.File:
                 files = gr.File(label="Images or a zip", file_count="multiple", type="filepath",
                                 elem_id="checker-files")
                 heatmaps = gr.Checkbox(value=True, label="Heatmaps")
+                backend = gr.Dropdown(list(BACKENDS), value="torch", label="Backend", elem_id="checker-backend",
+                                      info="onnx, onnx-int8 and student run the variants `brushpen export detector` made")
                 go = gr.Button("Check", variant="primary", elem_id="checker-go")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="checker-status")
@@ -60,6 +64,6 @@ def build() -> gr.File:
                                      elem_id="checker-table")
                 csv_file = gr.File(label="Report (CSV)")
                 maps = gr.Gallery(label="Heatmaps", format="png", columns=6)
-    go.click(_check, [files, heatmaps], [table, csv_file, maps, status], concurrency_id="checker",
+    go.click(_check, [files, heatmaps, backend], [table, csv_file, maps, status], concurrency_id="checker",
              concurrency_limit=1, api_name="check_images")
     return files
