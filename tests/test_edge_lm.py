@@ -167,3 +167,26 @@ def test_export_is_deterministic(tiny: Path, tmp_path: Path) -> None:
     lm.export(copy, int8=True)
     for name in ("model.onnx", "model.int8.onnx"):
         assert sha256_file(copy / "edge" / name) == sha256_file(tiny / "edge" / name), name
+
+
+@pytest.mark.slow   # builds the whole app (diffusers, gradio imports): ~30 s on the shared box
+def test_api_backend_field() -> None:
+    """`backend` on /v1/completions: onnx gives torch's text for the same seed; unknown and
+    not-exported backends are a 400 with the reason, streamed or not."""
+    from fastapi.testclient import TestClient
+
+    from brushpen.api.app import ApiSettings, create_app
+
+    body = {"prompt": "fresh sourdough bread", "model": "fortunes-lm", "n": 2, "seed": 4, "max_tokens": 16,
+            "kind": "tagline", "temperature": 0.8}
+    with TestClient(create_app(ApiSettings(batch_worker=False))) as client:
+        texts = {}
+        for backend in ("torch", "onnx"):
+            r = client.post("/v1/completions", json={**body, "backend": backend})
+            assert r.status_code == 200, r.text
+            texts[backend] = [c["text"] for c in r.json()["choices"]]
+        assert texts["onnx"] == texts["torch"]
+        r = client.post("/v1/completions", json={**body, "backend": "tensorrt"})
+        assert r.status_code == 400 and "unknown backend" in r.text
+        r = client.post("/v1/completions", json={**body, "backend": "student", "stream": True})
+        assert r.status_code == 400 and "student" in r.text

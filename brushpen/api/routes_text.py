@@ -51,6 +51,9 @@ async def _stream(request: Request, req, chat: bool, include_usage: bool) -> Str
     queue = request.app.state.queue
     queue.check()
     await run_blocking(service.check_copy, req)
+    from brushpen.generators.copy import check_backend_available  # lazily, as service does: torch is heavy
+
+    await run_blocking(check_backend_available, req)
 
     async def events() -> AsyncIterator[str]:
         try:

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     c.add_argument("--model", default=None, help="smollm2-135m (default), text/NAME in the store, or a folder")
     c.add_argument("--adapter", default=None, help="LoRA adapter name (not yet available)")
+    c.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+                   help="onnx / onnx-int8 run the graphs of `brushpen export MODEL --int8` under onnxruntime")
     c.add_argument("--stream", action="store_true", help="print tokens as they come")
     c.add_argument("--json", action="store_true", help="print the variants with their settings and seeds")
     c.add_argument("--threads", type=int, default=None)
@@ -43,7 +45,8 @@ def _request(args: argparse.Namespace):
         raise BrushpenError(f"--adapter {args.adapter}: adapters arrive with the LoRA issue; "
                             "brushpen copy runs the base model only for now")
     req = CopyRequest(brief=args.brief, kind=args.kind, tone=args.tone, audience=args.audience,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model, stop=args.stop)
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model, stop=args.stop,
+                      backend=args.backend)
     for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))

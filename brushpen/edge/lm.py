@@ -4,7 +4,7 @@ twin, and a parity report.
 The graph is `edge.lm_graph.LlamaGraph` traced with `torch.onnx.export(dynamo=False)`: one graph
 whose past may be empty, dynamic in batch, new tokens and past length. The int8 graph is
 onnxruntime's dynamic quantization of every MatMul (weights int8 per output channel, activations
-quantized on the fly) and of the embedding Gather. Parity is greedy decoding under onnxruntime
+quantized on the fly) and of the embedding Gather, after SmoothQuant rescaling (`edge.lm_smooth`). Parity is greedy decoding under onnxruntime
 against PyTorch greedy (`generate`) on fixed prompts; the report lands in `edge/report.json`.
 
 Small models (fortunes-lm) keep their graphs in the store's `edge/` folder; SmolLM2's 540 MB graph
@@ -72,27 +72,34 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     write_info(VariantInfo(name, "onnx", "model.onnx", OPSET, inputs, outputs, sha, source, None, extra), edge)
     variants = ["onnx"]
     if int8:
-        progress("quantizing to int8", 0.45)
-        proto8 = quantize(proto)
+        progress("smoothing and quantizing to int8", 0.45)
+        from brushpen.edge.lm_smooth import calibration_batches
+
+        del proto
+        proto8 = quantize(export_proto(tm.model, calibration_batches(tm.tokenizer))[0])
         sha8 = write_onnx(proto8, edge / "model.int8.onnx")
         write_info(VariantInfo(name, "onnx-int8", "model.int8.onnx", OPSET, inputs, outputs, sha8, source,
-                               "dynamic int8: MatMul weights per output channel, embedding Gather per tensor; "
-                               "activations quantized at run time", extra), edge)
+                               "SmoothQuant (alpha 0.5, 8 calibration prompts), then dynamic int8: MatMul "
+                               "weights per output channel, embedding Gather per tensor; activations "
+                               "quantized per tensor at run time", extra), edge)
         variants.append("onnx-int8")
-    del proto
     report = parity_report(tm, edge, variants, progress)
     write_report(edge, report)
     progress("done", 1.0)
     return report
 
 
-def export_proto(hf_model) -> tuple[object, object]:
-    """The fp32 ONNX model (in memory) of a Hugging Face Llama, and its shape."""
+def export_proto(hf_model, calibration: list[torch.Tensor] | None = None) -> tuple[object, object]:
+    """The fp32 ONNX model (in memory) of a Hugging Face Llama, and its shape; with `calibration`,
+    smoothed for int8 first (`edge.lm_smooth`: the same function, outliers moved into the weights)."""
     import onnx
 
     from brushpen.edge.lm_graph import LlamaGraph
+    from brushpen.edge.lm_smooth import smooth
 
     graph = LlamaGraph.from_hf(hf_model)
+    if calibration is not None:
+        smooth(graph, calibration)
     s = graph.s
     b, t, past = 2, 3, 2   # example sizes only: every axis is dynamic
     args = (torch.zeros(b, t, dtype=torch.long), torch.ones(b, past + t, dtype=torch.long),

@@ -162,7 +162,8 @@ class LlamaGraph(nn.Module):
             presents += [k, v]
         last = torch.arange(t - num_logits.reshape(()), t)
         h = self.norm(x.index_select(1, last))
-        # The tied head as Linear on the embedding itself: one weight in the file, not two.
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h.reshape(-1, self.s.hidden_size), head).view(b, -1, self.s.vocab_size)
+        # The tied head as Linear on the embedding itself: one weight in the model, not two.
+        flat = h.reshape(-1, self.s.hidden_size)
+        logits = F.linear(flat, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(flat)
+        logits = logits.view(b, -1, self.s.vocab_size)
         return (logits, *presents)

@@ -27,7 +27,7 @@ import torch
 from brushpen.adapters import split_ref
 from brushpen.edge.common import VARIANT_FILES, available_backends, check_backend, find_edge_dir, load_session
 from brushpen.errors import BadParameter, BrokenModel
-from brushpen.text.base import TextModel, load_text_model
+from brushpen.text.base import BASE_ALIASES, BASE_NAME, TextModel, resolve_text_model
 
 
 class OrtCausalLM:
@@ -159,10 +159,25 @@ def load_ort_text_model(name: str | os.PathLike | None, backend: str) -> TextMod
     if name is not None and not Path(name).expanduser().is_dir() and split_ref(str(name))[1] is not None:
         raise BadParameter(f"'{name}' names a LoRA adapter, and the ONNX graphs are exported from base models "
                            f"only: use backend 'torch' with an adapter")
-    tm = load_text_model(name)
-    path = variant_path(tm.path, backend)
-    return TextModel(tm.name, tm.path, _session(str(path), path.stat().st_mtime_ns, torch.get_num_threads()),
-                     tm.tokenizer)
+    folder = resolve_text_model(name).resolve()
+    path = variant_path(folder, backend)
+    label = BASE_NAME if name is None or str(name) in BASE_ALIASES else str(name)
+    return TextModel(label, folder, _session(str(path), path.stat().st_mtime_ns, torch.get_num_threads()),
+                     _tokenizer(str(folder)))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(folder: str) -> Any:
+    """The model's tokenizer alone, set up as `text.base` sets it: the torch weights stay on disk, so
+    an onnx backend costs the graph's memory only."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 @lru_cache(maxsize=4)

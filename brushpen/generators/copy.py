@@ -135,6 +135,12 @@ def _load(req: CopyRequest) -> TextModel:
     return load_ort_text_model(req.model, req.backend)
 
 
+def check_backend_available(req: CopyRequest) -> None:
+    """Refuse now, not mid-stream, an ONNX backend the model was never exported to (loads the graph)."""
+    if req.backend != "torch":
+        _load(req)
+
+
 def _sampling(req: CopyRequest) -> Sampling:
     return Sampling(req.max_new_tokens, req.temperature, req.top_p, req.top_k, req.repetition_penalty)
 

@@ -25,11 +25,12 @@ def _boxes(texts: list[str | None], n: int) -> list:
 
 @user_errors
 def _write(brief: str, kind: str, tone: str, audience: str, n: float, temperature: float, top_p: float,
-           top_k: float, repetition_penalty: float, max_new_tokens: float, seed: float) -> Iterator[list]:
+           top_k: float, repetition_penalty: float, max_new_tokens: float, seed: float,
+           backend: str = "torch") -> Iterator[list]:
     req = CopyRequest(brief=brief, kind=kind, tone=tone or None, audience=audience or None, n=int(n),
                       temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                       repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                      seed=seed_or_none(seed))
+                      seed=seed_or_none(seed), backend=backend or "torch")
     req.validate()  # a clear message before any box changes
     texts: list[str | None] = [""] * MAX_VARIANTS
     yield _boxes(texts, req.n) + ["writing..."]
@@ -67,6 +68,9 @@ def build() -> None:
                     top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0: off)")
                     rep = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
                     max_new = gr.Slider(8, 512, value=DEFAULTS.max_new_tokens, step=8, label="Max new tokens")
+                backend = gr.Dropdown(["torch", "onnx", "onnx-int8"], value=DEFAULTS.backend, label="Backend",
+                                      info="onnx / onnx-int8: onnxruntime, after `brushpen export smollm2-135m --int8`",
+                                      elem_id="copy-backend")
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1)
                     dice = gr.Button("🎲 Random", size="sm", min_width=40)
@@ -76,5 +80,5 @@ def build() -> None:
                 boxes = [gr.Textbox(label=f"Variant {i + 1}", buttons=["copy"], visible=i < DEFAULTS.n,
                                     interactive=False, elem_id=f"copy-variant-{i}") for i in range(MAX_VARIANTS)]
     dice.click(random_seed, None, seed, concurrency_id="light")
-    go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed],
+    go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed, backend],
              boxes + [status], concurrency_id="copy", concurrency_limit=1, api_name="write_copy")

@@ -1,0 +1,193 @@
+"""Edge variants side by side: torch fp32 eager vs onnxruntime fp32 vs onnxruntime int8 (vs student),
+one table per model, all from one run.
+
+Each speed/memory figure comes from a fresh subprocess per variant (so peak RSS is that variant's
+alone), pinned to `--threads` (torch and onnxruntime alike). One function per model family; this
+file holds the copywriter LM's (`lm_table`), other families add theirs to FAMILIES.
+
+The LM columns:
+- file MB: the weights torch loads (safetensors) or the .onnx file.
+- peak RSS MB: of the subprocess that loads the variant and runs the timing below.
+- TTFT ms: prefill of the first brief's copy prompt plus the first new token, batch 1, median of reps.
+- decode tok/s: (new tokens - 1) / (time for all of them - TTFT), batch 1, greedy, EOS suppressed.
+- vs torch: decode tok/s over torch's.
+- agree: greedy-token agreement with the torch tokens over the 20 briefs of tests/data/briefs.json
+  (their headline prompts, `--agree-tokens` new tokens each): the share of positions matched up to a
+  sequence's first divergence (`edge.lm.token_agreement`); `same` counts identical sequences.
+- next-tok: teacher-forced, the share of positions of the held-out text where the variant's top token
+  is torch's.
+- ppl: perplexity on the held-out text (the first `--ppl-tokens` tokens of
+  $BRUSHPEN_HOME/data/fortunes/val.txt, in windows of 256, or the model's own context if shorter).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edge.py --models smollm2-135m,fortunes-lm --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without install
+
+
+def _pin(threads: int) -> None:
+    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), BRUSHPEN_THREADS=str(threads),
+                      HF_HUB_OFFLINE="1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _briefs() -> list[dict]:
+    return json.loads((ROOT / "tests" / "data" / "briefs.json").read_text(encoding="utf-8"))
+
+
+def _lm(model: str, variant: str):
+    """(TextModel-like with .model/.tokenizer, file bytes) for one variant, loading nothing else."""
+    from brushpen.edge.lm_runtime import load_ort_text_model
+    from brushpen.text.base import load_text_model
+
+    if variant == "torch":
+        tm = load_text_model(model)
+        return tm, sum(f.stat().st_size for f in tm.path.glob("*.safetensors"))
+    tm = load_ort_text_model(model, variant)
+    return tm, tm.model.path.stat().st_size
+
+
+def _prompts(tm, n: int) -> list[str]:
+    from brushpen.text import prompts
+
+    return [prompts.build_prompt(tm.tokenizer, b["brief"], "headline", b.get("tone"), b.get("audience"))
+            for b in _briefs()[:n]]
+
+
+def lm_worker(args: argparse.Namespace) -> dict:
+    """In a fresh process: load one variant, time TTFT and decode at batch 1, run the quality set."""
+    import torch
+
+    from brushpen.edge.lm_runtime import greedy_tokens
+
+    _pin(args.threads)
+    tm, size = _lm(args.model, args.variant)
+    prompt = _prompts(tm, 1)
+    limit = getattr(tm.model.config, "max_position_embeddings", None) or 10**9
+    plen = len(tm.tokenizer(prompt[0], add_special_tokens=False)["input_ids"])
+    new = max(2, min(args.new_tokens, limit - plen))
+    greedy_tokens(tm.model, tm.tokenizer, prompt, 4)   # warm-up
+    ttft, total = [], []
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        greedy_tokens(tm.model, tm.tokenizer, prompt, 1)
+        ttft.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        greedy_tokens(tm.model, tm.tokenizer, prompt, new)
+        total.append(time.perf_counter() - start)
+    t1, tn = statistics.median(ttft), statistics.median(total)
+    out = {"variant": args.variant, "file_mb": size / 2**20, "ttft_ms": 1000 * t1,
+           "decode_tok_s": (new - 1) / max(tn - t1, 1e-9), "new_tokens": new, "reps": args.reps}
+    # Quality: greedy tokens for the brief prompts (one at a time: no padding effects on int8), and
+    # logits over the held-out text.
+    quality_prompts = _prompts(tm, args.briefs)
+    agree_new = min(args.agree_tokens, max(1, limit - max(len(tm.tokenizer(p, add_special_tokens=False)
+                                                                ["input_ids"]) for p in quality_prompts)))
+    out["tokens"] = [greedy_tokens(tm.model, tm.tokenizer, [p], agree_new)[0] for p in quality_prompts]
+    ids = _heldout_ids(tm.tokenizer, args.ppl_tokens, min(256, limit))
+    with torch.inference_mode():
+        logits = torch.cat([tm.model(ids[i:i + 1]).logits if args.variant == "torch"
+                            else tm.model.logits(ids[i:i + 1]) for i in range(ids.shape[0])])
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    out["ppl"] = float(nll.exp())
+    out["top"] = logits.argmax(-1).tolist()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _heldout_ids(tokenizer, n_tokens: int, window: int):
+    import torch
+
+    from brushpen.config import get_settings
+
+    text = (get_settings().data_dir / "fortunes" / "val.txt").read_text(encoding="utf-8")[: n_tokens * 8]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    rows = min(len(ids), n_tokens) // window
+    return torch.tensor(ids[: rows * window]).view(rows, window)
+
+
+def lm_table(model: str, args: argparse.Namespace) -> list[dict]:
+    from brushpen.edge.lm import token_agreement
+
+    rows = []
+    for variant in ("torch", "onnx", "onnx-int8"):
+        cmd = [sys.executable, __file__, "--worker", "lm", "--model", model, "--variant", variant,
+               "--threads", str(args.threads), "--new-tokens", str(args.new_tokens), "--reps", str(args.reps),
+               "--briefs", str(args.briefs), "--agree-tokens", str(args.agree_tokens),
+               "--ppl-tokens", str(args.ppl_tokens)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        if done.returncode != 0:
+            raise SystemExit(f"{variant} worker failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ref = rows[0]
+    print(f"\n### {model} ({args.threads} thread(s); TTFT and decode: medians of {args.reps}, batch 1, "
+          f"{ref['new_tokens']} new tokens, greedy)\n")
+    print("| variant | file MB | peak RSS MB | TTFT ms | decode tok/s | vs torch | agree | same | next-tok | ppl |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        top_same = sum(a == b for ra, rb in zip(ref["top"], r["top"]) for a, b in zip(ra, rb))
+        top_all = sum(len(ra) for ra in ref["top"])
+        r["agree"] = token_agreement(ref["tokens"], r["tokens"])
+        r["same"] = sum(a == b for a, b in zip(ref["tokens"], r["tokens"]))
+        r["next_tok"] = top_same / top_all
+        print(f"| {r['variant']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['ttft_ms']:.0f} | "
+              f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / ref['decode_tok_s']:.2f}x | {r['agree']:.3f} | "
+              f"{r['same']}/{len(r['tokens'])} | {r['next_tok']:.3f} | {r['ppl']:.3f} |")
+    if len(rows) == 3:
+        r8, r32 = rows[2], rows[1]
+        print(f"\nint8 vs ORT fp32: greedy agreement {token_agreement(r32['tokens'], r8['tokens']):.3f}, "
+              f"identical {sum(a == b for a, b in zip(r32['tokens'], r8['tokens']))}/{len(r8['tokens'])}; "
+              f"perplexity {r32['ppl']:.3f} -> {r8['ppl']:.3f} ({100 * (r8['ppl'] / r32['ppl'] - 1):+.1f}%); "
+              f"file {100 * r8['file_mb'] / r32['file_mb']:.0f}% of fp32")
+    for r in rows:
+        r.pop("tokens"), r.pop("top")
+    return rows
+
+
+FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="smollm2-135m,fortunes-lm")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--briefs", type=int, default=20)
+    p.add_argument("--agree-tokens", type=int, default=64)
+    p.add_argument("--ppl-tokens", type=int, default=2048)
+    p.add_argument("--json", default=None, help="also write every row here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker == "lm":
+        print(json.dumps(lm_worker(args)))
+        return
+    _pin(args.threads)
+    results = {}
+    for model in args.models.split(","):
+        if model not in FAMILIES:
+            raise SystemExit(f"no benchmark for '{model}': choose from {', '.join(FAMILIES)}")
+        results[model] = FAMILIES[model](model, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
