@@ -29,6 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("studio")
     store = make_store(root)
     link_model(save_tiny_sd_pipeline(root / "tiny-sd"), "diffusers", "tiny", root=store)
+    save_tiny_detector(store / "safety" / "detector")
     srv = Server(make_home(root), store, ui=True)
     srv.start(120)
     yield srv
@@ -38,6 +39,16 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def client(server: Server) -> Client:
     return Client(server.url + "/", verbose=False)
+
+
+def save_tiny_detector(folder: Path) -> None:
+    import torch
+    from test_detector import TINY
+
+    from brushpen.safety.detector import Calibration, Detector, save_detector
+
+    torch.manual_seed(0)
+    save_detector(Detector(TINY, Calibration(temperature=1.0, t_real=0.4, t_fake=0.6)), folder)
 
 
 def gallery_paths(gallery: list) -> list[str]:
@@ -156,3 +167,52 @@ def test_models_tab_shows_cards_and_metrics(client: Client, server: Server) -> N
     assert card.startswith("# shapes") and metrics == {"fid": 321.5, "kimg": 0.1}
     card, _ = client.predict("diffusers/tiny", api_name="/model_card")
     assert card == "_(this model has no card)_"
+
+
+def test_export_tab_exports_and_shows_the_report(client: Client, server: Server) -> None:
+    rows, summary = client.predict("shapes", True, False, api_name="/export")
+    table = rows["data"] if isinstance(rows, dict) else rows
+    variants = {r[0] for r in table}
+    assert {"onnx", "onnx-int8"} <= variants, variants
+    assert "onnx-int8" in summary and "Backends: torch, onnx, onnx-int8" in summary
+    edge = server.store / "gan" / "shapes" / "edge"
+    assert (edge / "model.onnx").exists() and (edge / "model.int8.onnx").exists()
+    with pytest.raises(Exception, match="not in the list of choices"):   # gradio checks the dropdown
+        client.predict("nope", True, False, api_name="/export")
+
+
+def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, tmp_path: Path) -> None:
+    import time
+    import zipfile
+
+    import numpy as np
+    from test_detector import fake_of, texture
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine.zip"
+    with zipfile.ZipFile(data, "w") as zf:
+        for i in range(16):
+            for kind, im in (("real", texture(rng)), ("fake", fake_of(texture(rng), 1))):
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                zf.writestr(f"{kind}/{i}.png", buf.getvalue())
+    label = "Detector: detector (zip with fake/ and real/)"
+    with pytest.raises(Exception, match="upload the training data"):
+        client.predict(label, None, "ui-made", 2, 20, api_name="/start_finetune")
+    job_id, status, _, _ = client.predict(label, handle_file(str(data)), "ui-made", 2, 20,
+                                          api_name="/start_finetune")
+    assert job_id.startswith("ftjob-") and job_id in status
+    deadline = time.monotonic() + 240
+    while "succeeded" not in status and time.monotonic() < deadline:
+        assert "failed" not in status, status
+        time.sleep(0.5)
+        status, plot, log = client.predict(job_id, api_name="/finetune_status")
+    assert "Adapter: `detector:ui-made`" in status
+    points = plot["value"]["data"] if isinstance(plot, dict) and "value" in plot else plot
+    assert points, "no loss points reached the plot"
+    # The same job is visible to the REST API, and the adapter to the store listing.
+    job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["fine_tuned_model"] == "detector:ui-made"
+    adapters = client.predict(api_name="/adapters")
+    rows = adapters["data"] if isinstance(adapters, dict) else adapters
+    assert ["detector", "detector:ui-made"] in [list(r) for r in rows]

@@ -112,7 +112,10 @@ def build() -> None:
         adapters = gr.Dataframe(value=adapters_table, headers=["base", "adapter"], interactive=False,
                                 label="Adapters in the store")
         timer = gr.Timer(2.0)
-        go.click(start, [base, upload, name, rank, length], [job_id, status, plot, log], concurrency_id="light")
-        stop.click(cancel, job_id, [status, plot, log], concurrency_id="light")
-        timer.tick(user_errors(poll), job_id, [status, plot, log], concurrency_id="poll", show_progress="hidden")
-        timer.tick(adapters_table, None, adapters, concurrency_id="poll", show_progress="hidden")
+        go.click(start, [base, upload, name, rank, length], [job_id, status, plot, log], concurrency_id="light",
+                 api_name="start_finetune")
+        stop.click(cancel, job_id, [status, plot, log], concurrency_id="light", api_name="cancel_finetune")
+        timer.tick(user_errors(poll), job_id, [status, plot, log], concurrency_id="poll", show_progress="hidden",
+                   api_name="finetune_status")
+        timer.tick(adapters_table, None, adapters, concurrency_id="poll", show_progress="hidden",
+                   api_name="adapters")
