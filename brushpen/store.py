@@ -92,8 +92,8 @@ def list_models(root: Path | None = None) -> list[ModelInfo]:
             continue
         for model_dir in sorted(p for p in fam_dir.iterdir() if _is_model_dir(p)):
             adapters_dir = model_dir / "adapters"
-            # An adapter folder is marked by its adapter.json (a half-written one has none yet).
-            adapters = sorted(p.name for p in adapters_dir.iterdir() if (p / "adapter.json").is_file()) \
+            # Hidden folders are adapters being written (staging) or replaced.
+            adapters = sorted(p.name for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
                 if adapters_dir.is_dir() else []
             out.append(ModelInfo(family, model_dir.name, model_dir, _folder_size(model_dir),
                                  read_metrics(model_dir), adapters))

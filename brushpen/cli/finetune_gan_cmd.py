@@ -1,6 +1,7 @@
 """`brushpen finetune gan`: adapt a shipped GAN to a folder or zip of your own images.
 
     brushpen finetune gan --base emoji64 --data DIR|FILE.zip --out NAME [--rank 4] [--kimg N] [--freeze-d K]
+    brushpen finetune gan-merge emoji64:NAME --out MERGED      # a plain model folder, for ONNX export
 
 The default `--mode lora` writes an adapter to `weights/gan/<base>/adapters/NAME/`, served as
 `<base>:NAME`; `--mode full` and `--mode scratch` write an ordinary model folder (the baselines of
@@ -35,6 +36,10 @@ def register(group: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=run)
+    m = group.add_parser("gan-merge", help="merge a GAN adapter into a plain model folder (exports to ONNX)")
+    m.add_argument("adapter", help="base:adapter, e.g. emoji64:noto")
+    m.add_argument("--out", required=True, help="model name (weights/gan/NAME) or folder")
+    m.set_defaults(func=run_merge)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,4 +60,14 @@ def run(args: argparse.Namespace) -> int:
 
         result = finetune(req, progress, log=tqdm.write)
     print(json.dumps({"model": result.ref, "path": str(result.path), **result.metrics}, indent=2))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from brushpen.gan.lora import merge_to_model
+    from brushpen.store import store_root
+
+    out = Path(args.out) if "/" in args.out else store_root() / "gan" / args.out
+    path = merge_to_model(args.adapter, out)
+    print(f"merged {args.adapter} -> {path}; export it with: brushpen export {args.out}")
     return 0

@@ -28,10 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
-from brushpen.adapters import AdapterInfo, read_info, weights_sha256, write_info
-from brushpen.errors import BrokenModel
+from brushpen.adapters import AdapterInfo, read_info, resolve_adapter, weights_sha256, write_info
+from brushpen.errors import BadParameter, BrokenModel
 from brushpen.gan.networks import EqualLinear, ModulatedConv2d, StyleGANGenerator
-from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, publish_dir, staging_dir
+from brushpen.store import (atomic_write_bytes, atomic_write_json, atomic_write_text, publish_dir, read_metrics,
+                            staging_dir)
 
 ADAPTER_FILE = "adapter.safetensors"
 BUFFERS = ("mapping.w_avg",)   # adapted buffers saved with the adapter
@@ -208,6 +209,25 @@ def load_adapted_generator(base_dir: Path, adapter_folder: Path | None, merged: 
     load_adapter(G, adapter_folder, base_sha256(base_dir))
     G.requires_grad_(False)
     return merge(G) if merged else G
+
+
+def merge_to_model(ref: str, out: Path) -> Path:
+    """Write 'base:adapter' merged into an ordinary model folder (config.json, safetensors, card,
+    metrics): it loads, serves and exports to ONNX (`brushpen export`) like any other generator."""
+    base_dir, folder = resolve_adapter(ref, family="gan")
+    if folder is None:
+        raise BadParameter(f"'{ref}' names no adapter: give base:adapter")
+    if Path(out).resolve() == base_dir.resolve():
+        raise BadParameter("the merged model would overwrite its base: pick another name")
+    G = load_adapted_generator(base_dir, folder)
+    stage = staging_dir(Path(out))
+    G.save_pretrained(stage)
+    metrics = read_metrics(folder)
+    atomic_write_json(stage / "metrics.json", {**metrics, "merged_from": ref})
+    card = (folder / "card.md").read_text(encoding="utf-8") if (folder / "card.md").exists() else ""
+    atomic_write_text(stage / "card.md", f"# {Path(out).name}\n\n`{ref}` merged into a plain generator "
+                                         f"(`brushpen finetune gan-merge`). The adapter's card follows.\n\n{card}")
+    return publish_dir(stage, Path(out))
 
 
 def adapter_stamp(base_dir: Path, adapter_folder: Path) -> tuple:

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 import brushpen
-from brushpen.adapters import resolve_adapter, split_ref
+from brushpen.adapters import list_adapters, resolve_adapter, split_ref
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators import diffusion
 from brushpen.safety import watermark
@@ -112,7 +112,7 @@ def image_models() -> list[ImageModelInfo]:
             cfg = json.loads((m.path / "config.json").read_text(encoding="utf-8"))
             out.append(ImageModelInfo(m.name, "gan", int(cfg.get("resolution", 0)),
                                       list(cfg.get("class_names") or []), [], m.metrics))
-            for a in m.adapters:   # LoRA adapters are models of their own: 'emoji64:noto'
+            for a in list_adapters(m.path):   # LoRA adapters are models of their own: 'emoji64:noto'
                 out.append(ImageModelInfo(f"{m.name}:{a}", "gan", int(cfg.get("resolution", 0)),
                                           list(cfg.get("class_names") or []), [],
                                           read_metrics(m.path / "adapters" / a)))
