@@ -198,11 +198,14 @@ def test_committed_variants_load_and_agree_with_torch() -> None:
     rng = np.random.default_rng(8)
     image = texture(rng, 128)
     ref = score_image(teacher, image, heatmap=True)
+    assert {"onnx", "onnx-int8", "student"} <= set(available_backends(SHIPPED))
     for backend in available_backends(SHIPPED):
         s = score_image(load_backend(SHIPPED, backend, teacher), image, heatmap=True)
-        tol = {"torch": 0, "onnx": 1e-4}.get(backend, 0.15)   # int8 and the student approximate the teacher
-        assert abs(s.probability - ref.probability) <= tol, backend
-        assert s.heatmap.shape == ref.heatmap.shape
+        assert s.heatmap.shape == ref.heatmap.shape and 0 <= s.probability <= 1 and s.tiles == 4
+        if backend == "onnx":
+            assert abs(s.probability - ref.probability) < 1e-4
+        elif backend == "onnx-int8":   # int8 approximates the teacher's logit; the student is its own model
+            assert abs(s.logit - ref.logit) < 1.5, (s.logit, ref.logit)
 
 
 def test_api_backend_field(tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
