@@ -1,8 +1,9 @@
 """LoRA fine-tuning of the detector (BENCHMARKS.md, "LoRA fine-tuning: detector"), two experiments:
 
     .venv/bin/python benchmarks/finetune_detector.py lofo [--family decoder] [--counts 10,50,200]
-        [--seeds 0,1] [--replays 0.5,0] [--steps 300] [--lofo-steps 2000] [--threads 1]
-    .venv/bin/python benchmarks/finetune_detector.py shipped [--count 200] [--steps 300] [--threads 1]
+        [--seeds 0,1] [--replays 0.5,0] [--steps 200] [--lofo-steps 2000]
+        [--base-families F,..] [--threads 1]
+    .venv/bin/python benchmarks/finetune_detector.py shipped [--count 200] [--steps 200] [--threads 1]
 
 `lofo`: a base trained without one family (`brushpen detect train ... --exclude FAMILY`, kept in
 runs/, never shipped), then one adapter per (count, seed, replay): `count` training fakes of the
@@ -67,21 +68,23 @@ def pooled(logits: np.ndarray, labels: np.ndarray, fams: np.ndarray, families: l
 def run_lofo(args: argparse.Namespace) -> None:
     data, family = args.data, args.family
     base = WORK / f"no-{family}"
-    cmd = (f"brushpen detect train --real {data / 'real'} --fake {data} --exclude {family} "
+    pick = f"--families {','.join(args.base_families)}" if args.base_families else f"--exclude {family}"
+    cmd = (f"brushpen detect train --real {data / 'real'} --fake {data} {pick} "
            f"--steps {args.lofo_steps} --out {base} --threads {args.threads}")
     if not (base / "config.json").exists():
         print(f"training the base without {family}: {cmd}", flush=True)
         train_detector(TrainConfig(out=base, real=[data / "real"], fake=[data], exclude=(family,),
+                                   families=tuple(args.base_families) if args.base_families else None,
                                    steps=args.lofo_steps, resume=True, progress=False), command=cmd)
     images, labels, fams = test_set(data)
-    old = sorted(set(fams[labels == 1]) - {family})
+    old = json.loads((base / "train.json").read_text())["families"]   # what the base was trained on
     before = logits_of(load_detector(base), images)
     result = {"family": family, "base_command": cmd, "threads": args.threads, "steps": args.steps,
               "before": {"new": aucs(before, labels, fams)[family], "old": pooled(before, labels, fams, old),
                          "per_family": aucs(before, labels, fams)}, "runs": []}
-    for count in args.counts:
+    for seed in args.seeds:   # seed-major: a stopped run still leaves every count and replay setting once
         for replay in args.replays:
-            for seed in args.seeds:
+            for count in args.counts:
                 name = f"{family}-n{count}-s{seed}-r{replay:g}"
                 req = DetectorFinetuneRequest(base=str(base), fake=data, real=data / "real", out=name,
                                               families=[family], count=count, seed=seed, replay=replay,
@@ -181,9 +184,11 @@ def main() -> None:
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0, 1])
     p.add_argument("--replays", type=lambda t: [float(v) for v in t.split(",")], default=[0.5, 0.0])
     p.add_argument("--count", type=int, default=200)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--lofo-steps", type=int, default=2000)
+    p.add_argument("--base-families", type=lambda t: [v for v in t.split(",") if v], default=[],
+                   help="the LOFO base's families (default: every family but --family)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     apply_threads(args.threads)

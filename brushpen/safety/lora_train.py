@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, adapter_dir, check_name
+from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, adapter_dir, check_name, weights_sha256
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -62,7 +62,7 @@ class DetectorFinetuneRequest:
     out: str = ""                         # the adapter's name
     rank: int = 4
     alpha: float | None = None            # LoRA scale alpha / rank; None = rank (scale 1)
-    steps: int = 300
+    steps: int = 200
     batch: int = 32
     lr: float = 5e-3
     count: int | None = None              # at most this many training images per class
@@ -131,7 +131,8 @@ def _unpack_zip(path: Path, dest: Path) -> Path:
 def _source(path: Path, kind: str, work: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() == ".zip" and path.is_file():
-        return _unpack_zip(path, work / "data") / kind
+        # Keyed by content: another upload under the same adapter name never reuses stale images.
+        return _unpack_zip(path, work / f"data-{weights_sha256([path])[:16]}") / kind
     if not path.is_dir():
         raise BadInput(f"--{kind} {path} is neither a folder nor a .zip file")
     return path
