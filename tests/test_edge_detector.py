@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from brushpen.edge.common import available_backends, load_session
 from brushpen.edge.detector import export, load_backend
 from brushpen.edge.detector_graph import OnnxDetector, onnx_bytes
 from brushpen.errors import BadParameter, BrokenModel
-from brushpen.safety.detector import load_detector, score_image, to_tensor
+from brushpen.safety.detector import load_detector, save_detector, score_image, to_tensor
 from test_detector import TINY, fake_of, make_fixture, texture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,6 +143,14 @@ def test_broken_or_mismatched_graphs_raise_broken_model(tiny: dict, tmp_path: Pa
         OnnxDetector(path, teacher.config, teacher.calibration)
     with pytest.raises(BadParameter, match="unknown backend"):
         load_backend(model_dir, "tensorrt", teacher)
+    # The weights retrained after the export: the graphs are stale, and say so.
+    shutil.copytree(tiny["model"] / "edge", edge, dirs_exist_ok=True)
+    assert load_backend(model_dir, "onnx", teacher).info.variant == "onnx"
+    with torch.no_grad():
+        teacher.fc.bias += 1.0
+    save_detector(teacher, model_dir)
+    with pytest.raises(BrokenModel, match="other weights"):
+        load_backend(model_dir, "onnx-int8", teacher)
 
 
 def _images(rng: np.random.Generator) -> dict[str, bytes]:

@@ -33,7 +33,7 @@ import torch
 from brushpen.edge.common import (OPSET, VariantInfo, available_backends, check_backend, edge_dir, sha256_file,
                                   write_info, write_onnx, write_report)
 from brushpen.edge.detector_graph import OnnxDetector, ScoringGraph, compact, onnx_bytes, quantize_bytes, specs
-from brushpen.errors import BadParameter
+from brushpen.errors import BadParameter, BrokenModel
 from brushpen.safety.detector import Detector, load_detector
 from brushpen.safety.detector_data import BalancedSampler, Sample, gather, load_arrays
 
@@ -211,7 +211,11 @@ def load_backend(model_dir: Path, backend: str, teacher: Detector) -> Detector |
         return teacher
     if backend == "student":
         return load_detector(edge / "student")
-    return OnnxDetector(edge / GRAPHS[backend], teacher.config, teacher.calibration)
+    graph = OnnxDetector(edge / GRAPHS[backend], teacher.config, teacher.calibration)
+    if graph.info.source_sha256 != sha256_file(Path(model_dir) / "model.safetensors"):
+        raise BrokenModel(f"{GRAPHS[backend]} was exported from other weights than {Path(model_dir).name}'s "
+                          "model.safetensors (retrained since?): re-run `brushpen export`")
+    return graph
 
 
 __all__ = ["export", "load_backend", "ScoringGraph"]
