@@ -12,6 +12,9 @@ alike), so its peak RSS is that variant's alone. Columns:
 - CPU ms/patch: the same medians in process CPU time (`time.process_time`), which a busy machine
   inflates far less than wall time: at 1 thread, wall time on an idle core would be close to it.
 - patches/s: 16 / the median batch-16 call (wall time).
+- MMAC/patch: multiply-accumulates of the network per 64x64 patch (torch's FLOP counter); GFLOP/s:
+  2 x MMAC / CPU ms per patch at batch 16, to hold against the ~70 GFLOP/s fp32 GEMM peak of one
+  core here (DESIGN.md; int8 kernels have a higher ceiling).
 - AUC, acc: the test split, all families pooled (`brushpen detect eval`'s in-distribution
   protocol, `edge.detector.quality`), balanced accuracy at the variant's own t_fake.
 
@@ -45,7 +48,7 @@ def _pin(threads: int) -> None:
 
 
 def _load(model_dir: Path, variant: str, threads: int):
-    """(scorer for `quality`, run(uint8 patches) for timing, file bytes) of one variant."""
+    """(scorer for `quality`, its torch network, run(uint8 patches) for timing, file bytes) of one variant."""
     import torch
 
     from brushpen.edge.detector import GRAPHS
@@ -60,22 +63,22 @@ def _load(model_dir: Path, variant: str, threads: int):
         def run(patches):
             with torch.inference_mode():
                 return net(to_tensor(patches))
-        return net, run, (folder / "model.safetensors").stat().st_size
+        return net, net, run, (folder / "model.safetensors").stat().st_size
     owner = load_detector(model_dir if not variant.startswith("student") else edge / "student")
     graph = OnnxDetector(edge / GRAPHS[variant], owner.config, owner.calibration, threads=threads)
-    return graph, graph.run, (edge / GRAPHS[variant]).stat().st_size
+    return graph, owner, graph.run, (edge / GRAPHS[variant]).stat().st_size
 
 
 def worker(args: argparse.Namespace) -> dict:
     _pin(args.threads)
-    from brushpen.edge.detector import quality, test_arrays, training_samples
+    from brushpen.edge.detector import model_figures, quality, test_arrays, training_samples
     from brushpen.store import resolve_model
 
     model_dir = resolve_model(args.model, family="safety")
     samples = training_samples(model_dir)
     if samples is None:
         raise SystemExit(f"the test split of {args.model} (train.json's folders) is not on this machine")
-    scorer, run, size = _load(model_dir, args.variant, args.threads)
+    scorer, net, run, size = _load(model_dir, args.variant, args.threads)
     patches = test_arrays(samples)[0][:16]
     out = {"variant": args.variant, "file_kb": size / 1024}
     for batch in (1, 16):
@@ -92,6 +95,8 @@ def worker(args: argparse.Namespace) -> dict:
         out[f"cpu_ms_b{batch}"] = 1000 * statistics.median(cpu) / batch
     out["patches_s"] = 1000 / out["ms_b16"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["mmacs"] = model_figures(net)["mmacs_per_patch"]       # after the RSS: the counter costs memory
+    out["gflop_s"] = 2 * out["mmacs"] / out["cpu_ms_b16"]   # MFLOP per ms = GFLOP/s
     out.update(quality(scorer, samples))
     return out
 
@@ -118,12 +123,13 @@ def detector_table(model: str, args: argparse.Namespace) -> list[dict]:
     print(f"\n### {model} ({args.threads} thread(s); latency: medians of {reps} calls per batch size, "
           f"64x64 test patches; AUC/acc: test split, all families)\n")
     print("| variant | file KB | peak RSS MB | ms/patch b1 | ms/patch b16 | CPU ms/patch b1 | CPU ms/patch b16 | "
-          "patches/s | vs torch | AUC | acc |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "patches/s | vs torch | MMAC/patch | GFLOP/s (CPU, b16) | AUC | acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['file_kb']:.0f} | {r['peak_rss_mb']:.0f} | {r['ms_b1']:.3f} | {r['ms_b16']:.3f} | "
               f"{r['cpu_ms_b1']:.3f} | {r['cpu_ms_b16']:.3f} | {r['patches_s']:.0f} | "
-              f"{r['patches_s'] / ref['patches_s']:.2f}x | {r['auc']:.4f} | {r['acc']:.4f} |")
+              f"{r['patches_s'] / ref['patches_s']:.2f}x | {r['mmacs']:.1f} | {r['gflop_s']:.1f} | "
+              f"{r['auc']:.4f} | {r['acc']:.4f} |")
     print(f"\nLoad average while it ran: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores.")
     return rows
 
