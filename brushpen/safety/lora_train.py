@@ -93,7 +93,8 @@ def command_of(req: DetectorFinetuneRequest) -> str:
              str(req.real), "--out", req.out, "--rank", str(req.rank), "--steps", str(req.steps)]
     for flag, value, default in (("--count", req.count, None), ("--families", ",".join(req.families or []), ""),
                                  ("--replay", req.replay, 0.5), ("--lr", req.lr, 5e-3), ("--seed", req.seed, 0),
-                                 ("--batch", req.batch, 32), ("--alpha", req.alpha, None)):
+                                 ("--batch", req.batch, 32), ("--alpha", req.alpha, None),
+                                 ("--replay-count", req.replay_count, 2000)):
         if value != default:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
