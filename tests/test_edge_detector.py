@@ -245,3 +245,27 @@ def test_api_backend_field(tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
         assert bad.status_code == 400 and "not available" in bad.text and "brushpen export" in bad.text, bad.text
         bad = client.post("/v1/detections", json={"images": images[:1], "backend": "gpu"})
         assert bad.status_code == 400 and "unknown backend" in bad.text, bad.text
+
+
+def test_checker_tab_backend_dropdown(shipped_store: Path, brushpen_home: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Checker tab's Backend dropdown reaches the service: onnx rows equal torch's; a bad choice is
+    a message (gr.Error), not a traceback."""
+    import gradio as gr
+
+    from brushpen.studio_ui import checker_tab
+
+    monkeypatch.setenv("BRUSHPEN_WEIGHTS", str(shipped_store))
+    files = []
+    for name, data in list(_images(np.random.default_rng(10)).items())[:2]:
+        (tmp_path / name).write_bytes(data)
+        files.append(str(tmp_path / name))
+    rows = {b: checker_tab._check(files, False, b)[0] for b in ("torch", "onnx")}
+    assert [r[:2] for r in rows["torch"]] == [r[:2] for r in rows["onnx"]]
+    assert all(abs(a[2] - b[2]) < 1e-4 for a, b in zip(rows["torch"], rows["onnx"]))
+    with pytest.raises(gr.Error, match="not available"):
+        checker_tab._check(files, False, "student")
+    with gr.Blocks() as demo:
+        checker_tab.build()
+    dropdown = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "checker-backend")
+    assert [c[0] for c in dropdown["props"]["choices"]] == ["torch", "onnx", "onnx-int8", "student"]
