@@ -12,7 +12,7 @@ bit-for-bit the base and the adapter alone carries the change.
 to ONNX like the base); the checker serves adapters merged (equal to the unmerged model to ~1e-6,
 and as fast as the base).
 
-**On disk** (`weights/safety/<base>/adapters/NAME/`): `adapter_model.safetensors` (the lora_A/lora_B
+**On disk** (`weights/safety/<base>/adapters/NAME/`): `adapter.safetensors` (the lora_A/lora_B
 tensors, peft's key names without the adapter name), `adapter.json` (`brushpen.adapters.AdapterInfo`:
 base, base weight hash, rank, alpha, targets, and `extra.calibration`, the adapter's own temperature
 and verdict bands fitted on its validation split), `card.md` and `metrics.json`. `load_adapted`
@@ -37,7 +37,7 @@ from brushpen.errors import BadParameter, BrokenModel
 from brushpen.safety.detector import Calibration, Detector, load_detector
 from brushpen.store import atomic_write_json, atomic_write_text
 
-WEIGHTS = "adapter_model.safetensors"
+WEIGHTS = "adapter.safetensors"
 FAMILY = "safety"
 
 
