@@ -159,7 +159,10 @@ def lm_table(model: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table}
+from edge_gan import gan_table, gan_worker  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table, "emoji64": gan_table}
+WORKERS = {"gan": gan_worker}
 
 
 def main() -> None:
@@ -178,6 +181,10 @@ def main() -> None:
     args = p.parse_args()
     if args.worker == "lm":
         print(json.dumps(lm_worker(args)))
+        return
+    if args.worker in WORKERS:
+        _pin(args.threads)
+        print(json.dumps(WORKERS[args.worker](args)))
         return
     _pin(args.threads)
     results = {}

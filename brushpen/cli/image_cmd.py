@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--scheduler", default=None, help="euler, euler-a, dpm++2m, ddim, pndm, lms, unipc")
-    g.add_argument("--backend", default="torch")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "student"],
+                   help="GAN runtime: torch, onnx / onnx-int8 (onnxruntime, noise off) or student (the "
+                        "distilled half-width generator); the non-torch ones need `brushpen export` first")
     g.add_argument("--out", type=Path, default=Path("out"))
     g.add_argument("--grid", action="store_true", help="also write grid.png of all images")
     g.add_argument("--threads", type=int, default=None)

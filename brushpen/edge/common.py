@@ -168,12 +168,16 @@ def load_session(onnx_path: Path, threads: int | None = None, check_hash: bool =
     return sess, info
 
 
-def write_report(edge: Path, report: dict) -> None:
-    """Merge `report` (variant -> figures) into edge/report.json and re-render edge/report.md."""
+def write_report(edge: Path, report: dict, merge: bool = False) -> None:
+    """Merge `report` (variant -> figures) into edge/report.json and re-render edge/report.md.
+
+    A variant's row is replaced whole, or with `merge` its figures are added to the row's others
+    (a slow figure, e.g. FID, measured apart from the export)."""
     edge = Path(edge)
     path = edge / "report.json"
     current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    current.update(report)
+    for variant, figures in report.items():
+        current[variant] = {**current.get(variant, {}), **figures} if merge else figures
     atomic_write_json(path, current)
     keys = sorted({k for v in current.values() for k in v})
     lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]

@@ -115,8 +115,11 @@ def reference_features(folder: Path, resolution: int) -> np.ndarray:
 @torch.no_grad()
 def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int,
                      label_pool: torch.Tensor | None, batch: int = 50,
-                     noise_mode: str = "random") -> torch.Tensor:
-    """`num` images from the model, with labels drawn from `label_pool` (the data's class mix)."""
+                     noise_mode: str = "random", run=None) -> torch.Tensor:
+    """`num` images from the model, with labels drawn from `label_pool` (the data's class mix).
+
+    `run(z, labels) -> images`, when given, draws instead of the model (e.g. its ONNX graph), from
+    the same z's and labels."""
     from brushpen.gan.pipeline import to_uint8
     from brushpen.gan.networks import StyleGANGenerator
 
@@ -130,7 +133,8 @@ def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int
         if G.num_classes:
             pool = label_pool if label_pool is not None else torch.arange(G.num_classes)
             labels = pool[torch.randint(0, len(pool), (n,), generator=gen)]
-        img = G(z, labels, truncation_psi=truncation_psi, generator=gen, noise_mode=noise_mode)
+        img = run(z, labels) if run is not None else \
+            G(z, labels, truncation_psi=truncation_psi, generator=gen, noise_mode=noise_mode)
         out.append(torch.from_numpy(to_uint8(img)).permute(0, 3, 1, 2))
     return torch.cat(out)
 

@@ -30,13 +30,13 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 import brushpen
 from brushpen.adapters import list_adapters, resolve_adapter, split_ref
 from brushpen.errors import BadInput, BadParameter
+from brushpen.edge.common import BACKENDS, VARIANT_FILES, available_backends, check_backend, find_edge_dir
 from brushpen.generators import diffusion
 from brushpen.safety import watermark
 from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, read_metrics, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
 IMAGE_FAMILIES = ("gan", "diffusers")
-BACKENDS = ("torch",)
 MAX_WALK_FRAMES = 120
 Progress = Callable[[int, int], None]   # (done, total)
 
@@ -72,8 +72,7 @@ class ImageRequest:
             raise BadParameter("noise_mode must be const, random or none")
         if (self.mix_seed is None) != (self.mix_cutoff is None):
             raise BadParameter("style mixing needs both mix_seed and mix_cutoff")
-        if self.backend not in BACKENDS:
-            raise BadParameter(f"unknown backend '{self.backend}': available: {', '.join(BACKENDS)}")
+        check_backend(self.backend)   # a known name; whether this model has it is checked on use
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)
             if value is not None and len(value) > 2000:
@@ -102,6 +101,7 @@ class ImageModelInfo:
     class_names: list[str] = field(default_factory=list)
     schedulers: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS[:1]))   # torch, onnx, onnx-int8, student
 
 
 def image_models() -> list[ImageModelInfo]:
@@ -111,7 +111,8 @@ def image_models() -> list[ImageModelInfo]:
         if m.family == "gan":
             cfg = json.loads((m.path / "config.json").read_text(encoding="utf-8"))
             out.append(ImageModelInfo(m.name, "gan", int(cfg.get("resolution", 0)),
-                                      list(cfg.get("class_names") or []), [], m.metrics))
+                                      list(cfg.get("class_names") or []), [], m.metrics,
+                                      available_backends(m.path)))
             for a in list_adapters(m.path):   # LoRA adapters are models of their own: 'emoji64:noto'
                 out.append(ImageModelInfo(f"{m.name}:{a}", "gan", int(cfg.get("resolution", 0)),
                                           list(cfg.get("class_names") or []), [],
@@ -212,6 +213,40 @@ def _model_name(path: Path, ref: str) -> str:
     return f"{path.name}:{adapter}" if adapter else path.name
 
 
+def _student_pipeline(path: Path):
+    """The `student` backend: the distilled half-width generator in the model's edge/student/."""
+    check_backend("student", available_backends(path))
+    return _pipeline(str((find_edge_dir(path) / "student").resolve()))
+
+
+def _edge_runner(path: Path, req: ImageRequest, pipe) -> Callable[[int, int | None], Image.Image] | None:
+    """For the onnx backends, `(seed, label) -> image` under onnxruntime; None for torch and student.
+
+    z and the class come from `torch.Generator().manual_seed(seed)` in the pipeline's order, so a
+    seed gives the same image on every backend up to numerical error. The graph has noise off.
+    """
+    if req.backend not in VARIANT_FILES:
+        return None
+    from brushpen.edge.gan import OnnxGenerator, draw_inputs
+    from brushpen.gan.pipeline import to_uint8
+
+    check_backend(req.backend, available_backends(path))
+    if req.noise_mode != "none":
+        raise BadParameter(f"the {req.backend} backend draws with per-pixel noise off: use noise_mode "
+                           f"'none', or the torch backend for '{req.noise_mode}'")
+    if req.mix_seed is not None:
+        raise BadParameter(f"style mixing runs on the torch and student backends, not {req.backend}")
+    if not 0.0 <= req.truncation_psi <= 2.0:
+        raise BadParameter("truncation_psi must lie in [0, 2]")
+    run = OnnxGenerator(find_edge_dir(path) / VARIANT_FILES[req.backend])
+    G = pipe.generator
+
+    def image(seed: int, label: int | None) -> Image.Image:
+        z, labels = draw_inputs(seed, G.z_dim, G.num_classes, label)
+        return Image.fromarray(to_uint8(run(z, labels, req.truncation_psi))[0])
+    return image
+
+
 def _model_dir(name: str) -> tuple[Path, str]:
     path = resolve_model(split_ref(name)[0])   # 'emoji64:noto' -> emoji64's folder; the adapter loads later
     family = path.parent.name if path.parent.name in FAMILIES else None
@@ -240,7 +275,8 @@ def class_from_prompt(class_names: list[str], pipe_label: Callable[[str], int | 
 def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progress | None) -> list[GeneratedImage]:
     if split_ref(req.model)[1] and req.backend != "torch":
         raise BadParameter("adapters run on the torch backend: merge one into a plain model to export it")
-    pipe = _gan_pipeline(path, req.model)
+    pipe = _gan_pipeline(path, req.model) if req.backend != "student" else _student_pipeline(path)
+    runner = _edge_runner(path, req, pipe)
     resolution = pipe.generator.config.resolution
     for side in (req.width, req.height):
         if side is not None and side != resolution:
@@ -256,9 +292,12 @@ def _gan_images(path: Path, req: ImageRequest, base_seed: int, progress: Progres
     out = []
     for i in range(req.n):
         seed = base_seed + i
-        mix = torch.Generator().manual_seed(req.mix_seed + i) if req.mix_seed is not None else None
-        img = pipe(1, torch.Generator().manual_seed(seed), truncation_psi=req.truncation_psi,
-                   label=label, mix_generator=mix, mix_cutoff=req.mix_cutoff, noise_mode=req.noise_mode)[0]
+        if runner is not None:
+            img = runner(seed, label)
+        else:
+            mix = torch.Generator().manual_seed(req.mix_seed + i) if req.mix_seed is not None else None
+            img = pipe(1, torch.Generator().manual_seed(seed), truncation_psi=req.truncation_psi,
+                       label=label, mix_generator=mix, mix_cutoff=req.mix_cutoff, noise_mode=req.noise_mode)[0]
         settings = {**asdict(req), "n": 1, "seed": seed, "model": _model_name(path, req.model), "kind": "gan",
                     "label": pipe.class_names[label] if label is not None else None,
                     "mix_seed": req.mix_seed + i if req.mix_seed is not None else None,

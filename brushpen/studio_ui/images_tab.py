@@ -39,6 +39,7 @@ class ImagesTab:
     sd_box: gr.Group
     paths: gr.State
     to_checker: gr.Button
+    backend: gr.Dropdown | None = None
 
     def settings_outputs(self) -> list:
         """The components `settings_updates` fills, in its order."""
@@ -84,10 +85,17 @@ def settings_updates(s: dict) -> list:
             gr.update(visible=is_gan), gr.update(visible=not is_gan)]
 
 
+def _backends_for(name: str | None) -> dict:
+    """The Backend dropdown for a model: torch, plus the edge variants `brushpen export` made for it."""
+    info = _models().get(name)
+    choices = info.backends if info is not None else ["torch"]
+    return gr.update(choices=choices, value="torch", interactive=len(choices) > 1)
+
+
 @user_errors
 def _generate(model: str, prompt: str, negative: str, seed: float, n: float, psi: float, mix_seed: float,
               crossover: float, steps: float, guidance: float, width: float, height: float, scheduler: str,
-              progress: gr.Progress = gr.Progress()) -> tuple:
+              backend: str = "torch", progress: gr.Progress = gr.Progress()) -> tuple:
     info = _models().get(model)
     is_gan = info is None or info.kind == "gan"
     mix = seed_or_none(mix_seed) if is_gan else None
@@ -95,7 +103,8 @@ def _generate(model: str, prompt: str, negative: str, seed: float, n: float, psi
                        truncation_psi=float(psi), mix_seed=mix, mix_cutoff=int(crossover) if mix is not None else None,
                        negative_prompt=None if is_gan else (negative or None), steps=int(steps),
                        guidance=float(guidance), scheduler=None if is_gan or scheduler in (None, "default") else scheduler,
-                       width=None if is_gan else int(width), height=None if is_gan else int(height))
+                       width=None if is_gan else int(width), height=None if is_gan else int(height),
+                       backend=(backend or "torch") if is_gan else "torch")
     progress((0, req.n), desc="generating")
     images = generate_images(req, progress=lambda d, t: progress((d, t), desc="generating"))
     items = record_images(images)
@@ -104,7 +113,8 @@ def _generate(model: str, prompt: str, negative: str, seed: float, n: float, psi
     zipped = zip_files(paths, f"{items[0].id}-x{len(paths)}")
     seeds = f"seed {first['seed']}" if len(images) == 1 else f"seeds {first['seed']}–{first['seed'] + len(images) - 1}"
     status = (f"{len(images)} image(s) from **{first['model']}**, {seeds}"
-              + (f", class {first['label']}" if first.get("label") else ""))
+              + (f", class {first['label']}" if first.get("label") else "")
+              + (f", backend {first['backend']}" if first.get("backend", "torch") != "torch" else ""))
     gallery = [(p, f"seed {im.settings['seed']}") for p, im in zip(paths, images)]
     return gallery, zipped, status, paths, first["seed"]
 
@@ -139,6 +149,9 @@ def build() -> ImagesTab:
                     psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation ψ", elem_id="images-psi")
                     mix_seed = gr.Number(value=-1, precision=0, label="Style-mix seed (-1: off)", minimum=-1)
                     crossover = gr.Slider(1, 9, value=4, step=1, label="Style-mix crossover layer")
+                    backends = info.backends if info is not None else ["torch"]
+                    backend = gr.Dropdown(backends, value="torch", label="Backend (onnx: noise off, no style mix)",
+                                          interactive=len(backends) > 1, elem_id="images-backend")
                 with gr.Group(visible=not is_gan) as sd_box:
                     steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="images-steps")
                     guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance (CFG scale)")
@@ -168,11 +181,12 @@ def build() -> ImagesTab:
     # .input (the user picked a model), not .change: a PNG-info re-run sets the model and the size
     # together, and .change would then reset the size to the model's native one.
     model.input(_controls_for, model, [prompt, negative, gan_box, sd_box, width, height], concurrency_id="light")
+    model.input(_backends_for, model, backend, concurrency_id="light")
     dice.click(random_seed, None, seed, concurrency_id="light")
     go.click(_generate, [model, prompt, negative, seed, n, psi, mix_seed, crossover, steps, guidance, width,
-                         height, scheduler], [gallery, zipped, status, paths, seed_a],
+                         height, scheduler, backend], [gallery, zipped, status, paths, seed_a],
              concurrency_id="images", concurrency_limit=1, api_name="generate_images")
     walk_go.click(_walk, [model, seed_a, seed_b, frames, psi, prompt, fmt], walk_out,
                   concurrency_id="images", concurrency_limit=1, api_name="seed_walk")
     return ImagesTab(model, prompt, negative, seed, n, psi, mix_seed, crossover, steps, guidance, width,
-                     height, scheduler, gan_box, sd_box, paths, to_checker)
+                     height, scheduler, gan_box, sd_box, paths, to_checker, backend)
