@@ -179,11 +179,14 @@ def student_figures(G, S) -> dict:
 
 def card_text(G, S, metrics: dict, teacher_dir: Path) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
+    resumed = "" if metrics.get("sessions", 1) == 1 else \
+        (f", continued {metrics['sessions'] - 1} time(s) with `python -m brushpen.edge.gan_student "
+         f"{Path(teacher_dir).name} --minutes 15 --resume --threads 1`")
     return f"""# {Path(teacher_dir).name} student: a half-width generator distilled from `{Path(teacher_dir).name}`
 
 Widths {list(S.config.channels)} (teacher {list(G.config.channels)}); z {S.config.z_dim}, w {S.config.w_dim},
 {S.config.num_classes} classes; the mapping network is the teacher's, copied and frozen, so the same seed
-gives the same w. Made by `brushpen export {Path(teacher_dir).name} --student` (`brushpen/edge/gan_student.py`):
+gives the same w. Made by `brushpen export {Path(teacher_dir).name} --student` (`brushpen/edge/gan_student.py`){resumed}:
 synthesis initialised from the teacher's leading channels, trained for a fixed time budget at batch {BATCH}
 (Adam lr {LR}, linear decay over the last 30%) on fresh z's, noise off, loss = pixel L1 + L1 of
 32/16/8-pixel average-pooled images + L1 of image gradients, against the teacher's images.
