@@ -62,7 +62,7 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     edge.mkdir(parents=True, exist_ok=True)
 
     progress("exporting the fp32 graph", 0.1)
-    proto, shape = export_proto(tm.model)
+    proto, shape, _ = export_proto(tm.model)
     name = f"{model_dir.parent.name}/{model_dir.name}"
     inputs, outputs = graph_specs(shape.num_layers, shape.num_kv_heads, shape.head_dim, shape.vocab_size)
     extra = {"num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
@@ -76,12 +76,15 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
         from brushpen.edge.lm_smooth import calibration_batches
 
         del proto
-        proto8 = quantize(export_proto(tm.model, calibration_batches(tm.tokenizer))[0])
+        smoothed, _, skip = export_proto(tm.model, calibration_batches(tm.tokenizer))
+        proto8 = quantize(smoothed, skip)
+        del smoothed
         sha8 = write_onnx(proto8, edge / "model.int8.onnx")
         write_info(VariantInfo(name, "onnx-int8", "model.int8.onnx", OPSET, inputs, outputs, sha8, source,
                                "SmoothQuant (alpha 0.5, 8 calibration prompts), then dynamic int8: MatMul "
                                "weights per output channel, embedding Gather per tensor; activations "
-                               "quantized per tensor at run time", extra), edge)
+                               f"quantized per tensor at run time; fp32 kept for {skip or 'none'}",
+                               extra), edge)
         variants.append("onnx-int8")
     report = parity_report(tm, edge, variants, progress)
     write_report(edge, report)
@@ -89,17 +92,17 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     return report
 
 
-def export_proto(hf_model, calibration: list[torch.Tensor] | None = None) -> tuple[object, object]:
-    """The fp32 ONNX model (in memory) of a Hugging Face Llama, and its shape; with `calibration`,
-    smoothed for int8 first (`edge.lm_smooth`: the same function, outliers moved into the weights)."""
+def export_proto(hf_model, calibration: list[torch.Tensor] | None = None) -> tuple[object, object, list[str]]:
+    """The fp32 ONNX model (in memory) of a Hugging Face Llama, its shape, and the MatMuls int8 should
+    skip; with `calibration`, smoothed for int8 first (`edge.lm_smooth`: the same function, outliers
+    moved into the weights)."""
     import onnx
 
     from brushpen.edge.lm_graph import LlamaGraph
     from brushpen.edge.lm_smooth import smooth
 
     graph = LlamaGraph.from_hf(hf_model)
-    if calibration is not None:
-        smooth(graph, calibration)
+    keep_fp32 = smooth(graph, calibration) if calibration is not None else []
     s = graph.s
     b, t, past = 2, 3, 2   # example sizes only: every axis is dynamic
     args = (torch.zeros(b, t, dtype=torch.long), torch.ones(b, past + t, dtype=torch.long),
@@ -113,10 +116,11 @@ def export_proto(hf_model, calibration: list[torch.Tensor] | None = None) -> tup
         torch.onnx.export(graph, args, buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
                           input_names=[i.name for i in inputs], output_names=[o.name for o in outputs],
                           dynamic_axes=dynamic)
-    return onnx.load_model_from_string(buf.getvalue()), s
+    skip = [f"/layers.{i}/mlp/down_proj/MatMul" for i in keep_fp32]   # the tracer's node names
+    return onnx.load_model_from_string(buf.getvalue()), s, skip
 
 
-def quantize(proto) -> object:
+def quantize(proto, skip: list[str] = ()) -> object:
     """Dynamic int8 of the MatMuls and the embedding Gather (onnxruntime.quantization).
 
     The tracer's constant folding already stored the tied output layer as its own transposed table,
@@ -127,11 +131,14 @@ def quantize(proto) -> object:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    names = {n.name for n in proto.graph.node}
+    if not set(skip) <= names:  # a renamed node would silently be quantized
+        raise RuntimeError(f"int8 export: nodes to keep in fp32 not found: {sorted(set(skip) - names)}")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(proto, src)
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"])
+                         op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=list(skip))
         return onnx.load_model(dst)
 
 
