@@ -102,11 +102,11 @@ def test_finetune_raises_new_family_auc_and_round_trips(env: dict) -> None:
     base_hash = _base_hash(env["base"])
     images, labels = env["test"]
     events = []
-    req = DetectorFinetuneRequest(fake=env["new_fake"], real=env["new_real"], out="nearest", rank=4, steps=80,
-                                  batch=16, lr=1e-2, count=30, replay=0.25, replay_count=60, snap=40)
+    req = DetectorFinetuneRequest(fake=env["new_fake"], real=env["new_real"], out="nearest", rank=4, steps=50,
+                                  batch=16, lr=1e-2, count=30, replay=0.25, replay_count=60, snap=25)
     result = finetune(req, events.append)
     assert result.ref == "detector:nearest"
-    assert [e.step for e in events] == list(range(1, 81))
+    assert [e.step for e in events] == list(range(1, 51))
     losses = [e.loss for e in events]
     assert np.mean(losses[-15:]) < np.mean(losses[:15]) - 0.05
     m = result.metrics
