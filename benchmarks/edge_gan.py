@@ -4,7 +4,9 @@ onnxruntime int8 vs the distilled student (torch eager, and its ONNX graph under
 Each variant is timed in a fresh subprocess (`--worker gan`), pinned to `--threads` for torch and
 onnxruntime alike, so its peak RSS (getrusage ru_maxrss) is that variant's alone. Columns:
 - file MB: the safetensors torch loads, or the .onnx file.
-- peak RSS MB: of that subprocess, after loading the variant and running every timed call.
+- peak RSS MB: of that subprocess, after loading the variant and running every timed call; every
+  worker imports torch and onnxruntime (z's are drawn with torch), so "+model" is the peak over the
+  RSS right after those imports: what the variant itself adds.
 - ms b1 / ms b16: wall time of one call at batch 1 / 16 (z and classes drawn outside the timing,
   psi 1, noise off), median of `--reps` after 2 warm-up calls.
 - img/s: 16 / (ms b16), and its ratio to torch eager's.
@@ -39,6 +41,9 @@ def gan_worker(args: argparse.Namespace) -> dict:
 
     model_dir = resolve_model(args.model, family="gan")
     edge = edge_dir(model_dir)
+    import onnxruntime  # noqa: F401  (both runtimes imported before the baseline, for every variant alike)
+
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.variant in ("torch", "student"):
         folder = model_dir if args.variant == "torch" else edge / "student"
         G = load_generator(folder)
@@ -66,6 +71,7 @@ def gan_worker(args: argparse.Namespace) -> dict:
             out[f"ms_b{batch}"] = 1000 * statistics.median(times)
     out["img_s"] = 16 / (out["ms_b16"] / 1000)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["model_rss_mb"] = out["peak_rss_mb"] - base_rss
     return out
 
 
@@ -88,13 +94,14 @@ def gan_table(model: str, args: argparse.Namespace) -> list[dict]:
     ref = rows[0]
     print(f"\n### {model} generator ({args.threads} thread(s); latency: median of {args.reps} calls after 2 "
           f"warm-up, psi 1, noise off)\n")
-    print("| variant | file MB | peak RSS MB | ms b1 | ms b16 | img/s (b16) | vs torch | FID | FID vs fp32 |")
+    print("| variant | file MB | peak RSS MB (+model) | ms b1 | ms b16 | img/s (b16) | vs torch | FID | FID vs fp32 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         figures = report.get({"torch": "onnx", "student-onnx": "student"}.get(r["variant"], r["variant"]), {})
         r["fid"], r["fid_vs_fp32"], r["fid_num"] = figures.get("fid"), figures.get("fid_vs_fp32"), figures.get("fid_num")
         fid = f"{r['fid']:.1f} ({r['fid_num']})" if r["fid"] is not None else "-"
         vs = f"{r['fid_vs_fp32']:.1f}" if r["fid_vs_fp32"] is not None else "-"
-        print(f"| {r['variant']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['ms_b1']:.1f} | {r['ms_b16']:.1f} | "
+        print(f"| {r['variant']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} (+{r['model_rss_mb']:.0f}) | "
+              f"{r['ms_b1']:.1f} | {r['ms_b16']:.1f} | "
               f"{r['img_s']:.1f} | {r['img_s'] / ref['img_s']:.2f}x | {fid} | {vs} |")
     return rows

@@ -8,7 +8,9 @@ the Inception-v3 of `brushpen.gan.metrics`. Fake features are cached per variant
 `$BRUSHPEN_HOME/fid/edge/`, so a variant is only re-measured when its file changes. The real
 images' features must already be cached (`brushpen gan eval` or the data build makes them; this
 module never computes them). Written into edge/report.json: `fid` (vs the real images), `fid_num`,
-and for int8 and student also `fid_vs_fp32`, the FID between their images and the fp32 graph's.
+for int8 and student `fid_vs_fp32`, the FID between their images and the fp32 graph's (same seeds),
+and for every variant `fid_heldout_fp32`: its first num/2 images against the fp32 graph's last
+num/2 (other seeds), a stand-in reference while the real features are not built.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def measure(model_dir: Path, variants: list[str], num: int, data: Path) -> dict:
             row["fid"] = round(frechet_distance(*stats(f), *stats(real)), 3)
         if v != "onnx" and "onnx" in feats:
             row["fid_vs_fp32"] = round(frechet_distance(*stats(f), *stats(feats["onnx"])), 3)
+        if "onnx" in feats:
+            # Without real features: the first half of this variant's images against the second
+            # half of the fp32 graph's (other seeds). For `onnx` itself that is the floor two fp32
+            # sets of this size reach; a variant's excess over it is what it loses.
+            half = num // 2
+            row["fid_heldout_fp32"] = round(frechet_distance(*stats(f[:half]), *stats(feats["onnx"][half:])), 3)
     if real is None:
         print(f"real-image features for {data} are not cached yet: fake features saved, FID vs reals skipped")
     return report
