@@ -8,7 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from brushpen.edge.common import BACKENDS
+from brushpen.edge.common import available_backends
+from brushpen.errors import BrushpenError
 from brushpen.generators.history import history_dir
 from brushpen.studio_ui.common import user_errors
 
@@ -48,6 +49,16 @@ def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch",
     return rows, str(csv_path), shown, status
 
 
+def _backends() -> list[str]:
+    """What the detector has: torch, plus the variants `brushpen export detector` made."""
+    from brushpen.store import resolve_model
+
+    try:
+        return available_backends(resolve_model("detector", family="safety"))
+    except BrushpenError:
+        return ["torch"]
+
+
 def build() -> gr.File:
     with gr.Tab("Checker", id="checker"):
         with gr.Row():
@@ -55,7 +66,7 @@ def build() -> gr.File:
                 files = gr.File(label="Images or a zip", file_count="multiple", type="filepath",
                                 elem_id="checker-files")
                 heatmaps = gr.Checkbox(value=True, label="Heatmaps")
-                backend = gr.Dropdown(list(BACKENDS), value="torch", label="Backend", elem_id="checker-backend",
+                backend = gr.Dropdown(_backends(), value="torch", label="Backend", elem_id="checker-backend",
                                       info="onnx, onnx-int8 and student run the variants `brushpen export detector` made")
                 go = gr.Button("Check", variant="primary", elem_id="checker-go")
             with gr.Column(scale=3):
