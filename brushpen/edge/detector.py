@@ -47,9 +47,10 @@ GRAPHS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
 
 # ---- data -----------------------------------------------------------------------------------------
 
-def training_samples(model_dir: Path, real: list[Path] | None = None, fake: list[Path] | None = None
-                     ) -> list[Sample] | None:
-    """The model's own data (train.json's folders, unless given), or None if they are not here."""
+def training_samples(model_dir: Path, real: list[Path] | None = None, fake: list[Path] | None = None,
+                     families: tuple[str, ...] | None = None) -> list[Sample] | None:
+    """The model's own data (train.json's folders, unless given; fakes of `families` only if given),
+    or None if they are not here."""
     if real is None and fake is None:
         path = Path(model_dir) / "train.json"
         if not path.exists():
@@ -58,7 +59,7 @@ def training_samples(model_dir: Path, real: list[Path] | None = None, fake: list
         real, fake = [Path(p) for p in config.get("real") or []], [Path(p) for p in config.get("fake") or []]
     if not fake or not all(Path(p).is_dir() for p in [*(real or []), *fake]):
         return None
-    samples = gather(list(real or []), list(fake))
+    samples = gather(list(real or []), list(fake), families)
     return samples if {"train", "val", "test"} <= {s.split for s in samples} else None
 
 
@@ -170,7 +171,8 @@ def export_pair(model: Detector, model_dir: Path, edge: Path, names: tuple[str, 
 
 def export(model_dir: Path, int8: bool = False, student: bool = False, progress: Progress | None = None,
            student_minutes: float = 10.0, student_steps: int | None = None,
-           real: list[Path] | None = None, fake: list[Path] | None = None) -> dict:
+           real: list[Path] | None = None, fake: list[Path] | None = None,
+           families: tuple[str, ...] | None = None) -> dict:
     """Write the detector's edge variants into `model_dir/edge/` and return the report (module docstring)."""
     progress = progress or (lambda stage, frac: None)
     model_dir = Path(model_dir)
@@ -178,7 +180,7 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     edge = edge_dir(model_dir)
     edge.mkdir(parents=True, exist_ok=True)
     ref = f"safety/{model_dir.name}"
-    samples = training_samples(model_dir, real, fake)
+    samples = training_samples(model_dir, real, fake, families)
     if student and not samples:
         raise BadParameter(f"the student is distilled on the training data of {model_dir.name}, "
                            "which is not on this machine")
