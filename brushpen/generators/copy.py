@@ -14,10 +14,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
+from brushpen.adapters import check_name, split_ref
 from brushpen.edge.common import check_backend
 from brushpen.errors import BadParameter
 from brushpen.text import prompts
-from brushpen.text.base import TextModel, load_text_model
+from brushpen.text.base import BASE_NAME, TextModel, load_text_model
 from brushpen.text.filter import Blocklist, check_brief, load_blocklist
 from brushpen.text.sampling import RawText, Row, Sampling, clean, generate_rows, stream_rows
 
@@ -45,6 +46,7 @@ class CopyRequest:
     model: str | None = None          # None: the shipped SmolLM2 base
     stop: list[str] = field(default_factory=list)
     backend: str = "torch"            # torch, onnx or onnx-int8 (the last two after `brushpen export`)
+    adapter: str | None = None        # a LoRA adapter of the model (`brushpen finetune text`); or model=BASE:NAME
 
     def validate(self) -> None:
         if not isinstance(self.brief, str) or not self.brief.strip():
@@ -129,10 +131,35 @@ def _prepare(req: CopyRequest) -> tuple[TextModel, int, Blocklist]:
 def _load(req: CopyRequest) -> TextModel:
     """The model of a request on its backend: torch, or an exported graph under onnxruntime."""
     if req.backend == "torch":
-        return load_text_model(req.model)
+        return load_text_model(_model_ref(req))
+    if req.adapter or ":" in str(req.model or ""):
+        raise BadParameter("LoRA adapters run on the torch backend (the ONNX graphs are of the base model)")
     from brushpen.edge.lm_runtime import load_ort_text_model
 
     return load_ort_text_model(req.model, req.backend)
+
+
+def _model_ref(req: CopyRequest) -> str | None:
+    """`model`, or `BASE:ADAPTER` when the request names an adapter."""
+    if not req.adapter:
+        return req.model
+    base, named = split_ref(req.model or BASE_NAME)
+    if named and named != req.adapter:
+        raise BadParameter(f"model '{req.model}' already names adapter '{named}', and adapter is '{req.adapter}'")
+    return f"{base}:{check_name(req.adapter)}"
+
+
+def copy_models() -> list[str]:
+    """Model names a copy request can take, for pickers: the base, text models in the store, and
+    every LoRA adapter as BASE:NAME."""
+    from brushpen.store import list_models
+
+    names = [BASE_NAME]
+    for m in list_models():
+        if m.family == "text":
+            base = BASE_NAME if m.name == BASE_NAME else m.ref
+            names += ([] if base == BASE_NAME else [base]) + [f"{base}:{a}" for a in m.adapters]
+    return names
 
 
 def check_backend_available(req: CopyRequest) -> None:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import gradio as gr
 
-from brushpen.generators.copy import MAX_VARIANTS, CopyRequest, stream_copy
+from brushpen.generators.copy import MAX_VARIANTS, CopyRequest, copy_models, stream_copy
 from brushpen.generators.history import record_copy
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors
 from brushpen.text.prompts import KINDS
@@ -26,11 +26,11 @@ def _boxes(texts: list[str | None], n: int) -> list:
 @user_errors
 def _write(brief: str, kind: str, tone: str, audience: str, n: float, temperature: float, top_p: float,
            top_k: float, repetition_penalty: float, max_new_tokens: float, seed: float,
-           backend: str = "torch") -> Iterator[list]:
+           backend: str = "torch", model: str | None = None) -> Iterator[list]:
     req = CopyRequest(brief=brief, kind=kind, tone=tone or None, audience=audience or None, n=int(n),
                       temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                       repetition_penalty=float(repetition_penalty), max_new_tokens=int(max_new_tokens),
-                      seed=seed_or_none(seed), backend=backend or "torch")
+                      seed=seed_or_none(seed), backend=backend or "torch", model=model or None)
     req.validate()  # a clear message before any box changes
     texts: list[str | None] = [""] * MAX_VARIANTS
     yield _boxes(texts, req.n) + ["writing..."]
@@ -58,6 +58,8 @@ def build() -> None:
                 brief = gr.Textbox(label="Brief", lines=3, elem_id="copy-brief",
                                    placeholder="Reusable steel bottle that keeps drinks cold for 24 hours")
                 kind = gr.Dropdown(list(KINDS), value=DEFAULTS.kind, label="Kind")
+                # BASE:NAME entries are LoRA adapters (brand voices) made by `brushpen finetune text`.
+                model = gr.Dropdown(copy_models(), value=copy_models()[0], label="Model", elem_id="copy-model")
                 with gr.Row():
                     tone = gr.Textbox(label="Tone", placeholder="friendly")
                     audience = gr.Textbox(label="Audience", placeholder="hikers")
@@ -80,5 +82,6 @@ def build() -> None:
                 boxes = [gr.Textbox(label=f"Variant {i + 1}", buttons=["copy"], visible=i < DEFAULTS.n,
                                     interactive=False, elem_id=f"copy-variant-{i}") for i in range(MAX_VARIANTS)]
     dice.click(random_seed, None, seed, concurrency_id="light")
-    go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed, backend],
+    model.focus(lambda: gr.update(choices=copy_models()), None, model, concurrency_id="light")  # new adapters
+    go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed, backend, model],
              boxes + [status], concurrency_id="copy", concurrency_limit=1, api_name="write_copy")

@@ -109,7 +109,8 @@ def _is_complete(folder: Path) -> bool:
 
 def resolve_text_model(name: str | os.PathLike | None = None) -> Path:
     """The folder for a model name: the base (converted on first use), a path, or `text/NAME` in the store."""
-    if name is None or str(name) in BASE_ALIASES:
+    # `text/smollm2-135m` in the store holds only the base's LoRA adapters; its weights are built here.
+    if name is None or str(name) in BASE_ALIASES or str(name) == f"text/{BASE_NAME}":
         return convert_base()
     path = Path(name).expanduser()
     if path.is_dir():
@@ -145,7 +146,14 @@ def _check_folder(folder: Path) -> None:
 
 
 def load_text_model(name: str | os.PathLike | None = None) -> TextModel:
-    """Load (once per process) the model and tokenizer for `name`; see `resolve_text_model`."""
+    """Load (once per process) the model and tokenizer for `name`; see `resolve_text_model`.
+
+    `BASE:ADAPTER` (`smollm2-135m:taglines`) loads the base with a LoRA adapter (`brushpen.text.lora`).
+    """
+    if ":" in str(name) and not Path(str(name)).expanduser().is_dir():
+        from brushpen.text.lora import load_adapted
+
+        return load_adapted(str(name))
     folder = resolve_text_model(name).resolve()
     label = BASE_NAME if name is None or str(name) in BASE_ALIASES else str(name)
     model, tokenizer = _load_folder(str(folder))

