@@ -273,3 +273,25 @@ def test_dataset_builder_is_deterministic(tmp_path: Path) -> None:
     assert not {e.copy for e in train} & {e.copy for e in held}
     assert all(len(e.copy.split()) <= 10 and e.kind == "tagline" for e in train + held)
     assert not is_slogan("Why ask?") and is_slogan("A stitch in time saves nine.")
+
+
+@pytest.mark.slow   # builds the whole app (diffusers, gradio imports): ~30 s on the shared box
+def test_api_lists_and_serves_the_adapter(env: dict, trained: dict) -> None:
+    from fastapi.testclient import TestClient
+
+    from brushpen.api.app import ApiSettings, create_app
+    from brushpen.generators.copy import CopyRequest, generate_copy
+
+    body = {"prompt": "A tent for busy people", "model": "text/tiny:voice", "n": 1, "seed": 3, "max_tokens": 8,
+            "kind": "tagline", "temperature": 0}
+    with TestClient(create_app(ApiSettings(batch_worker=False))) as client:
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert listed["text/tiny:voice"]["adapter"] == "voice" and listed["text/tiny:voice"]["base"] == "text/tiny"
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "text/tiny:voice"
+        want = generate_copy(CopyRequest(brief=body["prompt"], kind="tagline", n=1, seed=3, max_new_tokens=8,
+                                         temperature=0, model="text/tiny:voice")).texts
+        assert [c["text"] for c in r.json()["choices"]] == want
+        r = client.post("/v1/completions", json={**body, "model": "text/tiny:nope"})
+        assert r.status_code == 404 and "nope" in r.text
