@@ -7,7 +7,8 @@ file holds the copywriter LM's (`lm_table`), other families add theirs to FAMILI
 
 The LM columns:
 - file MB: the weights torch loads (safetensors) or the .onnx file.
-- peak RSS MB: of the subprocess that loads the variant and runs the timing below.
+- peak RSS MB: of the subprocess that loads the variant and runs the timing below (measured before
+  the quality runs; the JSON also has `peak_rss_all_mb`, after them).
 - TTFT ms: prefill of the first brief's copy prompt plus the first new token, batch 1, median of reps.
 - decode tok/s: (new tokens - 1) / (time for all of them - TTFT), batch 1, greedy, EOS suppressed.
 - vs torch: decode tok/s over torch's.
@@ -92,7 +93,10 @@ def lm_worker(args: argparse.Namespace) -> dict:
         total.append(time.perf_counter() - start)
     t1, tn = statistics.median(ttft), statistics.median(total)
     out = {"variant": args.variant, "file_mb": size / 2**20, "ttft_ms": 1000 * t1,
-           "decode_tok_s": (new - 1) / max(tn - t1, 1e-9), "new_tokens": new, "reps": args.reps}
+           "decode_tok_s": (new - 1) / max(tn - t1, 1e-9), "new_tokens": new, "reps": args.reps,
+           # Serving memory: loading plus generating, before the quality runs (whose 256-position
+           # logits over a 49k vocabulary grow onnxruntime's arena far past what decoding needs).
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     # Quality: greedy tokens for the brief prompts (one at a time: no padding effects on int8), and
     # logits over the held-out text.
     quality_prompts = _prompts(tm, args.briefs)
@@ -106,7 +110,7 @@ def lm_worker(args: argparse.Namespace) -> dict:
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     out["ppl"] = float(nll.exp())
     out["top"] = logits.argmax(-1).tolist()
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_all_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
@@ -163,6 +167,16 @@ from edge_gan import gan_table, gan_worker  # noqa: E402  (benchmarks/ is on sys
 
 FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table, "emoji64": gan_table}
 WORKERS = {"gan": gan_worker}
+
+
+def detector_table(model: str, args: argparse.Namespace) -> list[dict]:
+    """The deepfake detector's table: torch vs ORT fp32 vs ORT int8 vs student (benchmarks/edge_detector.py)."""
+    from edge_detector import detector_table as table   # this folder is on sys.path when run as a script
+
+    return table(model, args)
+
+
+FAMILIES["detector"] = detector_table
 
 
 def main() -> None:
