@@ -137,6 +137,7 @@ def save_adapter(G: StyleGANGenerator, folder: Path, base_dir: Path, base_name: 
     tensors = adapter_tensors(G)
     stage = staging_dir(Path(folder))
     save_file(tensors, str(stage / ADAPTER_FILE))
+    (stage / ADAPTER_FILE).chmod(0o644)   # safetensors writes 0600; the store's files are world-readable
     n_params = sum(v.numel() for k, v in tensors.items() if k.endswith((".lora_A", ".lora_B")))
     write_info(stage, AdapterInfo(base=f"gan/{base_name}", base_sha256=base_sha256(base_dir), family="gan",
                                   rank=first.rank, trainable_params=n_params, targets=list(loras),
