@@ -285,6 +285,7 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
                    train_images={"fake": sum(s.label == 1 and s.split == "train" for s in samples),
                                  "real": sum(s.label == 0 and s.split == "train" for s in samples),
                                  "replay": sum(s.split == "train" for s in old)},
+                   replay_families=sorted({s.family[len("replay-"):] for s in old if s.label == 1}),
                    final_loss=float(np.mean(losses[-20:])) if losses else None,
                    train_seconds_this_run=round(elapsed, 1), threads=torch.get_num_threads())
     info = AdapterInfo(base=f"{lora.FAMILY}/{base_dir.name}", base_sha256=lora.base_sha256(base_dir),
@@ -318,7 +319,7 @@ def _metrics(before: np.ndarray, after: np.ndarray, labels: np.ndarray, old: np.
 def _card(base_dir: Path, req: DetectorFinetuneRequest, info: AdapterInfo, metrics: dict) -> str:
     cal = info.extra["calibration"]
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items() if not isinstance(v, dict))
-    return f"""# {base_dir.name}:{req.out}: a LoRA adapter for the {base_dir.name} detector
+    return f"""# {base_dir.name}:{req.out}: a LoRA adapter for the detector `{base_dir.name}`
 
 A rank-{req.rank} LoRA (alpha {info.alpha:g}) on every conv of `{info.base}` ({', '.join(info.targets)}),
 {info.trainable_params:,} trainable parameters; BatchNorm frozen (the base's statistics). Use it as
@@ -332,7 +333,8 @@ Base weights sha256 {info.base_sha256[:16]}...: it refuses to load on other base
 {metrics['steps']} steps of batch {req.batch}, AdamW lr {req.lr:g} cosine, the base trainer's augmentation,
 {metrics['threads']} CPU thread(s), {metrics['train_seconds_this_run']} s.
 Images: {json.dumps(metrics['train_images'])} (fake and real from `{req.fake}` and `{req.real}`; replay =
-the base's own training data, share {req.replay if metrics['train_images']['replay'] else 0} of each batch half).
+the base's own training data on disk, families {', '.join(metrics['replay_families']) or 'none'}, share
+{req.replay if metrics['train_images']['replay'] else 0} of each batch half).
 
 ## Calibration
 
