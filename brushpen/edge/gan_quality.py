@@ -55,10 +55,18 @@ def cached_features(model_dir: Path, variant: str, num: int, label_pool: torch.T
     from brushpen.gan.metrics import inception_features
 
     key = sha256_file(variant_file(model_dir, variant))[:16]
-    cache = get_settings().home / "fid" / "edge" / f"{Path(model_dir).name}-{variant}-{num}-{key}.safetensors"
+    folder = get_settings().home / "fid" / "edge"
+    cache = folder / f"{Path(model_dir).name}-{variant}-{num}-{key}.safetensors"
     if cache.exists():
         return load_file(str(cache))["features"]
-    feats = inception_features(variant_images(model_dir, variant, num, label_pool), desc=f"inception {variant}")
+    # Images i < n are the same for every num >= n (one seeded generator, fixed batches of 50), so a
+    # smaller cached set is extended rather than recomputed: Inception is the slow part here.
+    done = [int(p.name.split("-")[-2]) for p in folder.glob(f"{Path(model_dir).name}-{variant}-*-{key}.safetensors")]
+    have = max([n for n in done if n < num and n % BATCH == 0], default=0)
+    old = load_file(str(folder / f"{Path(model_dir).name}-{variant}-{have}-{key}.safetensors"))["features"] \
+        if have else np.zeros((0, 2048))
+    new = inception_features(variant_images(model_dir, variant, num, label_pool)[have:], desc=f"inception {variant}")
+    feats = np.concatenate([old, new])
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": feats}, str(cache.with_suffix(".tmp")))
     cache.with_suffix(".tmp").replace(cache)
