@@ -15,6 +15,8 @@ alike), so its peak RSS is that variant's alone. Columns:
 - MMAC/patch: multiply-accumulates of the network per 64x64 patch (torch's FLOP counter); GFLOP/s:
   2 x MMAC / CPU ms per patch at batch 16, to hold against the ~70 GFLOP/s fp32 GEMM peak of one
   core here (DESIGN.md; int8 kernels have a higher ceiling).
+- AUC, acc resize0.5+jpeg75: the same after resize 0.5x then JPEG 75 (real and fake alike), the
+  hardest setting of `brushpen detect eval`.
 - AUC, acc: the test split, all families pooled (`brushpen detect eval`'s in-distribution
   protocol, `edge.detector.quality`), balanced accuracy at the variant's own t_fake.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
+PERTURBED = "resize0.5+jpeg75"
 VARIANTS = ("torch", "onnx", "onnx-int8", "student", "student-onnx", "student-onnx-int8")
 
 
@@ -75,7 +78,8 @@ def worker(args: argparse.Namespace) -> dict:
     from brushpen.store import resolve_model
 
     model_dir = resolve_model(args.model, family="safety")
-    samples = training_samples(model_dir)
+    families = tuple(f for f in (getattr(args, "families", None) or "").split(",") if f) or None
+    samples = training_samples(model_dir, families=families)
     if samples is None:
         raise SystemExit(f"the test split of {args.model} (train.json's folders) is not on this machine")
     scorer, net, run, size = _load(model_dir, args.variant, args.threads)
@@ -98,6 +102,13 @@ def worker(args: argparse.Namespace) -> dict:
     out["mmacs"] = model_figures(net)["mmacs_per_patch"]       # after the RSS: the counter costs memory
     out["gflop_s"] = 2 * out["mmacs"] / out["cpu_ms_b16"]   # MFLOP per ms = GFLOP/s
     out.update(quality(scorer, samples))
+    # The clean test split is near-saturated for the families on hand; the hardest perturbation
+    # (resize 0.5x, then JPEG 75, real and fake alike, as `detect eval` runs it) separates variants.
+    from brushpen.safety.detector_eval import evaluate
+
+    hard = [r for r in evaluate(scorer, samples, settings=(PERTURBED,), progress=False) if r["family"] == "all"][0]
+    out["auc_perturbed"], out["acc_perturbed"] = hard["auc"], hard["acc"]
+    out["families"] = sorted({s.family for s in samples if s.label == 1 and s.split == "test"})
     return out
 
 
@@ -113,7 +124,8 @@ def detector_table(model: str, args: argparse.Namespace) -> list[dict]:
     rows = []
     for variant in [v for v in VARIANTS if v in present]:
         cmd = [sys.executable, __file__, "--worker", "--model", model, "--variant", variant,
-               "--threads", str(args.threads), "--reps", str(reps)]
+               "--threads", str(args.threads), "--reps", str(reps),
+               "--families", getattr(args, "families", None) or ""]
         done = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if done.returncode != 0:
@@ -123,13 +135,14 @@ def detector_table(model: str, args: argparse.Namespace) -> list[dict]:
     print(f"\n### {model} ({args.threads} thread(s); latency: medians of {reps} calls per batch size, "
           f"64x64 test patches; AUC/acc: test split, all families)\n")
     print("| variant | file KB | peak RSS MB | ms/patch b1 | ms/patch b16 | CPU ms/patch b1 | CPU ms/patch b16 | "
-          "patches/s | vs torch | MMAC/patch | GFLOP/s (CPU, b16) | AUC | acc |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"patches/s | vs torch | MMAC/patch | GFLOP/s (CPU, b16) | AUC | acc | AUC {PERTURBED} | acc {PERTURBED} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['file_kb']:.0f} | {r['peak_rss_mb']:.0f} | {r['ms_b1']:.3f} | {r['ms_b16']:.3f} | "
               f"{r['cpu_ms_b1']:.3f} | {r['cpu_ms_b16']:.3f} | {r['patches_s']:.0f} | "
               f"{r['patches_s'] / ref['patches_s']:.2f}x | {r['mmacs']:.1f} | {r['gflop_s']:.1f} | "
-              f"{r['auc']:.4f} | {r['acc']:.4f} |")
+              f"{r['auc']:.4f} | {r['acc']:.4f} | {r['auc_perturbed']:.4f} | {r['acc_perturbed']:.4f} |")
+    print(f"\nTest families: {', '.join(ref['families'])} (all fakes pooled against all test reals).")
     print(f"\nLoad average while it ran: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores.")
     return rows
 
@@ -139,6 +152,7 @@ def main() -> None:
     p.add_argument("--model", default="detector")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=50, help="timed calls per batch size")
+    p.add_argument("--families", default="", help="comma list of fake families to test on (default: all found)")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write every row here")

@@ -98,7 +98,7 @@ def distill(teacher: Detector, samples: list[Sample], out: Path, minutes: float 
               "teacher": {"widths": list(teacher.config.widths), "params": teacher.num_params(),
                           "temperature": T},
               "student": {"widths": list(student.config.widths), "params": student.num_params()},
-              "train_patches": len(train), "val_patches": len(val)}
+              "train_patches": len(train), "val_patches": len(val), "families": sampler.families}
     atomic_write_json(Path(out) / "distill.json", record)
     write_card(Path(out), record, asdict(student.calibration))
     progress(1.0)
@@ -119,7 +119,7 @@ up). Code: `brushpen/edge/detector_student.py`. Made by `brushpen export detecto
 (budget {record['minutes_budget']} min), AdamW lr {record['lr']} cosine. Targets: the teacher's calibrated
 score sigmoid(logit / {record['teacher']['temperature']:.4f}) and its localisation map, BCE (map weight
 {record['loc_weight']}), on the teacher's {record['train_patches']:,} training patches with its augmentation and
-class-balanced batches. Final loss (mean of the last 100 steps): {record['final_loss']}.
+class-balanced batches; fake families: {', '.join(record.get('families', []))}. Final loss (mean of the last 100 steps): {record['final_loss']}.
 
 ## Calibration
 
