@@ -11,7 +11,7 @@ PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install chromium run test test-slow bench bench-copy-tune data clean-venv
+.PHONY: install chromium run test test-slow bench bench-copy-tune bench-edge bench-finetune data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 $(STAMP): pyproject.toml
@@ -55,6 +55,18 @@ bench: $(STAMP)
 # The copy defaults sweep: about 25 minutes on one thread (see BENCHMARKS.md).
 bench-copy-tune: $(STAMP)
 	$(PY) benchmarks/copy_tune.py --threads 1 --seeds 1000,2000,3000
+
+# Edge variants (ONNX fp32 / int8 / students) of the three models, 1 thread; needs `brushpen export
+# MODEL --int8 [--student]` first (emoji64, fortunes-lm and detector ship theirs; SmolLM2's is built).
+bench-edge: $(STAMP)
+	$(VENV)/bin/brushpen export smollm2-135m --int8 --threads 1
+	$(PY) benchmarks/edge.py --models emoji64,smollm2-135m,fortunes-lm,detector --threads 1
+
+# The LoRA experiments of BENCHMARKS.md (each trains for a while on one thread).
+bench-finetune: $(STAMP)
+	$(PY) benchmarks/finetune_gan.py --threads 1
+	$(PY) benchmarks/finetune_text.py --adapter taglines --threads 1
+	$(PY) benchmarks/finetune_detector.py shipped --threads 1
 
 clean-venv:
 	rm -rf $(VENV)
