@@ -272,21 +272,13 @@ def check_training_file(filename: str, data: bytes) -> None:
 
     name = filename.lower()
     if name.endswith(".jsonl"):
+        from brushpen.text.lora_data import parse_line   # the copywriter trainer's own row checks
+
         try:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise BadInput(f"'{filename}' is not UTF-8 text: {e}") from None
-        rows = 0
-        for n, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                item = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"line {n} of '{filename}' is not JSON: {e}") from None
-            if not isinstance(item, dict) or not ({"text"} <= set(item) or {"brief", "copy"} <= set(item)):
-                raise BadInput(f"line {n} of '{filename}': expected an object with 'text', or 'brief' and 'copy'")
-            rows += 1
+        rows = [parse_line(raw, f"line {n} of '{filename}'") for n, raw in enumerate(lines, 1) if raw.strip()]
         if not rows:
             raise BadInput(f"'{filename}' holds no examples")
     elif name.endswith(".zip"):
