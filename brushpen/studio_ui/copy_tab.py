@@ -74,7 +74,8 @@ def build() -> None:
                                       info="onnx / onnx-int8: onnxruntime, after `brushpen export smollm2-135m --int8`",
                                       elem_id="copy-backend")
                 with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1)
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1,
+                                     elem_id="copy-seed")
                     dice = gr.Button("🎲 Random", size="sm", min_width=40)
                 go = gr.Button("Write", variant="primary", elem_id="copy-write")
             with gr.Column(scale=3):
