@@ -105,6 +105,16 @@ def test_int8_quality_on_fortunes_lm() -> None:
     assert (FORTUNES / "edge" / "model.int8.onnx").stat().st_size < 0.35 * (FORTUNES / "edge" / "model.onnx").stat().st_size
 
 
+def test_int8_row_does_not_depend_on_its_batch_mates() -> None:
+    """Activations are quantized per row and block, so a brief's logits are the same alone or batched."""
+    tm = load_text_model(FORTUNES)
+    int8 = OrtCausalLM(FORTUNES / "edge" / "model.int8.onnx", threads=1)
+    ids = torch.tensor([tm.tokenizer("Fresh bread every morning", add_special_tokens=False)["input_ids"]] * 2)
+    ids[1] = 300   # a very different batch mate: one token repeated
+    alone, batched = int8.logits(ids[:1]), int8.logits(ids)
+    assert (alone[0] - batched[0]).abs().max().item() < 1e-4
+
+
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
 def test_seeded_copy_is_the_same_text_on_torch_and_onnx(backend: str) -> None:
     """Same seed and settings, same variants: the torch sampler runs on onnxruntime's logits.
@@ -159,6 +169,27 @@ def test_broken_or_mismatched_graph_is_a_clear_error(tiny: Path, tmp_path: Path)
     (edge / "model.json").write_text("{not json")
     with pytest.raises(BrokenModel, match="not a valid edge description"):
         OrtCausalLM(edge / "model.onnx")
+
+
+def test_graph_is_built_from_fused_llm_operators(tiny: Path) -> None:
+    """The point of writing the graph by hand: one Attention, two rotaries and two RMSNorms per layer
+    and no per-layer shape arithmetic, so decoding is a few hundred nodes, not thousands."""
+    import onnx
+
+    fp32 = onnx.load(str(tiny / "edge" / "model.onnx"))
+    ops = [n.op_type for n in fp32.graph.node]
+    layers = 2
+    assert ops.count("Attention") == layers and ops.count("RotaryEmbedding") == 2 * layers
+    assert ops.count("RMSNormalization") == 2 * layers + 1 and ops.count("Shape") == 2
+    assert len(ops) <= 16 * layers + 20, len(ops)
+    assert fp32.opset_import[0].version == lm.OPSET_LM
+    # int8: every projection and the output layer as blockwise int8, the embedding table int8 too.
+    int8 = onnx.load(str(tiny / "edge" / "model.int8.onnx"))
+    ops8 = [n.op_type for n in int8.graph.node]
+    assert ops8.count("MatMulNBits") == 4 * layers + 1 and "MatMul" not in ops8
+    bits = {a.i for n in int8.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {8}
+    assert "embed_tokens.weight" not in {t.name for t in int8.graph.initializer}
 
 
 def test_export_is_deterministic(tiny: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The copywriter LM as one exportable graph: a Llama forward with the KV cache as plain tensors.
+"""The copywriter LM as a Llama forward with the KV cache as plain tensors: the reference for the ONNX graph.
 
 `LlamaGraph` loads a Hugging Face Llama state dict (SmolLM2, the shipped `fortunes-lm`) and runs
 
@@ -10,11 +10,11 @@ The past may be empty (length 0) on the first call, so one graph serves prefill 
 come for the last `num_logits` positions only (1 while generating, all of them for perplexity),
 since the 49k-word output layer over a whole prompt would dominate the time to first token.
 
-Why hand-written rather than exporting `LlamaForCausalLM` itself: transformers 5 threads the cache
-through a `DynamicCache` object and builds its masks in helpers that do not trace to a graph with
-the cache as inputs and outputs; wrapping those is more code than this forward, which is the
-Llama equations and nothing else (RMSNorm, rotary positions, grouped-query attention, SwiGLU). It
-is checked against the Hugging Face logits at export time and in tests/test_edge_lm.py.
+Why hand-written rather than using `LlamaForCausalLM` itself: transformers 5 threads the cache
+through a `DynamicCache` object and builds its masks in helpers, while the graph needs the cache
+as plain inputs and outputs. This module is the Llama equations and nothing else (RMSNorm, rotary
+positions, grouped-query attention, SwiGLU); `edge.lm_onnx` writes the same function out as ONNX
+nodes from its weights, and both are checked against the Hugging Face logits at export time and in tests/test_edge_lm.py.
 """
 
 from __future__ import annotations
