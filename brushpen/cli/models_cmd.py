@@ -44,9 +44,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from brushpen.store import read_metrics
+    from brushpen.store import list_models, read_metrics
 
-    path = resolve_model(args.name)
+    # Listed entries first: a base built outside the store (SmolLM2) is listed by its card and
+    # adapters folder, though it holds no weights to resolve.
+    listed = {key: m.path for m in list_models() for key in (m.name, m.ref)}
+    path = listed.get(args.name) or resolve_model(args.name)
     print(path)
     print((path / "card.md").read_text(encoding="utf-8") if (path / "card.md").exists() else "(no card)")
     print(json.dumps(read_metrics(path), indent=2, sort_keys=True))
