@@ -21,6 +21,9 @@ The LM columns:
   $BRUSHPEN_HOME/data/fortunes/val.txt, in windows of 256, or the model's own context if shorter).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edge.py --models smollm2-135m,fortunes-lm --threads 1
+
+`--llama-cpp PYTHON` adds llama.cpp (the DESIGN.md anchor) to SmolLM2's table, on the Q4_1 GGUF the
+base is converted from, timed the same way by benchmarks/llamacpp_worker.py under that interpreter.
 """
 
 from __future__ import annotations
@@ -138,29 +141,54 @@ def lm_table(model: str, args: argparse.Namespace) -> list[dict]:
         if done.returncode != 0:
             raise SystemExit(f"{variant} worker failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if args.llama_cpp and model in ("smollm2-135m", "smollm2"):
+        rows.append(llama_cpp_row(model, args))
     ref = rows[0]
     print(f"\n### {model} ({args.threads} thread(s); TTFT and decode: medians of {args.reps}, batch 1, "
           f"{ref['new_tokens']} new tokens, greedy)\n")
     print("| variant | file MB | peak RSS MB | TTFT ms | decode tok/s | vs torch | agree | same | next-tok | ppl |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        top_same = sum(a == b for ra, rb in zip(ref["top"], r["top"]) for a, b in zip(ra, rb))
-        top_all = sum(len(ra) for ra in ref["top"])
         r["agree"] = token_agreement(ref["tokens"], r["tokens"])
         r["same"] = sum(a == b for a, b in zip(ref["tokens"], r["tokens"]))
-        r["next_tok"] = top_same / top_all
+        next_tok = ppl = "-"   # the llama.cpp row has no teacher-forced logits
+        if "top" in r:
+            top_same = sum(a == b for ra, rb in zip(ref["top"], r["top"]) for a, b in zip(ra, rb))
+            r["next_tok"] = top_same / sum(len(ra) for ra in ref["top"])
+            next_tok, ppl = f"{r['next_tok']:.3f}", f"{r['ppl']:.3f}"
         print(f"| {r['variant']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['ttft_ms']:.0f} | "
               f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / ref['decode_tok_s']:.2f}x | {r['agree']:.3f} | "
-              f"{r['same']}/{len(r['tokens'])} | {r['next_tok']:.3f} | {r['ppl']:.3f} |")
-    if len(rows) == 3:
+              f"{r['same']}/{len(r['tokens'])} | {next_tok} | {ppl} |")
+    if len(rows) >= 3:
         r8, r32 = rows[2], rows[1]
         print(f"\nint8 vs ORT fp32: greedy agreement {token_agreement(r32['tokens'], r8['tokens']):.3f}, "
               f"identical {sum(a == b for a, b in zip(r32['tokens'], r8['tokens']))}/{len(r8['tokens'])}; "
               f"perplexity {r32['ppl']:.3f} -> {r8['ppl']:.3f} ({100 * (r8['ppl'] / r32['ppl'] - 1):+.1f}%); "
               f"file {100 * r8['file_mb'] / r32['file_mb']:.0f}% of fp32")
     for r in rows:
-        r.pop("tokens"), r.pop("top")
+        r.pop("tokens"), r.pop("top", None)
     return rows
+
+
+def llama_cpp_row(model: str, args: argparse.Namespace) -> dict:
+    """The anchor: llama.cpp on the Q4_1 GGUF SmolLM2 is converted from, same prompts and protocol,
+    run by benchmarks/llamacpp_worker.py under `--llama-cpp` (an interpreter with llama-cpp-python)."""
+    from types import SimpleNamespace
+
+    from brushpen.edge.lm_runtime import _tokenizer
+    from brushpen.text.base import GGUF_FILE, gguf_source, resolve_text_model
+
+    folder, _ = gguf_source()
+    prompts = _prompts(SimpleNamespace(tokenizer=_tokenizer(str(resolve_text_model(model)))), args.briefs)
+    job = {"gguf": str(folder / GGUF_FILE), "prompts": prompts, "new_tokens": args.new_tokens,
+           "agree_tokens": args.agree_tokens, "reps": args.reps, "threads": args.threads}
+    done = subprocess.run([args.llama_cpp, str(Path(__file__).with_name("llamacpp_worker.py"))],
+                          input=json.dumps(job), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if done.returncode != 0:
+        raise SystemExit(f"llama.cpp worker failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"variant": "llama.cpp Q4_1 (anchor)", "file_mb": (folder / GGUF_FILE).stat().st_size / 2**20, **row}
 
 
 from edge_gan import gan_table, gan_worker  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -189,6 +217,8 @@ def main() -> None:
     p.add_argument("--agree-tokens", type=int, default=64)
     p.add_argument("--ppl-tokens", type=int, default=2048)
     p.add_argument("--json", default=None, help="also write every row here")
+    p.add_argument("--llama-cpp", default=None, metavar="PYTHON",
+                   help="an interpreter with llama-cpp-python: adds the llama.cpp anchor row to SmolLM2's table")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
