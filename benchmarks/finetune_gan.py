@@ -36,8 +36,11 @@ from brushpen.gan.metrics import (frechet_distance, generated_images, inception_
 from brushpen.store import read_metrics, resolve_model, update_metrics  # noqa: E402
 
 
-def score(model_dir: Path, real: torch.Tensor, label_pool: torch.Tensor, num: int) -> dict:
-    fake = inception_features(generated_images(model_dir, num, 1.0, 0, label_pool, noise_mode="none"),
+def score(model_dir: Path, real: torch.Tensor, label_pool: torch.Tensor, num: int, seed: int = 0,
+          G: torch.nn.Module | None = None) -> dict:
+    """FID and KID of `num` images of the model (or of `G`, same z's and labels) against `real`."""
+    run = None if G is None else (lambda z, labels: G(z, labels, truncation_psi=1.0, noise_mode="none"))
+    fake = inception_features(generated_images(model_dir, num, 1.0, seed, label_pool, noise_mode="none", run=run),
                               desc=f"fakes {model_dir.name}")
     n = min(len(real), len(fake))
     return {"fid": round(frechet_distance(*stats(fake), *stats(real)), 2),
@@ -57,6 +60,17 @@ def main() -> int:
     ap.add_argument("--arms", default="lora,full,scratch")
     ap.add_argument("--adapter-name", default="noto")
     ap.add_argument("--work", type=Path, default=None, help="full/scratch models (default $BRUSHPEN_HOME/bench/finetune_gan)")
+    ap.add_argument("--lr", type=float, default=GanFinetuneRequest.lr)
+    ap.add_argument("--lr-g", type=float, default=GanFinetuneRequest.lr_g, help="G's lr (default: --lr)")
+    ap.add_argument("--augment", choices=["ada", "fixed", "none"], default="ada")
+    ap.add_argument("--augment-p", type=float, default=0.0, help="initial (ada) or constant (fixed) p")
+    ap.add_argument("--ada-kimg", type=float, default=GanFinetuneRequest.ada_kimg)
+    ap.add_argument("--ema-kimg", type=float, default=None)
+    ap.add_argument("--ema-rampup", type=float, default=GanFinetuneRequest.ema_rampup, help="0 = off")
+    ap.add_argument("--r1-gamma", type=float, default=None)
+    ap.add_argument("--track-kimg", type=float, default=0.0,
+                    help="also score G_ema every this many kimg during each arm (0 = only at the end)")
+    ap.add_argument("--base-seeds", type=int, default=1, help="score the base with this many sample seeds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -72,14 +86,27 @@ def main() -> int:
     real = reference_features(data, 64)
     rows = {"base (no adaptation)": {"mode": "base", "trainable_params": 0, **score(base_dir, real, target.labels,
                                                                                      args.num)}}
+    if args.base_seeds > 1:   # the KID's sampling noise: the same model scored with other z's
+        rows["base (no adaptation)"]["kid_x1000_by_seed"] = [rows["base (no adaptation)"]["kid_x1000"]] + [
+            score(base_dir, real, target.labels, args.num, seed=s)["kid_x1000"] for s in range(1, args.base_seeds)]
     print(json.dumps(rows), flush=True)
     for mode in args.arms.split(","):
         out = args.adapter_name if mode == "lora" else str(work / mode)
         req = GanFinetuneRequest(base=args.base, data=data, out=out, mode=mode, rank=args.rank, kimg=args.kimg,
                                  freeze_d=args.freeze_d if mode != "scratch" else 0, batch=args.batch,
-                                 threads=args.threads, snapshot_kimg=args.kimg)
+                                 threads=args.threads, lr=args.lr, lr_g=args.lr_g, augment=args.augment, augment_p=args.augment_p,
+                                 ada_kimg=args.ada_kimg, ema_kimg=args.ema_kimg, ema_rampup=args.ema_rampup or None,
+                                 r1_gamma=args.r1_gamma, snapshot_kimg=args.track_kimg or args.kimg)
+        track: list[dict] = []
+
+        def on_snapshot(tr) -> None:
+            if args.track_kimg and tr.nimg < int(args.kimg * 1000):
+                track.append({"kimg": tr.nimg / 1000, "augment_p": round(tr.ada.p, 3),
+                              **score(base_dir, real, target.labels, args.num, G=tr.G_ema.eval())})
+                print(json.dumps({mode: track[-1]}), flush=True)
+
         t0 = time.time()
-        res = finetune(req, log=lambda m: print(m, flush=True))
+        res = finetune(req, log=lambda m: print(m, flush=True), on_snapshot=on_snapshot)
         wall = time.time() - t0
         if mode == "lora":
             with tempfile.TemporaryDirectory() as tmp:   # merged into a plain generator, as for export
@@ -91,6 +118,9 @@ def main() -> int:
         else:
             row = score(res.path, real, target.labels, args.num)
             row["model_bytes"] = sum(f.stat().st_size for f in res.path.glob("*.safetensors"))
+        if track:
+            row["track"] = track + [{"kimg": res.metrics["kimg"], "augment_p": round(res.metrics["augment_p"], 3),
+                                     "fid": row["fid"], "kid_x1000": row["kid_x1000"]}]
         row.update(mode=mode, trainable_params=res.metrics["trainable_params_G"], kimg=res.metrics["kimg"],
                    sec_per_kimg=res.metrics.get("sec_per_kimg") or read_metrics(res.path).get("sec_per_kimg"), wall_s=round(wall, 1))
         rows[{"lora": f"LoRA rank {args.rank}", "full": "full fine-tuning", "scratch": "from scratch"}[mode]] = row

@@ -205,7 +205,7 @@ def test_tiny_finetune_moves_the_generator_to_the_target(base: Path, tmp_path: P
     target = torch.tensor([210, 40, 40, 40, 60, 210], dtype=torch.float32) / 127.5 - 1
     before_hashes = file_hashes(base)
     events = []
-    req = GanFinetuneRequest(base="tiny", data=zpath, out="bands", rank=4, kimg=0.16, batch=8, lr=0.01,
+    req = GanFinetuneRequest(base="tiny", data=zpath, out="bands", rank=4, kimg=0.16, batch=8, lr=0.01, lr_g=0.01,
                              augment="none", freeze_d=1, snapshot_kimg=0.08, threads=1)
     result = finetune(req, events.append)
     assert result.ref == "tiny:bands" and (result.path / "samples.png").exists()

@@ -29,7 +29,9 @@ def register(group: argparse._SubParsersAction) -> None:
     g.add_argument("--kimg", type=float, default=2.0, help="thousands of real images to show")
     g.add_argument("--freeze-d", type=int, default=0, help="freeze D's fromRGB and its first K blocks (Freeze-D)")
     g.add_argument("--batch", type=int, default=16)
-    g.add_argument("--lr", type=float, default=0.0025)
+    g.add_argument("--lr", type=float, default=0.0025, help="D's lr (and G's when --lr-g is not given)")
+    g.add_argument("--lr-g", type=float, default=0.0005, help="G's lr (slower than D for fine-tuning)")
+    g.add_argument("--ada-kimg", type=float, default=2.0, help="ADA's p can go 0 -> 1 in this many kimg")
     g.add_argument("--augment", choices=["ada", "fixed", "none"], default="ada")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--snap", dest="snapshot_kimg", type=float, default=1.0, help="kimg between snapshots")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     req = GanFinetuneRequest(base=args.base, data=args.data, out=args.out, mode=args.mode, rank=args.rank,
                              alpha=args.alpha, kimg=args.kimg, freeze_d=args.freeze_d, batch=args.batch, lr=args.lr,
+                             lr_g=args.lr_g, ada_kimg=args.ada_kimg,
                              augment=args.augment, seed=args.seed, snapshot_kimg=args.snapshot_kimg,
                              resume=args.resume, threads=args.threads)
     with tqdm(total=int(args.kimg * 1000), unit="img", desc=f"finetune {args.mode}") as bar:

@@ -28,7 +28,7 @@ from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.gan.data import ImageDataset, load_image_folder
 from brushpen.gan.lora import save_adapter, trainable_parameters
-from brushpen.gan.trainer import TrainConfig, Trainer, sample_grid
+from brushpen.gan.trainer import TrainConfig, Trainer, sample_grid, write_store_model
 from brushpen.store import resolve_model, store_root
 
 MODES = ("lora", "full", "scratch")
@@ -46,7 +46,15 @@ class GanFinetuneRequest:
     freeze_d: int = 0               # Freeze-D: D's fromRGB and first K blocks stay fixed (lora, full)
     batch: int = 16
     lr: float = 0.0025
+    # G slower than D (TTUR): in the BENCHMARKS sweep it drifted least from the base (KID 62 vs 70).
+    lr_g: float | None = 0.0005     # G's lr; None = lr
     augment: str = "ada"
+    augment_p: float = 0.0          # initial (ada) or constant (fixed) augmentation probability
+    # `gan train`'s 100 kimg lets p reach only ~0.04 in a few-kimg fine-tune; 2 lets it reach ~0.6.
+    ada_kimg: float = 2.0           # ADA's p can go 0 -> 1 in this many kimg
+    ema_kimg: float | None = None   # G_ema half-life in kimg; None = the trainer's default
+    ema_rampup: float | None = 0.05  # early on, half-life <= rampup * images seen; None = off
+    r1_gamma: float | None = None   # None = the trainer's heuristic
     seed: int = 0
     snapshot_kimg: float = 1.0
     resume: bool = False
@@ -103,6 +111,8 @@ def _command(req: GanFinetuneRequest) -> str:
             "--mode", req.mode, "--kimg", f"{req.kimg:g}", "--freeze-d", str(req.freeze_d), "--batch", str(req.batch)]
     if req.mode == "lora":
         args += ["--rank", str(req.rank)]
+    args += ["--lr", f"{req.lr:g}", "--lr-g", f"{req.lr_g if req.lr_g is not None else req.lr:g}",
+             "--ada-kimg", f"{req.ada_kimg:g}"]
     return shlex.join(args)
 
 
@@ -115,11 +125,13 @@ def _adapter_card(req: GanFinetuneRequest, data: Path, source: str, metrics: dic
 
 
 def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] | None = None,
-             log: Callable[[str], None] | None = None) -> FinetuneResult:
+             log: Callable[[str], None] | None = None,
+             on_snapshot: Callable[[Trainer], None] | None = None) -> FinetuneResult:
     """Train as the request says; returns the result's model reference, folder and last metrics.
 
     `log` gets the trainer's lines (kimg, sec/kimg, losses, p); by default they are printed when
-    no `progress` callback is given and dropped when one is."""
+    no `progress` callback is given and dropped when one is. `on_snapshot(trainer)` runs after
+    each snapshot is written (the benchmark scores `trainer.G_ema` there)."""
     req.validate()
     base_name, adapter = split_ref(req.base)
     if adapter is not None:
@@ -143,8 +155,11 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
     cfg = TrainConfig(data=data_dir, out=work if req.mode == "lora" else out,
                       resolution=base_cfg["resolution"], kimg=req.kimg, batch=req.batch,
                       channels=base_cfg.get("channels"), z_dim=base_cfg["z_dim"], w_dim=base_cfg["w_dim"],
-                      mapping_layers=base_cfg["mapping_layers"], cond=bool(class_names), lr=req.lr,
-                      augment=req.augment, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
+                      mapping_layers=base_cfg["mapping_layers"], cond=bool(class_names),
+                      lr=req.lr, lr_g=req.lr_g,
+                      augment=req.augment, augment_p=req.augment_p, ada_kimg=req.ada_kimg,
+                      ema_kimg=req.ema_kimg if req.ema_kimg is not None else TrainConfig.ema_kimg,
+                      ema_rampup=req.ema_rampup, r1_gamma=req.r1_gamma, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
                       tick_kimg=min(1.0, req.kimg), resume=req.resume, threads=req.threads,
                       checkpoint_dir=work / "checkpoint",
                       base=None if req.mode == "scratch" else base_dir,
@@ -169,8 +184,16 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
                                            f"loss_D {stats.get('loss_D', 0):.3f}, p {stats.get('augment_p', 0):.3f}",
                                    metrics={k: float(v) for k, v in stats.items() if k != "loss_G"}))
 
+    def write_model(tr: Trainer) -> None:
+        if req.mode == "lora":
+            write_adapter(tr)
+        else:
+            write_store_model(tr.G_ema, Path(tr.cfg.out), tr.cfg, tr.nimg, tr.train_seconds, len(tr.data), tr.ada.p)
+        if on_snapshot is not None:
+            on_snapshot(tr)
+
     trainer = Trainer(cfg, dataset=data, log=log or ((lambda msg: None) if progress else None),
-                      write_model=write_adapter if req.mode == "lora" else None, progress=on_step)
+                      write_model=write_model, progress=on_step)
     result = trainer.run()
     result["trainable_params_G"] = trainable_parameters(trainer.G)
     if req.mode == "lora":

@@ -53,6 +53,7 @@ class TrainConfig:
     mapping_layers: int = 4
     cond: bool = False                  # train on the dataset's class labels
     lr: float = 0.0025
+    lr_g: float | None = None           # G's own lr (fine-tuning: G slower than D); None = lr
     beta2: float = 0.99
     r1_gamma: float | None = None       # None = 0.0002 * R^2 / batch (the ADA heuristic)
     r1_interval: int = 16
@@ -136,7 +137,8 @@ class Trainer:
         if cfg.base is not None:
             self._start_from_base()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = _lazy_adam([p for p in self.G.parameters() if p.requires_grad], cfg.lr, cfg.beta2,
+        self.opt_G = _lazy_adam([p for p in self.G.parameters() if p.requires_grad],
+                                cfg.lr if cfg.lr_g is None else cfg.lr_g, cfg.beta2,
                                 cfg.pl_interval if cfg.pl_weight > 0 else 0)
         self.opt_D = _lazy_adam([p for p in self.D.parameters() if p.requires_grad], cfg.lr, cfg.beta2,
                                 cfg.r1_interval)
