@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fp32, optionally int8) and distil a student")
     p.add_argument("model", help="store name (emoji64, detector, fortunes-lm) or smollm2-135m")
     p.add_argument("--int8", action="store_true", help="also write the int8 graph (static QDQ for convnets, "
-                   "dynamic MatMul for the LM)")
+                   "blockwise int8 MatMul for the LM)")
     p.add_argument("--student", action="store_true", help="also distil a smaller student (GAN, detector)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -5,7 +5,7 @@ A model folder `weights/<family>/<name>/` gets an `edge/` folder:
 
     edge/model.onnx          fp32 graph, weights inside the file
     edge/model.json          inputs, outputs, opset, sha256 of the .onnx, source weights' sha256
-    edge/model.int8.onnx     int8 graph (static QDQ for convnets, dynamic MatMul for the LM)
+    edge/model.int8.onnx     int8 graph (static QDQ for convnets, blockwise int8 MatMul for the LM)
     edge/model.int8.json
     edge/student/            a distilled student, an ordinary model folder of the same family
     edge/student.onnx/.json  (optional) the student exported too

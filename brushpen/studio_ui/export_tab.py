@@ -57,7 +57,7 @@ def build() -> None:
         models = exportable()
         with gr.Row():
             model = gr.Dropdown(models, value=models[0] if models else None, label="Model")
-            int8 = gr.Checkbox(True, label="int8 (static QDQ for convnets, dynamic MatMul for the LM)")
+            int8 = gr.Checkbox(True, label="int8 (static QDQ for convnets, blockwise int8 MatMul for the LM)")
             student = gr.Checkbox(False, label="distil a student (GAN, detector)")
             go = gr.Button("Export", variant="primary")
         summary = gr.Markdown()
