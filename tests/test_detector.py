@@ -107,6 +107,66 @@ def test_training_refuses_to_overwrite_a_checkpoint_and_resumes(trained: dict, t
     assert json.loads((tmp_path / "m" / "train.json").read_text())["steps"] == 6
 
 
+def test_image_logit_adds_the_largest_region_logit_and_old_models_load_without_it(tmp_path: Path) -> None:
+    import torch
+
+    from brushpen.safety.detector import Detector, save_detector
+
+    torch.manual_seed(0)
+    fused = Detector(TINY).eval()
+    plain = Detector(DetectorConfig(widths=TINY.widths, strides=TINY.strides, region_max=False)).eval()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        lf, wf = fused(x)
+        lp, wp = plain(x)
+    assert torch.equal(wf, wp)
+    assert torch.allclose(lf, lp + wp.amax(dim=(1, 2, 3)), atol=1e-6)
+    assert not torch.allclose(lf, lp, atol=1e-3)
+    # a config.json written before `region_max` existed loads as the plain pooled head it was trained as
+    save_detector(plain, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["architecture"]["region_max"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    old = load_detector(tmp_path / "old")
+    assert old.config.region_max is False
+    with torch.no_grad():
+        assert torch.allclose(old(x)[0], lp, atol=1e-6)
+
+
+def test_splice_localisation_scores_the_region_map_against_the_masks(tmp_path: Path) -> None:
+    import torch
+
+    from brushpen.safety.detector import Detector
+    from brushpen.safety.detector_data import Sample
+    from brushpen.safety.detector_eval import splice_localisation
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(4):
+        image, mask = tmp_path / f"s{i}.png", tmp_path / f"m{i}.png"
+        arr = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        m = np.zeros((64, 64), np.uint8)
+        m[:, :32 if i % 2 else 16] = 255
+        arr[m > 0] = 255                      # the "pasted" region is white
+        Image.fromarray(arr).save(image)
+        Image.fromarray(m).save(mask)
+        samples.append(Sample(image, 1, "splice", "test", mask))
+    model = Detector(TINY).eval()
+    assert splice_localisation(model, [Sample(s.path, 1, "stylegan", "test") for s in samples]) is None
+    # a map that is brightness itself: the white pasted region scores above the noise around it
+    with torch.no_grad():
+        model.body = torch.nn.AvgPool2d(4)   # (B, 6, 16, 16): RGB + NPR, down to the head's grid
+        model.fc, model.loc = torch.nn.Conv2d(6, 1, 1), torch.nn.Conv2d(6, 1, 1)
+        model.loc.weight.zero_()
+        model.loc.weight[0, :3] = 1.0
+        model.loc.bias.zero_()
+    assert splice_localisation(model, samples) == {"pixel_auc": pytest.approx(1.0, abs=0.02), "n_images": 4}
+    with torch.no_grad():
+        model.loc.weight.zero_()             # a constant map cannot tell: every pixel ties
+    assert splice_localisation(model, samples)["pixel_auc"] == 0.5
+
+
 def test_calibration_probabilities_and_bands() -> None:
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 4, 4000)                       # true log-odds ...

@@ -54,6 +54,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--snap", type=int, default=250, help="steps between checkpoints")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--no-region-max", dest="region_max", action="store_false",
+                   help="image logit from the pooled head alone (ablation; default adds the largest region logit)")
     t.add_argument("--threads", type=int, default=1)
     t.set_defaults(func=run_train)
 
@@ -96,13 +98,14 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from brushpen.safety.detector import DetectorConfig
     from brushpen.safety.detector_train import TrainConfig, train_detector
 
     apply_threads(args.threads)
     split = lambda text: tuple(f.strip() for f in (text or "").split(",") if f.strip())
     cfg = TrainConfig(out=args.out, real=args.real, fake=args.fake, families=split(args.families) or None,
                       exclude=split(args.exclude), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                      snap=args.snap, resume=args.resume)
+                      snap=args.snap, resume=args.resume, model=DetectorConfig(region_max=args.region_max))
     model = train_detector(cfg, command=_command(), log=lambda m: print(m, flush=True))
     c = model.calibration
     print(json.dumps({"out": str(args.out), "temperature": c.temperature, "t_real": c.t_real, "t_fake": c.t_fake}))
@@ -112,19 +115,24 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from brushpen.safety.detector import load_detector
     from brushpen.safety.detector_data import gather
-    from brushpen.safety.detector_eval import evaluate, evaluate_lofo, table_markdown, train_lofo, write_card, write_eval
+    from brushpen.safety.detector_eval import (evaluate, evaluate_lofo, splice_localisation, table_markdown, train_lofo,
+                                               write_card, write_eval)
     from brushpen.store import resolve_model
 
     apply_threads(args.threads)
     folder = resolve_model(args.model, family="safety")
     samples = gather(args.real, args.fake)
-    rows = evaluate(load_detector(folder), samples, progress=sys.stderr.isatty())
+    model = load_detector(folder)
+    rows = evaluate(model, samples, progress=sys.stderr.isatty())
+    localisation = splice_localisation(model, samples)
     lofo_dir = args.lofo_dir or get_settings().home / "detector-lofo" / folder.name
     if args.lofo_steps:
         train_lofo(lofo_dir, args.real, args.fake, args.lofo_steps, log=lambda m: print(m, flush=True))
     if lofo_dir.is_dir():
         rows += evaluate_lofo(lofo_dir, args.real, args.fake)
-    write_eval(folder, rows, _command())
+    write_eval(folder, rows, _command(), localisation)
     write_card(folder)
     print(table_markdown(rows))
+    if localisation:
+        print(f"splice localisation: pixel AUC {localisation['pixel_auc']:.4f} over {localisation['n_images']} test splices")
     return 0

@@ -11,6 +11,8 @@ Protocol (every figure in the table carries its setting's name):
   row's `steps`), tested on F's test fakes; its thresholds come from its own validation split.
 Metrics per row (`calibrate.family_metrics`): AUC, AP, balanced accuracy at the model's `t_fake`,
 TPR at 1% FPR, counts.
+- `splice_localisation`: pixel AUC of the region map (bilinear to the tile) against the splice masks,
+  every pixel of every test splice pooled: how well the heatmap says where the pasted region is.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from brushpen.safety.calibrate import family_metrics
-from brushpen.safety.detector import Detector, load_detector, tile_image
-from brushpen.safety.detector_data import Sample, gather, load_rgb
+from brushpen.safety.calibrate import family_metrics, roc_auc
+from brushpen.safety.detector import Detector, load_detector, tile_image, to_tensor
+from brushpen.safety.detector_data import Sample, gather, load_arrays, load_rgb
 from brushpen.safety.detector_train import TrainConfig, logits_of, train_detector
 from brushpen.safety.perturb import PERTURBATIONS
 from brushpen.store import atomic_write_json, atomic_write_text
@@ -63,6 +67,19 @@ def evaluate(model: Detector, samples: list[Sample], settings: tuple[str, ...] =
     return rows
 
 
+@torch.no_grad()
+def splice_localisation(model: Detector, samples: list[Sample], batch: int = 256) -> dict | None:
+    """{pixel_auc, n_images} of the region map against the masks of the test splices (None: no masks)."""
+    test = [s for s in samples if s.split == "test" and s.mask is not None]
+    if not test:
+        return None
+    images, masks = load_arrays(test, model.config.tile)
+    model.eval()
+    where = torch.cat([model(to_tensor(images[i:i + batch]))[1] for i in range(0, len(images), batch)])
+    heat = F.interpolate(where, size=masks.shape[1:], mode="bilinear", align_corners=False)[:, 0].numpy()
+    return {"pixel_auc": round(roc_auc(heat.ravel(), (masks.ravel() >= 128).astype(int)), 4), "n_images": len(test)}
+
+
 def evaluate_lofo(lofo_dir: Path, real: list[Path], fake: list[Path]) -> list[dict]:
     """Rows for each `lofo_dir/<family>` model, tested on that held-out family only."""
     rows = []
@@ -88,11 +105,13 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_eval(model_dir: Path, rows: list[dict], command: str) -> dict:
+def write_eval(model_dir: Path, rows: list[dict], command: str, localisation: dict | None = None) -> dict:
     """Merge the rows into metrics.json (key `auc`: in-distribution, all families) and the card."""
     model_dir = Path(model_dir)
     path = model_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
+    if localisation:
+        metrics["splice_localisation"] = localisation
     old = [r for r in metrics.get("eval", []) if (r["setting"], r["family"]) not in
            {(n["setting"], n["family"]) for n in rows}]
     metrics["eval"] = old + rows
@@ -146,6 +165,13 @@ def _sources_md(train: dict) -> str:
     return "Training folders: " + ", ".join(train["config"]["fake"] + train["config"]["real"])
 
 
+def _localisation_md(loc: dict | None) -> str:
+    if not loc:
+        return ""
+    return (f"\nSplice localisation (the heatmap): pixel AUC {loc['pixel_auc']:.4f} of the region map against the "
+            f"masks, all pixels of the {loc['n_images']} test splices pooled.\n")
+
+
 def write_card(model_dir: Path) -> Path:
     """card.md from train.json, config.json and metrics.json (rewritten on every eval)."""
     model_dir = Path(model_dir)
@@ -183,7 +209,7 @@ p < {cal['t_real']:.4f}, else `uncertain`. Rule: {cal['rule']}. Fitted on {json.
     {metrics.get('eval_command', '(not evaluated yet)')}
 
 {table_markdown(metrics.get('eval', []))}
-
+{_localisation_md(metrics.get('splice_localisation'))}
 Protocol: `brushpen/safety/detector_eval.py`. Each family's test fakes against all test reals;
 perturbations (`brushpen.safety.perturb`) hit real and fake alike; 32 px results are enlarged to
 64 as a scan does. LOFO rows: a model trained without that family, with the shorter budget shown,
