@@ -106,13 +106,14 @@ def run_lofo(args: argparse.Namespace) -> None:
     if family in old:
         raise SystemExit(f"the base {base} was trained on {family}: pick a base without it")
     before = logits_of(load_detector(base), images)
-    result = {"family": family, "base_command": cmd, "threads": args.threads, "steps": args.steps,
+    result = {"family": family, "base_command": cmd, "base_sha256": lora.base_sha256(base),
+              "threads": args.threads, "steps": args.steps,
               "before": {"new": aucs(before, labels, fams)[family], "old": pooled(before, labels, fams, old),
                          "per_family": aucs(before, labels, fams)}, "runs": []}
     done = WORK / f"lofo-{family}.json"
-    if done.exists():   # runs of an earlier invocation with the same base and budget are kept, not redone
-        prev = json.loads(done.read_text())
-        if prev["base_command"] == cmd and prev["steps"] == args.steps:
+    if done.exists():   # runs of an earlier invocation on the same base weights and budget are kept, not redone
+        prev = json.loads(done.read_text())   # (the weights, not the command: the data behind a command can change)
+        if prev.get("base_sha256") == result["base_sha256"] and prev["steps"] == args.steps:
             result["runs"] = prev["runs"]
     for seed in args.seeds:   # seed-major: a stopped run still leaves every count and replay setting once
         for replay in args.replays:
