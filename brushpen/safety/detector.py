@@ -20,11 +20,11 @@ Forward (`Detector.forward`), for x in [-1, 1] of shape (B, 3, 64, 64):
     logit  = fc(avgpool(h))                       # the image's "AI-made" logit
     where  = loc(h)                               # (B, 1, 16, 16) per-region logits: the heatmap,
                                                    # trained on the splice masks
-    logit += max(where)                            # if `region_max` (the default since session 5)
+    logit += max(where)                            # if `region_max` (the default)
 Why `region_max`: the pooled head averages a small pasted region away; the localisation head sees
-it. Adding the largest region logit lifted splice TPR at 1% FPR from 0.64 to 0.72 on the old test
-set with no loss elsewhere (post hoc, same weights); models saved before the field keep the plain
-`fc` logit (`load_detector`).
+it. Trained both ways on the same fake set, splice TPR at 1% FPR was 0.62 with it against 0.30
+without on validation (0.57 / 0.26 on test), whole-image families level (BENCHMARKS.md). Models
+saved before the field keep the plain `fc` logit they were calibrated on (`load_detector`).
 Calibration: p = sigmoid(logit / T); verdict `fake` if p >= t_fake, `real` if p < t_real, else
 `uncertain` (`Calibration`, thresholds chosen on validation, see `brushpen.safety.calibrate`).
 

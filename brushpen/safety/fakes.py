@@ -69,9 +69,9 @@ class FakesConfig:
     count: int = 1100                   # fakes per family in the train split
     seed: int = 0
     models: Path | None = None          # where generators train; None = OUT/.models
-    stylegan_kimg: float = 40.0             # the shipped detector's set (session 5; was 8)
+    stylegan_kimg: float = 40.0         # the budgets of the shipped detector's fake set
     stylegan_channels: tuple[int, ...] = (128, 96, 64, 32, 16)
-    diffusion_steps: int = 1500             # (session 5; was 300)
+    diffusion_steps: int = 1500
     diffusion_resolution: int = 32
     ddim_steps: int = 20
     decoder_steps: int = 200
