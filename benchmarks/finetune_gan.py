@@ -1,9 +1,11 @@
 """LoRA vs full fine-tuning vs from scratch: few-shot adaptation of emoji64 to Noto emoji.
 
-    python benchmarks/finetune_gan.py --kimg 2 --num 1000 --threads 1
+    python benchmarks/finetune_gan.py --kimg 8 --num 118 --threads 1
 
-1. The target set: `brushpen data noto --count 150` (npm emoji-datasource-google@16.0.0, a fixed
-   seeded pick, 64x64 on white, labelled by emoji group), built if missing.
+1. The target set: `brushpen data noto --subcategory face- --count 150` (npm
+   emoji-datasource-google@16.0.0: the 118 Noto faces, 64x64 on white, labelled by emoji group),
+   built if missing. `--data ~/.cache/brushpen/data/noto64` runs the earlier mixed target
+   (`brushpen data noto --count 150`, a seeded pick across all groups).
 2. Three arms with the same kimg budget, batch, seed and data, one after the other:
    LoRA (rank 4, Freeze-D), full fine-tuning (Freeze-D), and training from scratch.
    The LoRA arm writes the adapter `weights/gan/emoji64/adapters/<--adapter-name>` (default noto).
@@ -47,18 +49,45 @@ def score(model_dir: Path, real: torch.Tensor, label_pool: torch.Tensor, num: in
             "kid_x1000": round(kernel_inception_distance(fake, real, subsets=100, subset_size=n) * 1000, 2)}
 
 
+def score_only(args: argparse.Namespace, base_dir: Path, work: Path, real: torch.Tensor,
+               label_pool: torch.Tensor) -> int:
+    """Each finished arm scored with seeds 0..N-1: the table's rows with their sampling noise."""
+    adapter = base_dir / "adapters" / args.adapter_name
+    models = {"base (no adaptation)": (base_dir, None)}
+    if adapter.is_dir():
+        models[f"LoRA ({args.adapter_name})"] = (base_dir, load_adapted_generator(base_dir, adapter).eval())
+    for mode in ("full", "scratch"):
+        if (work / mode / "config.json").exists():
+            models[mode] = (work / mode, None)
+    rows = {}
+    for name, (folder, G) in models.items():
+        runs = [score(folder, real, label_pool, args.num, seed=s, G=G) for s in range(args.score_only)]
+        rows[name] = {k: {"mean": round(sum(r[k] for r in runs) / len(runs), 2), "min": min(r[k] for r in runs),
+                          "max": max(r[k] for r in runs)} for k in ("fid", "kid_x1000")}
+        print(json.dumps({name: rows[name]}), flush=True)
+    print(f"\n| model | FID mean (min-max), {args.score_only} seeds | KID x1000 mean (min-max) |\n|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['fid']['mean']} ({r['fid']['min']}-{r['fid']['max']}) | "
+              f"{r['kid_x1000']['mean']} ({r['kid_x1000']['min']}-{r['kid_x1000']['max']}) |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kimg", type=float, default=2.0, help="training budget of each arm")
     ap.add_argument("--num", type=int, default=1000, help="generated images per FID")
     ap.add_argument("--base", default="emoji64")
-    ap.add_argument("--data", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/noto64 (built if missing)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="default: $BRUSHPEN_HOME/data/noto-face64 (built if missing)")
     ap.add_argument("--count", type=int, default=150, help="target images when building the set")
+    ap.add_argument("--subcategory", default="face-", help="subcategory filter when building the set")
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--freeze-d", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--arms", default="lora,full,scratch")
-    ap.add_argument("--adapter-name", default="noto")
+    ap.add_argument("--adapter-name", default="noto-face")
     ap.add_argument("--work", type=Path, default=None, help="full/scratch models (default $BRUSHPEN_HOME/bench/finetune_gan)")
     ap.add_argument("--lr", type=float, default=GanFinetuneRequest.lr)
     ap.add_argument("--lr-g", type=float, default=GanFinetuneRequest.lr_g, help="G's lr (default: --lr)")
@@ -71,19 +100,25 @@ def main() -> int:
     ap.add_argument("--track-kimg", type=float, default=0.0,
                     help="also score G_ema every this many kimg during each arm (0 = only at the end)")
     ap.add_argument("--base-seeds", type=int, default=1, help="score the base with this many sample seeds")
+    ap.add_argument("--score-only", type=int, default=0, metavar="SEEDS",
+                    help="train nothing: score the base, the adapter and --work's full/scratch models with "
+                         "this many sample seeds each (mean and range), the sampling noise of each row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    data = args.data or get_settings().data_dir / "noto64"
+    tag = f"-{args.subcategory.strip('-')}" if args.subcategory else ""
+    data = args.data or get_settings().data_dir / f"noto{tag}64"
     if not (data / "dataset.json").exists():
-        print(json.dumps(build_noto_dataset(data, args.count)))
+        print(json.dumps(build_noto_dataset(data, args.count, subcategory=args.subcategory or None)))
     work = args.work or get_settings().home / "bench" / "finetune_gan"
     base_dir = resolve_model(args.base, family="gan")
     target = load_image_folder(data, 64, use_labels=True)
     real = reference_features(data, 64)
+    if args.score_only:
+        return score_only(args, base_dir, work, real, target.labels)
     rows = {"base (no adaptation)": {"mode": "base", "trainable_params": 0, **score(base_dir, real, target.labels,
                                                                                      args.num)}}
     if args.base_seeds > 1:   # the KID's sampling noise: the same model scored with other z's

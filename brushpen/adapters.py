@@ -2,7 +2,7 @@
 
 An adapter folder holds its weights (safetensors), an `adapter.json` (`AdapterInfo`: which base it
 adapts, that base's weight hash, its rank and trainable-parameter count), a `card.md` and a
-`metrics.json`. A model is named with its adapter as `base:adapter` (`emoji64:noto`) everywhere a
+`metrics.json`. A model is named with its adapter as `base:adapter` (`emoji64:noto-face`) everywhere a
 model name is accepted. Loading an adapter never writes to the base folder; an adapter made for
 another base, or whose weights do not match its rank, is refused with `BrokenModel`.
 """
@@ -38,7 +38,7 @@ class AdapterInfo:
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
-    """'emoji64:noto' -> ('emoji64', 'noto'); 'emoji64' -> ('emoji64', None)."""
+    """'emoji64:noto-face' -> ('emoji64', 'noto-face'); 'emoji64' -> ('emoji64', None)."""
     base, sep, adapter = str(ref).partition(":")
     if sep and not adapter:
         raise BadParameter(f"'{ref}' names no adapter after ':'")

@@ -118,12 +118,12 @@ def test_codepoints() -> None:
 
 
 EMOJI_JSON = [
-    {"unified": "1F600", "non_qualified": None, "category": "Smileys & Emotion"},
-    {"unified": "0039-FE0F-20E3", "non_qualified": "0039-20E3", "category": "Symbols"},
-    {"unified": "1F3F4-E0067-E0062", "non_qualified": None, "category": "Flags"},
-    {"unified": "1F44B", "non_qualified": None, "category": "People & Body",
+    {"unified": "1F600", "non_qualified": None, "category": "Smileys & Emotion", "subcategory": "face-smiling"},
+    {"unified": "0039-FE0F-20E3", "non_qualified": "0039-20E3", "category": "Symbols", "subcategory": "keycap"},
+    {"unified": "1F3F4-E0067-E0062", "non_qualified": None, "category": "Flags", "subcategory": "subdivision-flag"},
+    {"unified": "1F44B", "non_qualified": None, "category": "People & Body", "subcategory": "hand-fingers-open",
      "skin_variations": {"1F3FB": {"unified": "1F44B-1F3FB"}, "1F3FD": {"unified": "1F44B-1F3FD"}}},
-    {"unified": "2764-FE0F", "non_qualified": "2764", "category": "Smileys & Emotion"},
+    {"unified": "2764-FE0F", "non_qualified": "2764", "category": "Smileys & Emotion", "subcategory": "heart"},
 ]
 
 
@@ -145,6 +145,10 @@ def test_emoji_categories_match_fluent_file_names(tmp_path: Path) -> None:
         assert table.get(_codepoints(stem)) == category, stem
     assert _codepoints("1f44b_1f3ff") not in table  # a skin tone the fixture does not list
     assert _codepoints("1f3f4") not in table  # the bare black flag is a different emoji
+    # the subcategory table that `brushpen data noto --subcategory face-` filters on
+    sub = emoji_categories(meta, "subcategory")
+    assert sub[_codepoints("1f600")] == "face-smiling" and sub[_codepoints("2764")] == "heart"
+    assert sub[_codepoints("1f44b_1f3fd")] == "hand-fingers-open"
 
 
 def test_dataset_json_without_class_names(tmp_path: Path) -> None:

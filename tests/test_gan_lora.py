@@ -218,6 +218,20 @@ def test_tiny_finetune_moves_the_generator_to_the_target(base: Path, tmp_path: P
     assert file_hashes(base) == before_hashes
 
 
+def test_sample_grid_shows_the_target_classes() -> None:
+    """A fine-tune's samples.png cycles through the target set's classes (faces only for a set of faces)."""
+    from brushpen.gan.trainer import sample_grid
+
+    G = tiny_generator().eval()
+    pipe = StyleGANPipeline(G)
+    grid = np.asarray(sample_grid(G, seeds=[0, 1, 2], classes=[2]))
+    r = G.resolution
+    for i, seed in enumerate([0, 1, 2]):
+        want = np.asarray(pipe(1, torch.Generator().manual_seed(seed), noise_mode="none", label=2)[0])
+        assert np.array_equal(grid[:r, i * r:(i + 1) * r], want)
+    assert not np.array_equal(np.asarray(sample_grid(G, seeds=[0, 1, 2])), grid)   # each seed's own label
+
+
 def test_training_zips_are_unpacked_safely(tmp_path: Path) -> None:
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:

@@ -18,8 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-skin-tones", action="store_true", help="drop the skin-tone variants")
     e.set_defaults(func=run_emoji)
     n = data.add_parser("noto", help="a small fixed set of Noto emoji (npm emoji-datasource-google), for fine-tuning")
-    n.add_argument("--out", type=Path, default=None, help="default: $BRUSHPEN_HOME/data/noto64")
+    n.add_argument("--out", type=Path, default=None,
+                   help="default: $BRUSHPEN_HOME/data/noto64, or noto-face64 with --subcategory face-")
     n.add_argument("--count", type=int, default=150, help="images picked (a seeded sample)")
+    n.add_argument("--subcategory", default=None,
+                   help="keep only emoji whose Unicode subcategory starts with this, e.g. face- (118 faces)")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--size", type=int, default=64)
     n.set_defaults(func=run_noto)
@@ -54,8 +57,9 @@ def run_emoji(args: argparse.Namespace) -> int:
 def run_noto(args: argparse.Namespace) -> int:
     from brushpen.gan.data import build_noto_dataset
 
-    out = args.out or get_settings().data_dir / f"noto{args.size}"
-    print(json.dumps(build_noto_dataset(out, args.count, args.seed, args.size)))
+    tag = f"-{args.subcategory.strip('-')}" if args.subcategory else ""
+    out = args.out or get_settings().data_dir / f"noto{tag}{args.size}"
+    print(json.dumps(build_noto_dataset(out, args.count, args.seed, args.size, subcategory=args.subcategory)))
     return 0
 
 

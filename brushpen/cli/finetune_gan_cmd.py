@@ -30,7 +30,7 @@ def register(group: argparse._SubParsersAction) -> None:
     g.add_argument("--freeze-d", type=int, default=0, help="freeze D's fromRGB and its first K blocks (Freeze-D)")
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--lr", type=float, default=0.0025, help="D's lr (and G's when --lr-g is not given)")
-    g.add_argument("--lr-g", type=float, default=0.0005, help="G's lr (slower than D for fine-tuning)")
+    g.add_argument("--lr-g", type=float, default=None, help="G's lr (default: --lr)")
     g.add_argument("--ada-kimg", type=float, default=2.0, help="ADA's p can go 0 -> 1 in this many kimg")
     g.add_argument("--augment", choices=["ada", "fixed", "none"], default="ada")
     g.add_argument("--seed", type=int, default=0)
@@ -39,7 +39,7 @@ def register(group: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=run)
     m = group.add_parser("gan-merge", help="merge a GAN adapter into a plain model folder (exports to ONNX)")
-    m.add_argument("adapter", help="base:adapter, e.g. emoji64:noto")
+    m.add_argument("adapter", help="base:adapter, e.g. emoji64:noto-face")
     m.add_argument("--out", required=True, help="model name (weights/gan/NAME) or folder")
     m.set_defaults(func=run_merge)
 

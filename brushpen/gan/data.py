@@ -55,13 +55,14 @@ def _codepoints(stem: str) -> tuple[int, ...]:
     return tuple(int(p, 16) for p in parts if p and p != "fe0f")
 
 
-def emoji_categories(emoji_json: Path) -> dict[tuple[int, ...], str]:
+def emoji_categories(emoji_json: Path, field: str = "category") -> dict[tuple[int, ...], str]:
+    """Codepoints (every qualification and skin tone) -> `field` ("category" or "subcategory")."""
     table: dict[tuple[int, ...], str] = {}
     for entry in json.loads(Path(emoji_json).read_text(encoding="utf-8")):
         keys = [entry["unified"], entry.get("non_qualified")]
         keys += [v["unified"] for v in (entry.get("skin_variations") or {}).values()]
         for key in filter(None, keys):
-            table[_codepoints(key)] = entry["category"]
+            table[_codepoints(key)] = entry[field]
     return table
 
 
@@ -119,12 +120,14 @@ def build_emoji_dataset(out: Path, size: int = 64, skin_tones: bool = True,
 
 
 def build_noto_dataset(out: Path, count: int = 150, seed: int = 0, size: int = 64,
-                       cache: Path | None = None) -> dict:
+                       cache: Path | None = None, subcategory: str | None = None) -> dict:
     """A small fixed target set for few-shot adaptation: `count` Noto emoji from npm
     `emoji-datasource-google` (images Apache-2.0), on white, labelled by emoji group.
 
     Skin-tone variants are left out; the pick is a seeded random sample of the rest, so the same
-    (count, seed) always gives the same files. Written like `build_emoji_dataset`.
+    (count, seed) always gives the same files. `subcategory` keeps only the emoji whose Unicode
+    subcategory starts with it ("face-": the 118 smiley faces, one coherent style target).
+    Written like `build_emoji_dataset`.
     """
     if not 1 <= count <= 3000:
         raise BadInput("count must lie in 1..3000")
@@ -133,9 +136,13 @@ def build_noto_dataset(out: Path, count: int = 150, seed: int = 0, size: int = 6
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         pkg = _npm_pack(NOTO_PACKAGE, Path(tmp))
         categories = emoji_categories(pkg / "emoji.json")
+        subcategories = emoji_categories(pkg / "emoji.json", "subcategory")
         pool = [src for src in sorted((pkg / "img" / "google" / "64").glob("*.png"))
                 if categories.get(_codepoints(src.stem)) in EMOJI_GROUPS
-                and not any(0x1F3FB <= c <= 0x1F3FF for c in _codepoints(src.stem))]
+                and not any(0x1F3FB <= c <= 0x1F3FF for c in _codepoints(src.stem))
+                and subcategories.get(_codepoints(src.stem), "").startswith(subcategory or "")]
+        if not pool:
+            raise BadInput(f"no Noto emoji has a subcategory starting with {subcategory!r}")
         picked = sorted(np.random.default_rng(seed).choice(len(pool), min(count, len(pool)), replace=False))
         labels = []
         for i in picked:
@@ -148,6 +155,7 @@ def build_noto_dataset(out: Path, count: int = 150, seed: int = 0, size: int = 6
             labels.append([src.name, EMOJI_GROUPS.index(categories[_codepoints(src.stem)])])
     atomic_write_json(out / "dataset.json", {
         "labels": labels, "class_names": EMOJI_GROUPS, "size": size, "seed": seed,
+        "subcategory": subcategory,
         "source": f"npm {NOTO_PACKAGE} (Noto emoji images, Apache-2.0), {len(labels)} of {len(pool)}"})
     return {"images": len(labels), "pool": len(pool), "out": str(out)}
 

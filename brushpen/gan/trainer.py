@@ -382,15 +382,20 @@ class Trainer:
                               len(self.data), self.ada.p)
 
 
-def sample_grid(G: StyleGANGenerator, seeds: list[int] = SAMPLE_SEEDS, psi: float = 1.0):
+def sample_grid(G: StyleGANGenerator, seeds: list[int] = SAMPLE_SEEDS, psi: float = 1.0,
+                classes: list[int] | None = None):
+    """An 8-column grid, one image per seed. `classes` (a conditional G's labels, e.g. those a
+    fine-tuning set uses) are cycled through; without them each seed draws its own label."""
     pipe = StyleGANPipeline(G)
-    images = [pipe(1, torch.Generator().manual_seed(s), truncation_psi=psi, noise_mode="none")[0]
-              for s in seeds]
+    images = [pipe(1, torch.Generator().manual_seed(s), truncation_psi=psi, noise_mode="none",
+                   label=classes[i % len(classes)] if classes and G.num_classes else None)[0]
+              for i, s in enumerate(seeds)]
     return image_grid(images, cols=8)
 
 
 def write_store_model(G: StyleGANGenerator, out: Path, cfg: TrainConfig, nimg: int,
-                      train_seconds: float, num_images: int, augment_p: float) -> None:
+                      train_seconds: float, num_images: int, augment_p: float,
+                      sample_classes: list[int] | None = None) -> None:
     """Write the servable model files into the store folder, each one atomically."""
     import io
     import shutil
@@ -406,7 +411,7 @@ def write_store_model(G: StyleGANGenerator, out: Path, cfg: TrainConfig, nimg: i
     atomic_write_bytes(out / "config.json", (tmp / "config.json").read_bytes())
     shutil.rmtree(tmp)
     buf = io.BytesIO()
-    sample_grid(G).save(buf, format="PNG")
+    sample_grid(G, classes=sample_classes).save(buf, format="PNG")
     atomic_write_bytes(out / "samples.png", buf.getvalue())
     params = sum(p.numel() for p in G.parameters())
     old = {}

@@ -113,7 +113,7 @@ def image_models() -> list[ImageModelInfo]:
             out.append(ImageModelInfo(m.name, "gan", int(cfg.get("resolution", 0)),
                                       list(cfg.get("class_names") or []), [], m.metrics,
                                       available_backends(m.path)))
-            for a in list_adapters(m.path):   # LoRA adapters are models of their own: 'emoji64:noto'
+            for a in list_adapters(m.path):   # LoRA adapters are models of their own: 'emoji64:noto-face'
                 out.append(ImageModelInfo(f"{m.name}:{a}", "gan", int(cfg.get("resolution", 0)),
                                           list(cfg.get("class_names") or []), [],
                                           read_metrics(m.path / "adapters" / a)))
@@ -248,7 +248,7 @@ def _edge_runner(path: Path, req: ImageRequest, pipe) -> Callable[[int, int | No
 
 
 def _model_dir(name: str) -> tuple[Path, str]:
-    path = resolve_model(split_ref(name)[0])   # 'emoji64:noto' -> emoji64's folder; the adapter loads later
+    path = resolve_model(split_ref(name)[0])   # 'emoji64:noto-face' -> emoji64's folder; the adapter loads later
     family = path.parent.name if path.parent.name in FAMILIES else None
     if family is None:  # a path outside the store: tell the kinds apart by their files
         family = "diffusers" if (path / PIPELINE_INDEX).exists() else "gan"
