@@ -8,12 +8,13 @@
    (`brushpen data noto --count 150`, a seeded pick across all groups).
 2. Three arms with the same kimg budget, batch, seed and data, one after the other:
    LoRA (rank 4, Freeze-D), full fine-tuning (Freeze-D), and training from scratch.
-   The LoRA arm writes the adapter `weights/gan/emoji64/adapters/<--adapter-name>` (default noto).
+   The LoRA arm writes the adapter `weights/gan/emoji64/adapters/<--adapter-name>` (default noto-face).
 3. FID and KID of each (and of the base before adaptation) against the 150 target images:
    `--num` generated images per model, seed 0, labels drawn from the target's class mix,
    truncation 1, per-pixel noise off (the serving default). The adapter is merged into a plain
    generator for this, the same path an ONNX export takes.
-Prints a markdown table and writes the figures as JSON (`--json`).
+Prints a markdown table and writes the figures as JSON (`--json`). `--score-only N` trains nothing and
+rescores the finished arms with sample seeds 0..N-1.
 """
 
 from __future__ import annotations
