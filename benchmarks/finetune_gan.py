@@ -9,7 +9,7 @@
 2. Three arms with the same kimg budget, batch, seed and data, one after the other:
    LoRA (rank 4, Freeze-D), full fine-tuning (Freeze-D), and training from scratch.
    The LoRA arm writes the adapter `weights/gan/emoji64/adapters/<--adapter-name>` (default noto-face).
-3. FID and KID of each (and of the base before adaptation) against the 150 target images:
+3. FID and KID of each (and of the base before adaptation) against the target images (118 faces):
    `--num` generated images per model, seed 0, labels drawn from the target's class mix,
    truncation 1, per-pixel noise off (the serving default). The adapter is merged into a plain
    generator for this, the same path an ONNX export takes.
