@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from brushpen.config import get_settings  # noqa: E402
-from brushpen.gan.data import build_noto_dataset, load_image_folder  # noqa: E402
+from brushpen.gan.data import build_noto_dataset, load_image_folder, noto_folder_name  # noqa: E402
 from brushpen.gan.lora import GanFinetuneRequest, finetune, load_adapted_generator  # noqa: E402
 from brushpen.gan.metrics import (frechet_distance, generated_images, inception_features,  # noqa: E402
                                   kernel_inception_distance, reference_features, stats)
@@ -110,8 +110,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    tag = f"-{args.subcategory.strip('-')}" if args.subcategory else ""
-    data = args.data or get_settings().data_dir / f"noto{tag}64"
+    data = args.data or get_settings().data_dir / noto_folder_name(args.subcategory)
     if not (data / "dataset.json").exists():
         print(json.dumps(build_noto_dataset(data, args.count, subcategory=args.subcategory or None)))
     work = args.work or get_settings().home / "bench" / "finetune_gan"

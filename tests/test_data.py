@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from brushpen.errors import BadInput
-from brushpen.gan.data import _codepoints, composite_on_white, emoji_categories, load_image_folder
+from brushpen.gan.data import _codepoints, composite_on_white, emoji_categories, load_image_folder, noto_folder_name
 from conftest import CLASS_NAMES, write_shape_folder
 
 
@@ -149,6 +149,7 @@ def test_emoji_categories_match_fluent_file_names(tmp_path: Path) -> None:
     sub = emoji_categories(meta, "subcategory")
     assert sub[_codepoints("1f600")] == "face-smiling" and sub[_codepoints("2764")] == "heart"
     assert sub[_codepoints("1f44b_1f3fd")] == "hand-fingers-open"
+    assert noto_folder_name("face-") == "noto-face64" and noto_folder_name(None, 32) == "noto32"
 
 
 def test_dataset_json_without_class_names(tmp_path: Path) -> None:

@@ -55,10 +55,9 @@ def run_emoji(args: argparse.Namespace) -> int:
 
 
 def run_noto(args: argparse.Namespace) -> int:
-    from brushpen.gan.data import build_noto_dataset
+    from brushpen.gan.data import build_noto_dataset, noto_folder_name
 
-    tag = f"-{args.subcategory.strip('-')}" if args.subcategory else ""
-    out = args.out or get_settings().data_dir / f"noto{tag}{args.size}"
+    out = args.out or get_settings().data_dir / noto_folder_name(args.subcategory, args.size)
     print(json.dumps(build_noto_dataset(out, args.count, args.seed, args.size, subcategory=args.subcategory)))
     return 0
 

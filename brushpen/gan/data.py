@@ -119,6 +119,11 @@ def build_emoji_dataset(out: Path, size: int = 64, skin_tones: bool = True,
     return {"images": len(labels), "unlabelled_skipped": unlabelled, "out": str(out)}
 
 
+def noto_folder_name(subcategory: str | None = None, size: int = 64) -> str:
+    """The default folder of a Noto target set: 'noto64', or 'noto-face64' for subcategory 'face-'."""
+    return f"noto-{subcategory.strip('-')}{size}" if subcategory else f"noto{size}"
+
+
 def build_noto_dataset(out: Path, count: int = 150, seed: int = 0, size: int = 64,
                        cache: Path | None = None, subcategory: str | None = None) -> dict:
     """A small fixed target set for few-shot adaptation: `count` Noto emoji from npm
