@@ -220,7 +220,7 @@ def test_tiny_finetune_moves_the_generator_to_the_target(base: Path, tmp_path: P
 
 def test_sample_grid_shows_the_target_classes() -> None:
     """A fine-tune's samples.png cycles through the target set's classes (faces only for a set of faces)."""
-    from brushpen.gan.trainer import sample_grid
+    from brushpen.gan.snapshot import sample_grid
 
     G = tiny_generator().eval()
     pipe = StyleGANPipeline(G)

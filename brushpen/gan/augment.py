@@ -26,12 +26,15 @@ def augment(x: torch.Tensor, p: float, generator: torch.Generator | None = None)
         return x
     n, _, h, w = x.shape
     dev = x.device
-
-    def coin() -> torch.Tensor:
-        return torch.rand(n, generator=generator, device=dev) < p
+    # Draw on the generator's own device, then move: a CPU generator cannot draw on CUDA, and this
+    # keeps a CPU generator's stream the same whichever device x is on (resume parity).
+    gen_dev = generator.device if generator is not None else dev
 
     def u(*shape: int) -> torch.Tensor:
-        return torch.rand(n, *shape, generator=generator, device=dev)
+        return torch.rand(n, *shape, generator=generator, device=gen_dev).to(dev)
+
+    def coin() -> torch.Tensor:
+        return u() < p
 
     # Colour: brightness shift, saturation and contrast scale.
     x = _apply_where(coin(), x + (u(1, 1, 1) - 0.5), x)
@@ -68,23 +71,23 @@ class AdaptiveAugment:
     target: float = 0.6
     speed_kimg: float = 100.0  # p can move from 0 to 1 in this many kimg
     fixed: bool = False
-    _sum: float = 0.0
+    _sum: float | torch.Tensor = 0.0  # a device tensor between updates: accumulating never syncs
     _count: int = 0
 
     def accumulate(self, real_logits: torch.Tensor) -> None:
-        self._sum += float(real_logits.sign().sum())
+        self._sum = self._sum + real_logits.detach().sign().sum().double()
         self._count += real_logits.numel()
 
     def update(self, images_seen: int) -> float:
         if self._count and not self.fixed:
-            rt = self._sum / self._count
+            rt = float(self._sum) / self._count
             step = images_seen / (self.speed_kimg * 1000)
             self.p = float(min(max(self.p + (step if rt > self.target else -step), 0.0), 1.0))
         self._sum, self._count = 0.0, 0
         return self.p
 
     def state(self) -> dict:
-        return {"p": self.p, "sum": self._sum, "count": self._count}
+        return {"p": self.p, "sum": float(self._sum), "count": self._count}
 
     def load(self, state: dict) -> None:
         self.p, self._sum, self._count = float(state["p"]), float(state["sum"]), int(state["count"])

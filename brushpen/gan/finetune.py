@@ -28,7 +28,8 @@ from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.gan.data import ImageDataset, load_image_folder
 from brushpen.gan.lora import save_adapter, trainable_parameters
-from brushpen.gan.trainer import TrainConfig, Trainer, sample_grid, write_store_model
+from brushpen.gan.snapshot import sample_grid, write_store_model
+from brushpen.gan.trainer import EMA_KIMG_PER_32, TrainConfig, Trainer
 from brushpen.store import resolve_model, store_root
 
 MODES = ("lora", "full", "scratch")
@@ -159,7 +160,7 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
                       mapping_layers=base_cfg["mapping_layers"], cond=bool(class_names),
                       lr=req.lr, lr_g=req.lr_g,
                       augment=req.augment, augment_p=req.augment_p, ada_kimg=req.ada_kimg,
-                      ema_kimg=req.ema_kimg if req.ema_kimg is not None else TrainConfig.ema_kimg,
+                      ema_kimg=req.ema_kimg if req.ema_kimg is not None else EMA_KIMG_PER_32,
                       ema_rampup=req.ema_rampup, r1_gamma=req.r1_gamma, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
                       tick_kimg=min(1.0, req.kimg), resume=req.resume, threads=req.threads,
                       checkpoint_dir=work / "checkpoint",

@@ -229,6 +229,13 @@ class StyleGANGenerator(ModelMixin, ConfigMixin):
         self.ws_offsets = list(np.cumsum([0] + [b.num_ws - 1 for b in blocks[:-1]]))
         self.num_ws = int(self.ws_offsets[-1] + blocks[-1].num_ws)
 
+    def draw_noise(self, batch: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> list[list[torch.Tensor]]:
+        """Per-layer noise maps [batch, 1, r, r] for `synthesis(noises=...)`, drawn in the order that
+        synthesis itself would draw them; a compiled synthesis then holds no random draws."""
+        return [[torch.randn(batch, 1, layer.resolution, layer.resolution, generator=generator, device=device)
+                 for layer in block.layers] for block in self.blocks]
+
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "random",
                   generator: torch.Generator | None = None, fused: bool = False,
                   noises: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
