@@ -419,5 +419,7 @@ class Trainer:
         if self.acc.is_main_process and self.write_model is not None:
             self.write_model(self)
         elif self.acc.is_main_process:
-            write_store_model(self.G_ema, Path(self.cfg.out), self.cfg, self.nimg, self.train_seconds,
+            # The store copy is written from the CPU in the standard layout, whatever the device.
+            G = copy.deepcopy(self.G_ema).cpu().to(memory_format=torch.contiguous_format)
+            write_store_model(G, Path(self.cfg.out), self.cfg, self.nimg, self.train_seconds,
                               len(self.data), self.ada.p)
