@@ -85,7 +85,7 @@ def test_studio_in_chromium(server: Server, tmp_path: Path) -> None:
         page.locator("#checker-go").click()
         expect(page.locator("#checker-status")).to_contain_text("total: 8", timeout=120_000)
         expect(page.locator("#checker-table")).to_contain_text(gan_pngs[0].name)
-        assert re.search(r"\b(real|uncertain|fake)\b", page.locator("#checker-table").inner_text())
+        assert re.search(r"\b(real|uncertain|fake|out-of-scope)\b", page.locator("#checker-table").inner_text())
         page.screenshot(path=str(tmp_path / "2-checker.png"), full_page=True)
 
         # Copy: the first variant's box fills while the model writes (seen at several lengths).

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFilter, PngImagePlugin
 
 from brushpen.safety.calibrate import average_precision, calibrate, roc_auc, threshold_at_fpr
 from brushpen.safety.detector import Calibration, DetectorConfig, load_detector, score_image
@@ -213,7 +213,7 @@ def bad_folder(root: Path) -> dict[str, str]:
     root.mkdir(parents=True)
     good = texture(rng)
     (root / "good.png").write_bytes(_png(good))
-    big = Image.new("RGB", (200, 130))
+    big = texture(rng, 200).crop((0, 0, 200, 130))  # a photo-like backdrop: a black one would be out of scope
     big.paste(texture(rng), (0, 0)), big.paste(texture(rng), (64, 0)), big.paste(texture(rng, 128).crop((0, 0, 72, 130)), (128, 0))
     big.save(root / "large.jpg", quality=92)
     texture(rng).resize((40, 40)).save(root / "small.png")
@@ -285,7 +285,8 @@ def test_reports_have_the_documented_schema(trained: dict, tmp_path: Path, monke
     assert report["schema"] == checker.SCHEMA and report["summary"] == summary
     assert set(report["calibration"]) == {"temperature", "t_real", "t_fake", "rule"}
     for row in report["results"]:
-        assert set(row) == {"path", "score", "verdict", "heatmap", "provenance", "error", "width", "height", "tiles"}
+        assert set(row) == {"path", "score", "verdict", "heatmap", "provenance", "error", "width", "height", "tiles",
+                            "scope"}
     assert summary["total"] == 14 and summary["error"] == 9
     assert summary["real"] + summary["uncertain"] + summary["fake"] == 5
     with open(tmp_path / "r.csv", newline="") as f:
@@ -330,5 +331,60 @@ def test_api_detections(trained: dict, tmp_path: Path) -> None:
         assert httpx.post(url, json={"images": [{"b64_json": "AA=="}]}).status_code == 401
         many = httpx.post(url, headers=auth, json={"images": [{"b64_json": "AA=="}] * 65})
         assert many.status_code == 400
+    finally:
+        srv.stop()
+
+
+def test_out_of_scope_images_get_a_reason_not_a_score(trained: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An emoji-like graphic is not a photo: the checker says so (with the reason) in every face,
+    still reads its provenance, and scores it only when the gate is turned off."""
+    from api_server import Server
+
+    from brushpen.cli.main import main
+    from brushpen.generators import checker
+    from brushpen.safety import watermark
+
+    monkeypatch.setenv("BRUSHPEN_WEIGHTS", str(trained["store"]))
+    graphic = Image.new("RGB", (128, 128), "white")
+    ImageDraw.Draw(graphic).ellipse((16, 16, 112, 112), fill=(255, 204, 0))
+    marked = watermark.embed(graphic, watermark.payload_for({"model": "emoji64", "seed": 3}))
+    photo = texture(np.random.default_rng(11))
+    items = [("graphic.png", _png(graphic)), ("marked.png", _png(marked)), ("photo.png", _png(photo))]
+    gated = {r.path: r for r in checker.check_images(items)}
+    for name in ("graphic.png", "marked.png"):
+        r = gated[name]
+        assert r.verdict == checker.OUT_OF_SCOPE and r.score is None and r.error is None
+        assert r.scope.startswith("not a photograph")
+    assert gated["marked.png"].provenance["watermark"]["found"]     # the mark is still read
+    assert gated["photo.png"].verdict in checker.VERDICTS and gated["photo.png"].scope is None
+    assert checker.summarize(list(gated.values()))[checker.OUT_OF_SCOPE] == 2
+    ungated = checker.check_images(items[:1], scope_gate=False)[0]
+    assert ungated.verdict in checker.VERDICTS and 0 <= ungated.score <= 1
+
+    # CLI: the line says why; --no-scope-gate scores it.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "graphic.png").write_bytes(items[0][1])
+    assert main(["detect", str(folder), "--csv", str(tmp_path / "r.csv")]) == 0
+    row = next(csv.DictReader(open(tmp_path / "r.csv", newline="")))
+    assert row["verdict"] == "out-of-scope" and row["score"] == "" and row["scope"].startswith("not a photograph")
+    assert main(["detect", str(folder), "--csv", str(tmp_path / "s.csv"), "--no-scope-gate"]) == 0
+    assert next(csv.DictReader(open(tmp_path / "s.csv", newline="")))["verdict"] in checker.VERDICTS
+
+    # API: the same, and a bad flag is a 400.
+    home = tmp_path / "home"
+    home.mkdir()
+    srv = Server(home, trained["store"])
+    srv.start()
+    try:
+        url = srv.url + "/v1/detections"
+        body = {"images": [{"name": "g.png", "b64_json": base64.b64encode(items[0][1]).decode()}]}
+        d = httpx.post(url, json=body, timeout=60).json()["data"][0]
+        assert d["verdict"] == "out-of-scope" and d["score"] is None and "one colour" in d["scope"]
+        d = httpx.post(url, json={**body, "scope_gate": False}, timeout=60).json()["data"][0]
+        assert d["verdict"] in ("real", "uncertain", "fake") and d["scope"] is None
+        r = httpx.post(url, files=[("file", ("g.png", items[0][1], "image/png"))], data={"scope_gate": "maybe"})
+        assert r.status_code == 400 and "true or false" in r.text
     finally:
         srv.stop()

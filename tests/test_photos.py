@@ -233,3 +233,42 @@ def test_real_build_from_debian_and_pypi(tmp_path: Path) -> None:
     rows = manifest(out)
     assert all(r["licence"] != "unknown" for r in rows)
     assert len({r["split"] for r in rows if r["photo"] == rows[0]["photo"]}) == 1
+
+
+# ---- reserved evaluation sources (DESIGN.md): never read by the builder ---------------------------
+
+def test_no_source_rule_names_a_reserved_evaluation_source() -> None:
+    from brushpen.safety.photo_sources import SOURCES, reserved_reason
+
+    assert all(reserved_reason(rule.package, rule.folder) is None for rule in SOURCES)
+
+
+@pytest.mark.parametrize("package, source_file", [
+    ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/lena.jpg"),
+    ("python3-matplotlib", "usr/share/matplotlib/mpl-data/photo.png"),
+    ("matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg"),
+    ("PyWavelets", "pywt/data/ascent.npz"),
+    ("some-wallpapers", "usr/share/matplotlib/mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+    ("another-package", "site-packages/pywt/data/camera.npz"),
+])
+def test_the_builder_refuses_reserved_photos_before_cutting_any(tmp_path: Path, package: str,
+                                                               source_file: str) -> None:
+    (tmp_path / "src").mkdir()
+    ok = photo(fake_photo(tmp_path / "src" / "ok.png", 0), "scratch", "ok.jpg")
+    bad = SourcePhoto(id=f"{package}/x", path=fake_photo(tmp_path / "src" / "x.png", 1), package=package,
+                      version="1", source_file=source_file, licence="x", credit="", group="x")
+    with pytest.raises(BadInput, match="reserved for independent evaluation"):
+        build_patches([ok, bad], tmp_path / "out", PatchConfig())
+    assert not (tmp_path / "out" / "train").exists()  # refused before a single patch was written
+
+
+def test_fetching_refuses_a_reserved_package_before_any_download(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    import brushpen.safety.photos as photos_module
+    from brushpen.safety.photo_sources import SourceRule
+
+    rule = SourceRule("deb", "opencv-doc", "usr/share/doc/opencv-doc/examples/data", ("*.jpg",))
+    monkeypatch.setattr(photos_module, "SOURCES", (*photos_module.SOURCES, rule))
+    with pytest.raises(BadInput, match="opencv-doc .* is reserved"):
+        photos_module.fetch_sources(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing was downloaded

@@ -48,11 +48,15 @@ class DetectionRequest(BaseModel):
     backend: str = Field("torch", max_length=40,
                          description="torch, or an edge variant made by `brushpen export detector`: onnx, "
                                      "onnx-int8, student (unknown or not exported: 400)")
+    scope_gate: bool = Field(True, description="answer `out-of-scope` (score null, `scope` says why) for images "
+                                               "that are not photographs (emoji, drawings, text); false scores "
+                                               "them anyway")
 
 
 _MULTIPART_SCHEMA = {"type": "object", "required": ["file"], "properties": {
     "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_IMAGES},
-    "model": {"type": "string"}, "heatmaps": {"type": "boolean"}, "backend": {"type": "string"}}}
+    "model": {"type": "string"}, "heatmaps": {"type": "boolean"}, "backend": {"type": "string"},
+    "scope_gate": {"type": "boolean", "default": True}}}
 
 
 def _decode_b64(text: str) -> bytes | None:
@@ -62,7 +66,21 @@ def _decode_b64(text: str) -> bytes | None:
         return None
 
 
-async def _read_multipart(request: Request) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool, str]:
+Items = list[tuple[str, bytes | None, str | None]]
+
+
+def _flag(value: object, default: bool) -> bool:
+    text = str(value or "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise BadInput(f"expected true or false, got {text[:40]!r}")
+
+
+async def _read_multipart(request: Request) -> tuple[Items, str, bool, str, bool]:
     form = await request.form(max_files=MAX_IMAGES + 1)
     parts = [p for p in form.getlist("file") if isinstance(p, UploadFile)]
     if not parts:
@@ -77,10 +95,10 @@ async def _read_multipart(request: Request) -> tuple[list[tuple[str, bytes | Non
                      if len(data) > MAX_IMAGE_BYTES else (name, data, None))
     model = str(form.get("model") or DEFAULT_MODEL)
     heatmaps = str(form.get("heatmaps") or "").lower() in ("1", "true", "yes", "on")
-    return items, model, heatmaps, str(form.get("backend") or "torch")
+    return items, model, heatmaps, str(form.get("backend") or "torch"), _flag(form.get("scope_gate"), True)
 
 
-def _read_json(raw: bytes) -> tuple[list[tuple[str, bytes | None, str | None]], str, bool, str]:
+def _read_json(raw: bytes) -> tuple[Items, str, bool, str, bool]:
     try:
         body = DetectionRequest.model_validate_json(raw or b"{}")
     except ValidationError as e:
@@ -95,15 +113,14 @@ def _read_json(raw: bytes) -> tuple[list[tuple[str, bytes | None, str | None]], 
             items.append((name, None, f"image is larger than {MAX_IMAGE_BYTES:,} bytes"))
         else:
             items.append((name, data, None))
-    return items, body.model, body.heatmaps, body.backend
+    return items, body.model, body.heatmaps, body.backend, body.scope_gate
 
 
-def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatmaps: bool,
-           backend: str = "torch") -> dict:
+def _check(items: Items, model: str, heatmaps: bool, backend: str = "torch", scope_gate: bool = True) -> dict:
     from brushpen.generators import checker
 
     good = [(n, d) for n, d, err in items if err is None and d is not None]
-    checked = iter(checker.check_images(good, model, heatmaps, backend=backend))
+    checked = iter(checker.check_images(good, model, heatmaps, backend=backend, scope_gate=scope_gate))
     results = [checker.CheckResult(path=n, error=err) if err is not None else next(checked) for n, _, err in items]
     data = []
     for r in results:
@@ -121,7 +138,7 @@ def _check(items: list[tuple[str, bytes | None, str | None]], model: str, heatma
                  "multipart/form-data": {"schema": _MULTIPART_SCHEMA}}}})
 async def detections(request: Request) -> dict:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        items, model, heatmaps, backend = await _read_multipart(request)
+        items, model, heatmaps, backend, scope_gate = await _read_multipart(request)
     else:
-        items, model, heatmaps, backend = _read_json(await request.body())
-    return await request.app.state.queue.run(_check, items, model, heatmaps, backend)
+        items, model, heatmaps, backend, scope_gate = _read_json(await request.body())
+    return await request.app.state.queue.run(_check, items, model, heatmaps, backend, scope_gate)

@@ -38,6 +38,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true", help="no per-image lines, only the summary")
     s.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="torch, or an edge variant made by `brushpen export detector` (onnx, onnx-int8, student)")
+    s.add_argument("--no-scope-gate", dest="scope_gate", action="store_false",
+                   help="score images that are not photographs too (emoji, drawings, text), instead of "
+                        "answering out-of-scope")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=run_scan)
 
@@ -81,13 +84,17 @@ def run_scan(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     results = []
-    for r in tqdm(scan_paths(args.paths, args.model, args.heatmaps, backend=args.backend), desc="detect", unit="img",
+    for r in tqdm(scan_paths(args.paths, args.model, args.heatmaps, backend=args.backend, scope_gate=args.scope_gate),
+                  desc="detect", unit="img",
                   disable=args.quiet or not sys.stderr.isatty()):
         results.append(r)
         if not args.quiet:
-            head = f"error     {'':>6}" if r.error else f"{r.verdict:<9} {r.score:6.3f}"
-            tail = f"  ({r.error})" if r.error else (f"  watermark: {r.provenance['watermark'].get('model') or 'brushpen'}"
-                                                      if r.provenance.get("watermark", {}).get("found") else "")
+            head = f"error     {'':>6}" if r.error else f"{r.verdict:<9} {'':>6}" if r.score is None \
+                else f"{r.verdict:<9} {r.score:6.3f}"
+            mark = r.provenance.get("watermark", {}) if r.provenance else {}
+            tail = f"  ({r.error})" if r.error else f"  ({r.scope})" if r.scope else ""
+            if mark.get("found"):
+                tail += f"  watermark: {mark.get('model') or 'brushpen'}"
             print(f"{head}  {r.path}{tail}", flush=True)
     if args.json:
         write_json(results, args.json, args.model, args.backend)

@@ -10,7 +10,9 @@ and the studio's Checker tab.
 (images over 64x64 are cut into 64x64 tiles and the mean tile logit is calibrated, see
 `brushpen.safety.detector.score_image`; smaller ones are enlarged to 64 first; `backend` picks
 torch, the exported ONNX fp32/int8 graphs or the distilled student, see `load_scorer`); `verdict`
-(`real`, `uncertain`, `fake`, from the model's calibrated bands); `heatmap` (a PNG path when
+(`real`, `uncertain`, `fake`, from the model's calibrated bands, or `out-of-scope` when the image is
+not a photograph the detector can judge: an emoji, a drawing, text; then `score` is null and
+`scope` says why, see `brushpen.safety.scope`; `scope_gate=False` scores it anyway); `heatmap` (a PNG path when
 asked; `heatmap_png` holds the bytes in memory for the API and UI); `provenance` (`watermark`:
 found, model tag and the store model it names, image id, confidence; `settings`: the PNG's
 `brushpen` or A1111 `parameters` chunk, or {}); `error` (why the file could not be checked,
@@ -26,7 +28,7 @@ from the header on trust).
 
 **JSON report** (`write_json`): {"schema": "brushpen.detections/1", "model": NAME, "calibration":
 {temperature, t_real, t_fake, rule}, "results": [CheckResult.to_json(), ...], "summary": {total,
-real, uncertain, fake, error}}. **CSV** (`write_csv`): the columns in `CSV_COLUMNS`, one row per
+real, uncertain, fake, out-of-scope, error}}. **CSV** (`write_csv`): the columns in `CSV_COLUMNS`, one row per
 file, provenance flattened (`png_settings` is JSON text).
 """
 
@@ -50,13 +52,15 @@ from brushpen.errors import BadInput, BadParameter
 from brushpen.generators.images import read_png_settings
 from brushpen.safety import watermark
 from brushpen.safety.detector import Detector, load_detector, overlay, score_image
+from brushpen.safety.scope import check_scope
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, list_models, resolve_model
 
 DEFAULT_MODEL = "detector"
 SCHEMA = "brushpen.detections/1"
 CSV_COLUMNS = ("path", "score", "verdict", "heatmap", "watermark_found", "watermark_model", "watermark_image_id",
-               "png_settings", "error", "width", "height", "tiles")
+               "png_settings", "error", "width", "height", "tiles", "scope")
 VERDICTS = ("real", "uncertain", "fake")
+OUT_OF_SCOPE = "out-of-scope"   # not a photograph: the detector's score would mean nothing
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class CheckResult:
     width: int | None = None
     height: int | None = None
     tiles: int | None = None
+    scope: str | None = None      # why the image is out of scope (verdict `out-of-scope`), else null
     heatmap_png: bytes | None = field(default=None, repr=False)   # in memory only, never in reports
 
     def to_json(self) -> dict:
@@ -96,7 +101,7 @@ class CheckResult:
                 "watermark_model": mark.get("model") or "", "watermark_image_id": mark.get("image_id") or "",
                 "png_settings": json.dumps(settings, sort_keys=True) if settings else "",
                 "error": self.error or "", "width": self.width or "", "height": self.height or "",
-                "tiles": self.tiles or ""}
+                "tiles": self.tiles or "", "scope": self.scope or ""}
 
 
 # ---- the model ------------------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def decode(data: bytes, limits: ScanLimits) -> Image.Image:
 
 
 def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
-              limits: ScanLimits = ScanLimits()) -> CheckResult:
+              limits: ScanLimits = ScanLimits(), scope_gate: bool = True) -> CheckResult:
     result = CheckResult(path=name)
     try:
         image = decode(data, limits)
@@ -217,6 +222,12 @@ def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
         result.error = str(e)
         return result
     result.width, result.height = image.size
+    scope = check_scope(image) if scope_gate else None
+    if scope is not None and not scope.in_scope:
+        # Provenance is still read: our own emoji are out of scope, and their mark says so.
+        result.verdict, result.scope = OUT_OF_SCOPE, scope.reason
+        result.provenance = provenance(image, data)
+        return result
     with _lock:
         s = score_image(model, image, heatmap=heatmap)
     result.score, result.verdict, result.tiles = round(s.probability, 6), s.verdict, s.tiles
@@ -229,10 +240,11 @@ def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
 
 
 def check_images(items: Iterable[tuple[str, bytes]], model: str | Path = DEFAULT_MODEL, heatmaps: bool = False,
-                 limits: ScanLimits = ScanLimits(), backend: str = "torch") -> list[CheckResult]:
+                 limits: ScanLimits = ScanLimits(), backend: str = "torch",
+                 scope_gate: bool = True) -> list[CheckResult]:
     """Score images held in memory; a bad one gets its `error`, the others are still scored."""
     net = load_scorer(model, backend)
-    return [check_one(name, data, net, heatmaps, limits) for name, data in items]
+    return [check_one(name, data, net, heatmaps, limits, scope_gate) for name, data in items]
 
 
 # ---- files, folders and zips ----------------------------------------------------------------------
@@ -316,14 +328,15 @@ def _heatmap_name(index: int, name: str) -> str:
 
 
 def scan_paths(paths: Iterable[str | Path], model: str | Path = DEFAULT_MODEL, heatmaps_dir: Path | None = None,
-               limits: ScanLimits = ScanLimits(), backend: str = "torch") -> Iterator[CheckResult]:
+               limits: ScanLimits = ScanLimits(), backend: str = "torch",
+               scope_gate: bool = True) -> Iterator[CheckResult]:
     """One result per file (or zip entry), in order; heatmaps written to `heatmaps_dir` if given."""
     net = load_scorer(model, backend)
     for index, (name, data, error) in enumerate(iter_sources(paths, limits)):
         if error is not None or data is None:
             yield CheckResult(path=name, error=error)
             continue
-        result = check_one(name, data, net, heatmaps_dir is not None, limits)
+        result = check_one(name, data, net, heatmaps_dir is not None, limits, scope_gate)
         if heatmaps_dir is not None and result.heatmap_png is not None:
             result.heatmap = str(atomic_write_bytes(Path(heatmaps_dir) / _heatmap_name(index, name),
                                                     result.heatmap_png))
@@ -333,7 +346,7 @@ def scan_paths(paths: Iterable[str | Path], model: str | Path = DEFAULT_MODEL, h
 # ---- reports ----------------------------------------------------------------------------------------
 
 def summarize(results: list[CheckResult]) -> dict[str, int]:
-    out = {"total": len(results), **{v: 0 for v in VERDICTS}, "error": 0}
+    out = {"total": len(results), **{v: 0 for v in VERDICTS}, OUT_OF_SCOPE: 0, "error": 0}
     for r in results:
         out["error" if r.error else r.verdict or "error"] += 1
     return out

@@ -90,6 +90,29 @@ SOURCES: tuple[SourceRule, ...] = (
 )
 
 
+# Kept for independent evaluation of the checker (DESIGN.md): the photo builder never reads them,
+# under any package name they ship in (Debian or PyPI) or any path that holds their files.
+RESERVED_PACKAGES = {"opencv-doc": "Debian opencv-doc's example images",
+                     "matplotlib": "matplotlib's bundled sample_data",
+                     "matplotlib-data": "matplotlib's bundled sample_data",
+                     "python3-matplotlib": "matplotlib's bundled sample_data",
+                     "pywavelets": "PyWavelets' bundled data", "pywt": "PyWavelets' bundled data",
+                     "python3-pywt": "PyWavelets' bundled data"}
+RESERVED_PATHS = {"opencv-doc/examples": "Debian opencv-doc's example images",
+                  "opencv4/samples/data": "Debian opencv-doc's example images",
+                  "sample_data": "matplotlib's bundled sample_data",
+                  "pywt/data": "PyWavelets' bundled data"}
+
+
+def reserved_reason(package: str, path: str = "") -> str | None:
+    """Why a package or file is off limits for training and tuning, or None when it is not."""
+    name = package.split("==")[0].strip().lower().replace("_", "-")
+    if name in RESERVED_PACKAGES:
+        return RESERVED_PACKAGES[name]
+    posix = "/" + str(path).replace("\\", "/").lower().strip("/") + "/"
+    return next((why for part, why in RESERVED_PATHS.items() if f"/{part}/" in posix), None)
+
+
 def _pixels(path: Path) -> int:
     try:
         with Image.open(path) as im:  # reads the header only

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from brushpen.errors import BadInput, BadParameter
 from brushpen.registry import apt_download, copyright_licences, licence_of, pip_download, unpack_deb
 from brushpen.safety.perturb import jpeg, png_roundtrip
-from brushpen.safety.photo_sources import SOURCES, SourcePhoto, select_deb_photos, select_wheel_photos
+from brushpen.safety.photo_sources import (SOURCES, SourcePhoto, SourceRule, reserved_reason, select_deb_photos,
+                                           select_wheel_photos)
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -213,6 +214,7 @@ def build_patches(photos: list[SourcePhoto], out: Path, cfg: PatchConfig,
 
     The core of `build_photos`, separate so tests can feed it synthetic photos without apt."""
     cfg.check()
+    refuse_reserved(photos=photos)
     out = Path(out)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     old = out / "build.json"
@@ -284,8 +286,22 @@ def summarise(rows: list[dict], skipped: list[dict], settings: dict, extra: dict
             **extra}
 
 
+def refuse_reserved(rules: tuple[SourceRule, ...] = (), photos: list[SourcePhoto] = ()) -> None:
+    """Raise before a reserved evaluation source (DESIGN.md) is fetched or cut into patches."""
+    for rule in rules:
+        why = reserved_reason(rule.package, rule.folder)
+        if why:
+            raise BadInput(f"{rule.name} ({rule.folder}) is reserved for independent evaluation ({why}): "
+                           f"never train or tune on it")
+    for photo in photos:
+        why = reserved_reason(photo.package, photo.source_file) or reserved_reason("", str(photo.path))
+        if why:
+            raise BadInput(f"{photo.id} is reserved for independent evaluation ({why}): never train or tune on it")
+
+
 def fetch_sources(workdir: Path) -> list[SourcePhoto]:
     """Download and unpack every source into `workdir`; the whitelisted photos, with licences."""
+    refuse_reserved(rules=SOURCES)
     photos: list[SourcePhoto] = []
     debs = [s for s in SOURCES if s.kind == "deb"]
     apt_download(tuple(s.name for s in debs), workdir)

@@ -13,7 +13,7 @@ from brushpen.errors import BrushpenError
 from brushpen.generators.history import history_dir
 from brushpen.studio_ui.common import user_errors
 
-COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error"]
+COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error", "why out of scope"]
 
 
 def receive(paths: list[str]) -> tuple:
@@ -24,7 +24,7 @@ def receive(paths: list[str]) -> tuple:
 
 
 @user_errors
-def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch",
+def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch", scope_gate: bool = True,
            progress: gr.Progress = gr.Progress()) -> tuple:
     from brushpen.generators.checker import scan_paths, summarize, write_csv
 
@@ -33,7 +33,8 @@ def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch",
     run = history_dir() / "checks" / time.strftime("%Y%m%d-%H%M%S")
     results = []
     for r in progress.tqdm(scan_paths([Path(f) for f in files], heatmaps_dir=run / "heatmaps" if heatmaps else None,
-                                      backend=backend or "torch"), desc="checking", total=None):
+                                      backend=backend or "torch", scope_gate=scope_gate),
+                              desc="checking", total=None):
         results.append(r)
     rows = []
     for r in results:
@@ -41,7 +42,7 @@ def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch",
         settings = (r.provenance or {}).get("settings") or {}
         rows.append([Path(r.path).name, r.verdict or "", r.score if r.score is not None else None,
                      ("brushpen: " + str(mark.get("model") or "?")) if mark.get("found") else "none",
-                     settings.get("model", ""), r.error or ""])
+                     settings.get("model", ""), r.error or "", r.scope or ""])
     csv_path = write_csv(results, run / "report.csv")
     shown = [(r.heatmap, f"{r.verdict} {r.score:.2f}") for r in results if r.heatmap] if heatmaps else []
     counts = summarize(results)
@@ -66,6 +67,9 @@ def build() -> gr.File:
                 files = gr.File(label="Images or a zip", file_count="multiple", type="filepath",
                                 elem_id="checker-files")
                 heatmaps = gr.Checkbox(value=True, label="Heatmaps")
+                scope_gate = gr.Checkbox(value=True, label="Answer out-of-scope for non-photos",
+                                         info="emoji, drawings and text get no score the detector cannot back; "
+                                              "untick to score them anyway", elem_id="checker-scope-gate")
                 backend = gr.Dropdown(_backends(), value="torch", label="Backend", elem_id="checker-backend",
                                       info="onnx, onnx-int8 and student run the variants `brushpen export detector` made")
                 go = gr.Button("Check", variant="primary", elem_id="checker-go")
@@ -75,6 +79,6 @@ def build() -> gr.File:
                                      elem_id="checker-table")
                 csv_file = gr.File(label="Report (CSV)")
                 maps = gr.Gallery(label="Heatmaps", format="png", columns=6)
-    go.click(_check, [files, heatmaps, backend], [table, csv_file, maps, status], concurrency_id="checker",
+    go.click(_check, [files, heatmaps, backend, scope_gate], [table, csv_file, maps, status], concurrency_id="checker",
              concurrency_limit=1, api_name="check_images")
     return files
