@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -105,6 +106,21 @@ def list_models(root: Path | None = None) -> list[ModelInfo]:
     return out
 
 
+_REF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def store_ref_problem(name: str) -> str | None:
+    """Why `name` is not a store name, or None when it is. Over HTTP a model is `name`,
+    `family/name` or `base:adapter` and nothing else: no absolute path, no `..`, nothing relative
+    to the server's working directory (the CLI still takes folders)."""
+    for side in str(name).split(":", 1):
+        parts = side.split("/")
+        if len(parts) > 2 or not all(_REF_PART.fullmatch(p) for p in parts):
+            shown = str(name)[:80]
+            return f"model must be a store name (name, family/name or base:adapter), not a path: {shown!r}"
+    return None
+
+
 def resolve_model(name: str | os.PathLike, family: str | None = None,
                   root: Path | None = None) -> Path:
     """Find a model folder from `NAME`, `family/NAME` or a path on disk; clear error if absent."""
@@ -121,7 +137,8 @@ def resolve_model(name: str | os.PathLike, family: str | None = None,
             check_safe_folder(cand)
             return cand
     known = ", ".join(m.ref for m in list_models(root) if family in (None, m.family)) or "none"
-    raise ModelNotFound(f"unknown model '{name}'. Models in the store ({root}): {known}")
+    # No server path in the message: it reaches HTTP clients (`brushpen models list` shows where).
+    raise ModelNotFound(f"unknown model '{str(name)[:80]}'. Models in the store: {known}")
 
 
 def check_safe_weight(path: Path) -> Path:

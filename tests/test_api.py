@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import time
 
 import httpx
 import numpy as np
@@ -169,3 +171,44 @@ def test_greedy_chat_with_list_content(server: Server) -> None:
     b = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0,
                                                 seed=99)
     assert a.choices[0].message.content and a.choices[0].message.content == b.choices[0].message.content
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def _inflight(server: Server) -> int:
+    return httpx.get(server.url + "/health", timeout=10).json()["queue"]["inflight"]
+
+
+def test_a_closed_stream_stops_generating_and_holds_its_slot_until_it_has(server: Server) -> None:
+    """Closing a stream's socket stops its generation at the next decode step; its slot counts
+    until then, so abandoned streams cannot pile work past the limit (issue: hardening, item 1)."""
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": BRIEF}], "max_tokens": 128, "n": 4,
+            "seed": 5, "stream": True}
+    url = server.url + "/v1/chat/completions"
+    for _ in range(3):
+        with httpx.Client(timeout=120) as client:
+            with client.stream("POST", url, json=body, headers=server.headers()) as r:
+                assert r.status_code == 200
+                lines = r.iter_lines()
+                deltas = 0
+                while deltas < 1:   # past the 4 role chunks: generation is under way
+                    line = next(lines)
+                    if line.startswith("data: {") and '"content": ""' not in line and '"content"' in line:
+                        deltas += 1
+        # the socket is closed here, 1 of 4 x 128 tokens in
+    deadline = time.monotonic() + 30
+    while _inflight(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _inflight(server) == 0
+    # Once the slots are free the work is over: the server sits idle.
+    before = _cpu_seconds(server.proc.pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(server.proc.pid) - before < 0.5
+    # And a short request is answered at once, not after the abandoned work.
+    t0 = time.monotonic()
+    done = httpx.post(server.url + "/v1/completions", headers=server.headers(), timeout=120,
+                      json={"model": "smollm2-135m", "prompt": BRIEF, "max_tokens": 8, "seed": 1})
+    assert done.status_code == 200 and time.monotonic() - t0 < 20

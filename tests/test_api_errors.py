@@ -74,11 +74,37 @@ def test_unknown_models_list_the_real_ones(server: Server) -> None:
         client.images.generate(model="dall-e-3", prompt="a flag")
     with pytest.raises(openai.NotFoundError, match="smollm2-135m"):
         client.completions.create(model="gpt-4", prompt=BRIEF, max_tokens=4)
-    # A path is never a model name over the API: the services accept folders, the API must not.
+    # A path is never a model name over the API: the services accept folders, the API must not,
+    # and it says so with a 400 before anything is loaded.
     refused(post(server, "/v1/images/generations", json.dumps({"model": str(server.store / "gan" / "shapes")})),
-            404, "unknown image model")
-    refused(post(server, "/v1/completions", json.dumps({"model": "/", "prompt": BRIEF})), 404, "unknown copy model")
+            400, "store name")
+    refused(post(server, "/v1/completions", json.dumps({"model": "/", "prompt": BRIEF})), 400, "store name")
     still_serves(server)
+
+
+@pytest.mark.parametrize("model", ["/tmp", "/etc", "../weights/gan/shapes", "gan/../../etc", "a/b/c", "~root",
+                                   "./shapes", "shapes:../../x", "C:\\Windows", ".hidden"])
+def test_paths_as_model_names_are_refused_everywhere(server: Server, model: str) -> None:
+    """Over HTTP a model is `name`, `family/name` or `base:adapter`; a caller cannot probe or write
+    the server's file system through it (hardening, items 2 and 3)."""
+    store = str(server.store)
+    for path, body in (("/v1/fine_tuning/jobs", {"model": model, "training_file": "file-x", "suffix": "s"}),
+                       ("/v1/detections", {"model": model, "images": [{"b64_json": "AA=="}]}),
+                       ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": BRIEF}]}),
+                       ("/v1/images/generations", {"model": model, "seed": 1})):
+        err = refused(post(server, path, json.dumps(body)), 400, "store name")
+        assert store not in err["message"]
+    r = httpx.post(server.url + "/v1/detections", files=[("file", ("a.png", b"x", "image/png"))],
+                   data={"model": model}, timeout=60)
+    assert r.status_code == 400 and "store name" in r.text and store not in r.text
+    assert httpx.get(server.url + "/v1/fine_tuning/jobs", timeout=30).json()["data"] == []   # no job was made
+
+
+def test_unknown_store_names_do_not_show_server_paths(server: Server) -> None:
+    for path, body in (("/v1/detections", {"model": "nope", "images": [{"b64_json": "AA=="}]}),
+                       ("/v1/images/generations", {"model": "gan/nope", "seed": 1})):
+        r = post(server, path, json.dumps(body))
+        assert r.status_code == 404 and str(server.store) not in r.text and str(server.home) not in r.text
 
 
 def test_caps_on_n_and_max_tokens(server: Server) -> None:

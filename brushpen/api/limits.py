@@ -100,16 +100,30 @@ class WorkQueue:
             raise Busy(f"the server is busy: {self._inflight} generation requests are running or waiting "
                        f"(limit {self.running + self.waiting}); retry shortly")
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def acquire(self) -> None:
+        """Take a slot by hand, for work that outlives its handler (a stream's generating thread);
+        `release` gives it back, from the event loop, when that work has really ended."""
         self._inflight += 1
         try:
             if self._sem is None:
                 self._sem = asyncio.Semaphore(self.running)
-            async with self._sem:
-                yield
-        finally:
+            await self._sem.acquire()
+        except BaseException:   # cancelled while waiting in line
             self._inflight -= 1
+            raise
+
+    def release(self) -> None:
+        assert self._sem is not None
+        self._sem.release()
+        self._inflight -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the threadpool once a slot is free; 429 if the line is full."""

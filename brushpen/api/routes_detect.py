@@ -21,7 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from brushpen.errors import BadInput
+from brushpen.api.schemas import StoreRef
+from brushpen.errors import BadInput, BadParameter
+from brushpen.store import store_ref_problem
 
 # The checker (torch, the model) is imported on the first request, so the server still starts fast.
 DEFAULT_MODEL = "detector"
@@ -41,7 +43,7 @@ class DetectionImage(BaseModel):
 class DetectionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[DetectionImage] = Field(..., min_length=1, max_length=MAX_IMAGES)
-    model: str = Field(DEFAULT_MODEL, max_length=200,
+    model: StoreRef = Field(DEFAULT_MODEL, max_length=200,
                        description="a detector in the store (safety/NAME), or BASE:ADAPTER for one with a LoRA "
                                    "adapter (`detector:NAME`, made by `brushpen finetune detector`)")
     heatmaps: bool = Field(False, description="also return a heatmap overlay PNG per image, base64")
@@ -94,6 +96,9 @@ async def _read_multipart(request: Request) -> tuple[Items, str, bool, str, bool
         items.append((name, None, f"image is larger than {MAX_IMAGE_BYTES:,} bytes")
                      if len(data) > MAX_IMAGE_BYTES else (name, data, None))
     model = str(form.get("model") or DEFAULT_MODEL)
+    problem = store_ref_problem(model)
+    if problem:
+        raise BadParameter(problem)
     heatmaps = str(form.get("heatmaps") or "").lower() in ("1", "true", "yes", "on")
     return items, model, heatmaps, str(form.get("backend") or "torch"), _flag(form.get("scope_gate"), True)
 

@@ -56,10 +56,16 @@ async def _stream(request: Request, req, chat: bool, include_usage: bool) -> Str
     await run_blocking(check_backend_available, req)
 
     async def events() -> AsyncIterator[str]:
+        # The slot is held until the generating thread has really ended, not until the client
+        # leaves: a closed socket sets `cancel`, generation stops at its next decode step, and only
+        # then is the slot given back, so abandoned streams cannot pile up past the limit.
+        cancel = threading.Event()
+        await queue.acquire()
+        stream = _ThreadStream(lambda: service.stream_chunks(req, chat, include_usage, cancel), cancel,
+                               on_end=queue.release)
         try:
-            async with queue.slot():
-                async for chunk in _in_thread(lambda: service.stream_chunks(req, chat, include_usage)):
-                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            async for chunk in stream.items():
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         except BrushpenError as e:
             yield f"data: {json.dumps(error_body(str(e)))}\n\n"
             return
@@ -73,33 +79,52 @@ async def _stream(request: Request, req, chat: bool, include_usage: bool) -> Str
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _in_thread(make: Callable[[], Iterator[dict]]) -> AsyncIterator[dict]:
-    """Drive a blocking iterator in its own thread and hand its items to the event loop as they come."""
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue = asyncio.Queue()
-    gone = threading.Event()   # the client left: stop pulling (generation already under way finishes)
+class _ThreadStream:
+    """A blocking iterator driven in its own thread, its items handed to the event loop as they come.
 
-    def pump() -> None:
+    When the consumer stops early (the client disconnected), `cancel` is set and the iterator is
+    closed in its thread; `on_end` runs on the event loop once that thread has finished, whatever
+    the way it ended.
+    """
+
+    def __init__(self, make: Callable[[], Iterator[dict]], cancel: threading.Event, on_end: Callable[[], None]):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancel = cancel
+        threading.Thread(target=self._pump, args=(make, on_end), name="brushpen-stream", daemon=True).start()
+
+    def _post(self, fn: Callable, *args) -> None:
         try:
-            for item in make():
-                if gone.is_set():
-                    break
-                loop.call_soon_threadsafe(items.put_nowait, ("item", item))
-            loop.call_soon_threadsafe(items.put_nowait, ("end", None))
-        except BaseException as e:  # handed to the event loop, raised there
-            try:
-                loop.call_soon_threadsafe(items.put_nowait, ("error", e))
-            except RuntimeError:   # the server shut down mid-stream: nobody is listening
-                pass
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:   # the server shut down: nobody is listening
+            pass
 
-    threading.Thread(target=pump, name="brushpen-stream", daemon=True).start()
-    try:
-        while True:
-            kind, item = await items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        gone.set()
+    def _pump(self, make: Callable[[], Iterator[dict]], on_end: Callable[[], None]) -> None:
+        try:
+            it = make()
+            try:
+                for item in it:
+                    if self.cancel.is_set():
+                        break
+                    self._post(self.queue.put_nowait, ("item", item))
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()   # stops the generation inside and waits for it
+            self._post(self.queue.put_nowait, ("end", None))
+        except BaseException as e:  # handed to the event loop, raised there
+            self._post(self.queue.put_nowait, ("error", e))
+        finally:
+            self._post(on_end)
+
+    async def items(self) -> AsyncIterator[dict]:
+        try:
+            while True:
+                kind, item = await self.queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            self.cancel.set()

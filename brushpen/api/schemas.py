@@ -9,14 +9,27 @@ extras (seed, truncation_psi, kind, tone, ...) are plain optional fields; the SD
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from brushpen.store import store_ref_problem
 
 MAX_N = 16              # images or variants per request
 MAX_TOKENS = 512        # new tokens per variant
 MAX_PROMPTS = 16        # briefs in one /v1/completions request
 MAX_PROMPT_CHARS = 2000
+
+
+def _store_ref(name: str | None) -> str | None:
+    problem = None if name is None else store_ref_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+# A model over HTTP: a store name only, checked before anything is loaded (never a server path).
+StoreRef = Annotated[str, AfterValidator(_store_ref)]
 
 
 class Strict(BaseModel):
@@ -36,7 +49,8 @@ class ImageGenerationRequest(Strict):
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
                                description="diffusers models: the text prompt; a class-conditional GAN: "
                                            "a word naming the class ('flag')")
-    model: str | None = Field(None, description="an image model from /v1/models (default: emoji64)")
+    model: StoreRef | None = Field(None, max_length=200,
+                                   description="an image model from /v1/models (default: emoji64)")
     n: int = Field(1, ge=1, le=MAX_N)
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     size: str | None = Field(None, description="'WIDTHxHEIGHT' or 'auto' (the model's native size)")
@@ -95,7 +109,8 @@ class StreamOptions(Strict):
 class CopyExtras(Strict):
     """The copywriter's knobs beyond OpenAI's, shared by both text endpoints."""
 
-    model: str | None = Field(None, description="a copy model from /v1/models (default: smollm2-135m)")
+    model: StoreRef | None = Field(None, max_length=200,
+                                   description="a copy model from /v1/models (default: smollm2-135m)")
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="default: tuned 0.3; 0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -242,7 +257,7 @@ class FineTuningJobCreate(Strict):
     """OpenAI's fine-tuning job body; `model` is a base (emoji64, smollm2-135m, detector) and
     `suffix` names the adapter, which is then used as `base:suffix`."""
 
-    model: str = Field(..., max_length=200)
+    model: StoreRef = Field(..., max_length=200)
     training_file: str = Field(..., max_length=100)
     suffix: str = Field(..., min_length=1, max_length=64)
     hyperparameters: dict[str, int | float | bool | str] = Field(default_factory=dict)

@@ -224,7 +224,7 @@ def check_copy(req) -> None:
     check_brief(req.brief, load_blocklist())
 
 
-def stream_chunks(req, chat: bool, include_usage: bool) -> Iterator[dict]:
+def stream_chunks(req, chat: bool, include_usage: bool, cancel: threading.Event | None = None) -> Iterator[dict]:
     """OpenAI stream chunks for one brief, from `stream_copy`'s events; choices[].index is the variant.
 
     OpenAI streams only append. When a variant is redrawn or trimmed after some of it was sent, the
@@ -252,7 +252,7 @@ def stream_chunks(req, chat: bool, include_usage: bool) -> Iterator[dict]:
             yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
     result = None
-    for ev in stream_copy(req):
+    for ev in stream_copy(req, cancel):
         if ev.kind == "delta" and ev.text:
             yield chunk(ev.variant, ev.text)
         elif ev.kind == "replace":
@@ -261,6 +261,8 @@ def stream_chunks(req, chat: bool, include_usage: bool) -> Iterator[dict]:
             yield chunk(ev.variant, None if chat else "", "content_filter", dropped=True)
         elif ev.kind == "done":
             result = ev.result
+    if result is None:   # cancelled: the client is gone, nothing more to send
+        return
     choices = _choices(req, result, 0, chat)
     for c in sorted(choices, key=lambda c: c["index"]):
         yield chunk(c["index"], None if chat else "", c["finish_reason"])

@@ -11,6 +11,7 @@ variant, so it needs n=1.
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -252,11 +253,13 @@ def generate_copy_batch(reqs: list[CopyRequest]) -> list[CopyResult]:
     return results  # type: ignore[return-value]
 
 
-def stream_copy(req: CopyRequest) -> Iterator[CopyEvent]:
+def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iterator[CopyEvent]:
     """The work of `generate_copy` as events: text deltas while tokens arrive, then fixes and `done`.
 
     Applying the events in order (append deltas, swap on `replace`, remove on `drop`) gives exactly
     the variants of the final result, which equal `generate_copy`'s for the same request and seed.
+    Setting `cancel` (or closing the iterator) stops the work at the next decode step, redraws
+    included, and ends the events without `done`.
     """
     tm, seed, blocklist = _prepare(req)
     sampling = _sampling(req)
@@ -265,7 +268,7 @@ def stream_copy(req: CopyRequest) -> Iterator[CopyEvent]:
     shown = [""] * req.n
     final = [False] * req.n
     raws: list[RawText] = []
-    for item in stream_rows(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling):
+    for item in stream_rows(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling, cancel):
         if item[0] < 0:
             raws = item[1]
             break
@@ -280,13 +283,18 @@ def stream_copy(req: CopyRequest) -> Iterator[CopyEvent]:
             yield CopyEvent("delta", i, "", final=True)
         shown[i] = partial if ended or partial.startswith(shown[i]) else shown[i]
         final[i] = ended
+    if cancel is not None and cancel.is_set():
+        return
     for i, raw in enumerate(raws):
         collector.offer(i, raw, seed + i)
     for attempt in range(1, MAX_ATTEMPTS):
         todo = collector.missing()
         if not todo:
             break
-        redraws = generate_rows(tm, [_row(tm, req, _redraw_seed(seed, req.n, attempt, i)) for i in todo], sampling)
+        redraws = generate_rows(tm, [_row(tm, req, _redraw_seed(seed, req.n, attempt, i)) for i in todo], sampling,
+                                cancel=cancel)
+        if cancel is not None and cancel.is_set():
+            return
         for i, raw in zip(todo, redraws):
             collector.offer(i, raw, _redraw_seed(seed, req.n, attempt, i))
     for i, text in enumerate(collector.texts):

@@ -101,6 +101,16 @@ class StopOnStrings(StoppingCriteria):
         return done
 
 
+class StopOnCancel(StoppingCriteria):
+    """Every row stops at the next decode step once `cancel` is set (a streaming client went away)."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
+
+
 def _stop_index(text: str, row: Row) -> int | None:
     """Where the copy in `text` ends because of a stop string or newline, or None if it has not."""
     hits = [text.find(s) for s in row.stops if s and s in text]
@@ -147,8 +157,10 @@ class BatchStreamer(TextIteratorStreamer):
         self.text_queue.put(self.stop_signal, timeout=self.timeout)
 
 
-def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchStreamer | None = None) -> list[RawText]:
-    """All rows in one left-padded generate call; the raw text of each, cut at its stop."""
+def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchStreamer | None = None,
+                  cancel: threading.Event | None = None) -> list[RawText]:
+    """All rows in one left-padded generate call; the raw text of each, cut at its stop. Setting
+    `cancel` ends the call at the next decode step (the texts so far come back)."""
     tok, model = tm.tokenizer, tm.model
     enc = tok([r.prompt for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
     enc, max_new_tokens = fit_context(enc, s.max_new_tokens, getattr(model.config, "max_position_embeddings", None))
@@ -159,7 +171,8 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
             **enc, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
             logits_processor=LogitsProcessorList([SeededSampler([r.seed for r in rows], s)]),
-            stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, rows, prompt_len)]),
+            stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, rows, prompt_len)]
+                                                   + ([StopOnCancel(cancel)] if cancel is not None else [])),
             pad_token_id=tok.pad_token_id, eos_token_id=eos, streamer=streamer,
             temperature=None, top_p=None, top_k=None)
     results = []
@@ -216,18 +229,21 @@ def clean(raw: str, single_line: bool, ended: bool = True) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-def stream_rows(tm: TextModel, rows: list[Row], s: Sampling) -> Iterator[tuple]:
+def stream_rows(tm: TextModel, rows: list[Row], s: Sampling, cancel: threading.Event | None = None) -> Iterator[tuple]:
     """Run `generate_rows` in a thread; yield (row, raw text so far, ended) as tokens arrive, then the results.
 
     Once a row has ended (EOS or a stop), its text is the text of its final `RawText`. The last item
-    yielded is (-1, list[RawText]), the very value `generate_rows` returned.
+    yielded is (-1, list[RawText]), the very value `generate_rows` returned. Closing this iterator
+    early (or setting `cancel`) stops the generation at its next decode step, and the close waits
+    for the generating thread to end, so no work outlives its consumer.
     """
     streamer = BatchStreamer(tm.tokenizer, rows)
     box: dict[str, Any] = {}
+    cancel = cancel if cancel is not None else threading.Event()
 
     def work() -> None:
         try:
-            box["result"] = generate_rows(tm, rows, s, streamer)
+            box["result"] = generate_rows(tm, rows, s, streamer, cancel)
         except BaseException as e:  # surfaced in the caller's thread below
             box["error"] = e
             streamer.end()
@@ -235,11 +251,16 @@ def stream_rows(tm: TextModel, rows: list[Row], s: Sampling) -> Iterator[tuple]:
     thread = threading.Thread(target=work, name="brushpen-copy-stream", daemon=True)
     thread.start()
     queue: Queue = streamer.text_queue
-    while True:
-        item = queue.get(timeout=streamer.timeout)
-        if item is streamer.stop_signal:
-            break
-        yield item
+    try:
+        while True:
+            item = queue.get(timeout=streamer.timeout)
+            if item is streamer.stop_signal:
+                break
+            yield item
+    except GeneratorExit:  # the consumer left: stop generating, and end only once the thread has
+        cancel.set()
+        thread.join()
+        raise
     thread.join()
     if "error" in box:
         raise box["error"]
