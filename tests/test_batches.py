@@ -102,7 +102,8 @@ def test_bad_batch_files_are_refused_at_upload(server: Server) -> None:
     ok = line("a", "/v1/completions", {"prompt": BRIEF})
     cases = {b"not json\n": "not JSON", jsonl([ok, ok]): "used twice",
              jsonl([{**ok, "url": "/v1/embeddings"}]): "cannot run in a batch",
-             jsonl([{**ok, "method": "GET"}]): "POST", b"": "no requests", b"\xff\xfe\n": "UTF-8"}
+             jsonl([{**ok, "method": "GET"}]): "POST", b"": "no requests", b"\xff\xfe\n": "UTF-8",
+             b"[" * 100_000 + b"\n": "nested too deeply"}   # a RecursionError was a 500 (hardening, item 4)
     for data, words in cases.items():
         with pytest.raises(openai.BadRequestError, match=words):
             client.files.create(file=("in.jsonl", data), purpose="batch")

@@ -123,7 +123,8 @@ def test_bad_uploads_and_bodies_are_refused_with_a_message(server: Server) -> No
     cases = {("data.zip", b"not a zip"): "not a readable zip", ("data.zip", bad_zip.getvalue()): "'..'",
              ("data.jsonl", b"{\"brief\": \"x\"}\nnot json\n"): "line 1",
              ("data.jsonl", b"[1, 2]\n"): "line 1", ("data.csv", b"a,b\n"): ".jsonl",
-             ("data.jsonl", b"\n\n"): "no examples"}
+             ("data.jsonl", b"\n\n"): "no examples",
+             ("data.jsonl", b"[" * 100_000 + b"\n"): "nested too deeply"}   # was a 500 (RecursionError)
     for (name, data), words in cases.items():
         with pytest.raises(openai.BadRequestError, match=words):
             client.files.create(file=(name, data), purpose="fine-tune")

@@ -110,6 +110,8 @@ def parse_batch_file(data: bytes, endpoint: str | None) -> list[tuple[str, dict]
             item = json.loads(raw)
         except json.JSONDecodeError as e:
             raise BadInput(f"line {n} of the batch file is not JSON: {e}") from None
+        except RecursionError:
+            raise BadInput(f"line {n} of the batch file is nested too deeply to read") from None
         if not isinstance(item, dict):
             raise BadInput(f"line {n}: expected an object with custom_id, method, url and body")
         custom_id, method, url, body = (item.get(k) for k in ("custom_id", "method", "url", "body"))

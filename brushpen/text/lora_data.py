@@ -37,6 +37,8 @@ def parse_line(line: str, where: str) -> Example:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise BadInput(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise BadInput(f"{where}: nested too deeply to read") from None
     if not isinstance(row, dict):
         raise BadInput(f"{where}: expected a JSON object, got {type(row).__name__}")
     if "text" in row and "copy" not in row:
