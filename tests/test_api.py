@@ -63,6 +63,11 @@ def test_health_is_open_and_v1_needs_the_key(server: Server) -> None:
     assert httpx.get(server.url + "/v1/models", headers=server.headers()).status_code == 200
     with pytest.raises(openai.AuthenticationError):
         server.client(api_key="wrong").models.list()
+    # An unknown /v1 path is the API's too: the key first, then OpenAI's 404 shape (hardening, item 8).
+    for method in ("GET", "POST", "DELETE"):
+        assert httpx.request(method, server.url + "/v1/no/such/thing").status_code == 401
+        r = httpx.request(method, server.url + "/v1/no/such/thing", headers=server.headers())
+        assert r.status_code == 404 and r.json()["error"]["message"] == "no such endpoint: /v1/no/such/thing"
     assert httpx.get(server.url + "/docs").status_code == 200
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/images/generations", "/v1/completions", "/v1/chat/completions", "/v1/batches"} <= set(spec["paths"])

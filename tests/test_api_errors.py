@@ -127,11 +127,23 @@ def test_huge_and_non_utf8_bodies(server: Server) -> None:
     files = {"file": ("big.jsonl", b'{"x": 1}\n' * 20_000, "application/jsonl")}
     refused(httpx.post(server.url + "/v1/files", data={"purpose": "batch"}, files=files), 413)
     err = refused(post(server, "/v1/completions", b'{"prompt": "\xff\xfe bad bytes"}'), 400, "UTF-8")
+    # UTF-16 (with its byte-order mark) is JSON a lenient parser would guess at: refused (hardening, item 8).
+    utf16 = json.dumps({"prompt": BRIEF, "max_tokens": 4}).encode("utf-16")
+    assert refused(post(server, "/v1/completions", utf16), 400, "not UTF-8")["code"] == "invalid_body"
     still_serves(server)
+
+
+def test_image_fields_beyond_neutral_are_refused(server: Server) -> None:
+    for field, value in (("quality", "hd"), ("style", "vivid"), ("output_compression", 50)):
+        refused(post(server, "/v1/images/generations", json.dumps({"model": "shapes", field: value})), 400, field)
+    ok = post(server, "/v1/images/generations", json.dumps({"model": "shapes", "quality": "standard", "seed": 1}))
+    assert ok.status_code == 200, ok.text
 
 
 def test_blocked_or_empty_briefs(server: Server) -> None:
     refused(post(server, "/v1/completions", json.dumps({"prompt": "   ", "max_tokens": 4})), 400, "brief is empty")
+    invisible = "\u200b\u200c\u200d\u2060\ufeff \u200b"   # zero-width characters only
+    refused(post(server, "/v1/completions", json.dumps({"prompt": invisible, "max_tokens": 4})), 400, "brief is empty")
     refused(post(server, "/v1/chat/completions", json.dumps({"messages": [{"role": "system", "content": "x"}]})),
             400, "no user message")
     with pytest.raises(openai.BadRequestError, match="temperature 0"):

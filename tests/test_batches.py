@@ -183,3 +183,23 @@ def sqlite_counts(root: Path, batch_id: str) -> dict:
     finally:
         db.close()
     return {"done": sum(1 for _, s, _ in rows if s == "done"), "attempts": {i: a for i, _, a in rows}}
+
+
+def test_batches_made_in_one_second_run_in_creation_order(tmp_path: Path) -> None:
+    """Ids are random; batches created within one second of each other still start oldest first
+    (hardening, item 8)."""
+    from brushpen.generators.jobs import JobStore
+
+    store = JobStore(tmp_path / "jobs.db")
+    body = jsonl([line("a", "/v1/completions", {"prompt": BRIEF})])
+    made = []
+    for _ in range(12):   # well within one second; 12 random ids are out of order with near certainty
+        f = store.add_file("in.jsonl", "batch", body)
+        made.append(store.create_batch(f.id, "/v1/completions")["id"])
+    assert len({store.get_batch(b)["created_at"] for b in made}) <= 2
+    started = []
+    for _ in made:
+        bid = store.next_batch()
+        started.append(bid)
+        store.finalize(bid, "completed")
+    assert started == made

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 import brushpen
 from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
@@ -100,4 +100,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(routes_images.public)
+    # Any other /v1 path is still ours, not the UI's mounted below: behind the key, OpenAI's 404 shape.
+    fallback = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @fallback.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown_endpoint(path: str) -> None:
+        raise HTTPException(404, f"no such endpoint: /v1/{path[:200]}")
+
+    app.include_router(fallback)
     return app

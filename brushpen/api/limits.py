@@ -60,6 +60,12 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         whole = b"".join(chunks)
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
+        if content_type.startswith(b"application/json"):
+            try:
+                whole.decode("utf-8")   # JSON is UTF-8 (RFC 8259); a UTF-16 body is refused, not guessed at
+            except UnicodeDecodeError:
+                return await _refuse(send, 400, "the body is not UTF-8: send UTF-8 JSON", "invalid_body")
         replayed = False
 
         async def replay() -> Message:
@@ -73,10 +79,13 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, cap: int) -> None:
-    body = json.dumps({"error": {"message": f"the request body is larger than the limit of {cap:,} bytes",
-                                 "type": "invalid_request_error", "param": None,
-                                 "code": "request_too_large"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await _refuse(send, 413, f"the request body is larger than the limit of {cap:,} bytes", "request_too_large")
+
+
+async def _refuse(send: Send, status: int, message: str, code: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": code}}).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

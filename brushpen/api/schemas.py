@@ -96,6 +96,8 @@ class ImageGenerationRequest(Strict):
     @model_validator(mode="after")
     def _check(self) -> "ImageGenerationRequest":
         self.dimensions()
+        self._refuse_unless_neutral({"quality": (None, "auto", "standard"), "style": (None,),
+                                     "output_compression": (None, 100)})
         return self
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -50,7 +51,7 @@ class CopyRequest:
     adapter: str | None = None        # a LoRA adapter of the model (`brushpen finetune text`); or model=BASE:NAME
 
     def validate(self) -> None:
-        if not isinstance(self.brief, str) or not self.brief.strip():
+        if not isinstance(self.brief, str) or not _visible(self.brief):
             raise BadParameter("the brief is empty: describe the product or offer to write copy for")
         if len(self.brief) > MAX_BRIEF_CHARS:
             raise BadParameter(f"the brief is {len(self.brief):,} characters; the limit is {MAX_BRIEF_CHARS:,}")
@@ -119,6 +120,12 @@ class CopyEvent:
 
 
 # ---- shared plumbing -------------------------------------------------------------------------
+
+def _visible(text: str) -> str:
+    """The text without whitespace and invisible format characters (zero-width space, joiners,
+    BOM...): a brief made only of those is empty."""
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
+
 
 def _prepare(req: CopyRequest) -> tuple[TextModel, int, Blocklist]:
     req.validate()

@@ -259,11 +259,12 @@ class JobStore:
     # ---- the worker's side ---------------------------------------------------------------------
 
     def next_batch(self) -> str | None:
-        """The oldest unfinished batch, moved to in_progress if it was waiting."""
+        """The oldest unfinished batch, moved to in_progress if it was waiting. Ties within one
+        second of `created_at` go by rowid, the order of creation (ids are random)."""
         with self._write() as db:
             row = db.execute("SELECT id, status FROM batches WHERE status IN "
                              "('validating','in_progress','cancelling','finalizing') "
-                             "ORDER BY created_at, id LIMIT 1").fetchone()
+                             "ORDER BY created_at, rowid LIMIT 1").fetchone()
             if row is None:
                 return None
             if row["status"] == "validating":
