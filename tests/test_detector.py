@@ -388,3 +388,20 @@ def test_out_of_scope_images_get_a_reason_not_a_score(trained: dict, tmp_path: P
         assert r.status_code == 400 and "true or false" in r.text
     finally:
         srv.stop()
+
+
+def test_one_request_has_a_pixel_budget_across_its_files(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4 KB one-bit PNG can hold 36 MP: one request may decode at most 80 MP in all (hardening,
+    item 6); the images past the budget get an error, the ones before it are checked."""
+    from brushpen.generators import checker
+
+    monkeypatch.setenv("BRUSHPEN_WEIGHTS", str(trained["store"]))
+    buf = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 8000
+    small = _png(texture(np.random.default_rng(2)))
+    items = [("a.png", buf.getvalue()), ("b.png", buf.getvalue()), ("c.png", buf.getvalue()), ("d.png", small)]
+    results = checker.check_images(items)
+    assert [r.error is None for r in results] == [True, True, False, True]   # 72 MP, then 108 > 80, then 4 kB px
+    assert "pixel budget of 80,000,000" in results[2].error and results[2].score is None
+    assert results[3].verdict in checker.VERDICTS

@@ -4,6 +4,7 @@ resizing at the levels the issue states, no detections on unmarked images, and o
 from __future__ import annotations
 
 import random
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,20 @@ def test_larger_and_non_square_images_round_trip() -> None:
         marked = embed(smooth, PAYLOAD)
         assert marked.size == (w, h)
         assert extract(jpeg(marked, 90)).payload == PAYLOAD
+
+
+def test_a_mark_is_read_on_a_12_megapixel_copy_without_a_float_copy_of_it() -> None:
+    """Large images are box-reduced before reading (a 36 MP float copy cost 430 MB): the mark of a
+    512-px image enlarged to 4096 x 3072 and saved as JPEG 90 still reads."""
+    rng = np.random.default_rng(8)
+    smooth = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((512, 384), Image.BICUBIC)
+    big = jpeg(embed(smooth, PAYLOAD).resize((4096, 3072), Image.BICUBIC), 90)
+    tracemalloc.start()
+    found = extract(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert found.payload == PAYLOAD
+    assert peak < 60 << 20, f"{peak / 2**20:.0f} MiB"   # the RGB image itself is 36 MiB; floats of it were 144
 
 
 def _unmarked(n: int) -> list[Image.Image]:

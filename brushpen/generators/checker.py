@@ -67,6 +67,7 @@ OUT_OF_SCOPE = "out-of-scope"   # not a photograph: the detector's score would m
 class ScanLimits:
     max_file_bytes: int = 64 << 20
     max_pixels: int = 40_000_000       # 40 MP: larger than any camera photo we expect, far below a bomb
+    max_request_pixels: int = 80_000_000   # all images of one API request together (check_images)
     min_side: int = 16
     zip_max_entries: int = 10_000
     zip_max_total: int = 1 << 30       # uncompressed bytes read from one zip, in all
@@ -242,9 +243,34 @@ def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
 def check_images(items: Iterable[tuple[str, bytes]], model: str | Path = DEFAULT_MODEL, heatmaps: bool = False,
                  limits: ScanLimits = ScanLimits(), backend: str = "torch",
                  scope_gate: bool = True) -> list[CheckResult]:
-    """Score images held in memory; a bad one gets its `error`, the others are still scored."""
+    """Score images held in memory; a bad one gets its `error`, the others are still scored.
+
+    One call is one request: past `limits.max_request_pixels` in all (counted from the headers,
+    before decoding), the remaining images get an error instead of being decoded, so a few cheap
+    files (a 4 KB one-bit PNG can hold 36 MP) cannot buy seconds of CPU and gigabytes each."""
     net = load_scorer(model, backend)
-    return [check_one(name, data, net, heatmaps, limits, scope_gate) for name, data in items]
+    results, spent = [], 0
+    for name, data in items:
+        pixels = _header_pixels(data)
+        if spent + pixels > limits.max_request_pixels:
+            results.append(CheckResult(path=name, error=(
+                f"over this request's pixel budget of {limits.max_request_pixels:,} ({spent:,} already "
+                f"taken, this image {pixels:,}): send the rest in another request")))
+            continue
+        spent += pixels
+        results.append(check_one(name, data, net, heatmaps, limits, scope_gate))
+    return results
+
+
+def _header_pixels(data: bytes) -> int:
+    """Width x height from the header alone (0 when unreadable: decoding will then say why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.width * im.height
+    except Exception:   # noqa: BLE001 - any unreadable header is decode()'s to report
+        return 0
 
 
 # ---- files, folders and zips ----------------------------------------------------------------------

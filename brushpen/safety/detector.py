@@ -173,20 +173,21 @@ def tile_image(image: Image.Image, tile: int = TILE, max_tiles: int = MAX_TILES
     thumbnail still gets one. Larger images are cut into non-overlapping tiles, never resized;
     past `max_tiles` an evenly spaced subset of the grid is scored.
     """
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     w, h = image.size
     if min(w, h) < tile:
         f = tile / min(w, h)
         w, h = max(tile, round(w * f)), max(tile, round(h * f))
         image = image.resize((w, h), Image.BICUBIC)
-    arr = np.asarray(image)
     xs = np.linspace(0, w - tile, max(1, w // tile)).round().astype(int)
     ys = np.linspace(0, h - tile, max(1, h // tile)).round().astype(int)
     corners = [(int(x), int(y)) for y in ys for x in xs]
     if len(corners) > max_tiles:
         keep = np.linspace(0, len(corners) - 1, max_tiles).round().astype(int)
         corners = [corners[i] for i in keep]
-    tiles = np.stack([arr[y:y + tile, x:x + tile] for x, y in corners])
+    # Tile by tile: a copy of the whole image as one array would cost 3 bytes a pixel more (108 MB at 36 MP).
+    tiles = np.stack([np.asarray(image.crop((x, y, x + tile, y + tile))) for x, y in corners])
     return tiles, corners, (w, h)
 
 

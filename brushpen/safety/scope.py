@@ -42,9 +42,10 @@ class ScopeResult:
 
 def scope_statistics(image: Image.Image, work_side: int = ScopeConfig.work_side) -> dict[str, float]:
     """`flat` and `mode` (see the module docstring) of an RGB image of any size."""
-    a = np.asarray(image.convert("RGB"))
-    step = max(1, -(-max(a.shape[:2]) // work_side))  # ceil: the copy's long side <= work_side
-    a = a[::step, ::step].astype(np.int16)
+    w, h = image.size
+    step = max(1, -(-max(w, h) // work_side))  # ceil: the copy's long side <= work_side
+    small = image.resize((max(1, w // step), max(1, h // step)), Image.NEAREST) if step > 1 else image
+    a = np.asarray(small.convert("RGB")).astype(np.int16)
     if min(a.shape[:2]) < 2:
         return {"flat": 0.0, "mode": 0.0}
     same = (a[:-1, :-1] == a[:-1, 1:]).all(-1) & (a[:-1, :-1] == a[1:, :-1]).all(-1)

@@ -200,6 +200,11 @@ def embed(image: Image.Image, payload: Payload, key: bytes = DEFAULT_KEY) -> Ima
 
 def extract(image: Image.Image, key: bytes = DEFAULT_KEY) -> Detection:
     """Read a mark back. Works on resized and re-encoded copies; never raises on unmarked images."""
+    # The projection shrinks the image to WORK x WORK anyway: box-reduce a large one first (to at
+    # least 4 x WORK a side), so a 36 MP photo is not copied into 430 MB of floats to be read.
+    factor = min(image.size) // (4 * WORK) if isinstance(image, Image.Image) else 0
+    if factor >= 2 and image.mode in ("L", "LA", "RGB", "RGBA"):
+        image = image.reduce(factor)
     pixels, _, _ = _split(image)
     basis, dither = _patterns(key)
     phase = ((_project(pixels, basis) - dither) / STEP) % 1.0     # 0 = bit 0's lattice, 0.5 = bit 1's
