@@ -121,6 +121,16 @@ def store_ref_problem(name: str) -> str | None:
     return None
 
 
+def scrub_paths(text: str) -> str:
+    """`text` with the store's and BRUSHPEN_HOME's absolute paths shown as `<store>` and `<home>`:
+    messages that reach HTTP clients (job errors, events) must not map the server's disk."""
+    settings = get_settings()
+    for root, label in ((store_root(), "<store>"), (settings.home, "<home>")):
+        for form in {str(root), str(Path(root).resolve())}:
+            text = text.replace(form, label)
+    return text
+
+
 def resolve_model(name: str | os.PathLike, family: str | None = None,
                   root: Path | None = None) -> Path:
     """Find a model folder from `NAME`, `family/NAME` or a path on disk; clear error if absent."""

@@ -79,6 +79,9 @@ def test_a_job_trains_an_adapter_that_the_checker_then_serves(server: Server) ->
     assert events[0].message.startswith("done: adapter detector:newgen")   # newest first
     steps = [e.data["step"] for e in reversed(events) if e.data and "step" in e.data]
     assert steps == sorted(steps) and steps[-1] == 30
+    # Nothing a client sees maps the server's disk (hardening, item 3).
+    seen = json.dumps(done) + json.dumps([e.model_dump() for e in events])
+    assert str(server.store) not in seen and str(server.home) not in seen
     # A fine-tuning job is not a batch, and a batch list does not show it.
     assert all(b.id != job.id for b in client.batches.list().data)
     assert job.id in [j.id for j in client.fine_tuning.jobs.list().data]

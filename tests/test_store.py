@@ -229,3 +229,11 @@ def test_publish_dir_survives_a_kill_at_every_step(tmp_path: Path, monkeypatch: 
             break
         k += 1
     assert k >= 2  # at least two distinct kill points were exercised
+
+
+def test_scrub_paths_hides_the_store_and_home(weights_store: Path, brushpen_home: Path) -> None:
+    from brushpen.store import scrub_paths
+
+    text = f"cannot read {weights_store}/gan/x/config.json nor {brushpen_home}/jobs/ft-1/data.zip"
+    assert scrub_paths(text) == "cannot read <store>/gan/x/config.json nor <home>/jobs/ft-1/data.zip"
+    assert scrub_paths("no paths here") == "no paths here"

@@ -28,6 +28,7 @@ from brushpen.adapters import FinetuneEvent, check_name, list_adapters
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
 from brushpen.generators.jobs import JobStore, current_batch_id
+from brushpen.store import scrub_paths
 
 ENDPOINT = "/v1/fine_tuning/jobs"
 FILE_PURPOSE = "fine-tune"
@@ -235,11 +236,11 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
         add_event(store, job_id, "cancelled", level="warn")
         return 499, {"error": {"message": "cancelled", "type": "cancelled", "code": None}}
     except BrushpenError as e:
-        add_event(store, job_id, f"failed: {e}", level="error")
+        add_event(store, job_id, scrub_paths(f"failed: {e}"), level="error")
         raise
     add_event(store, job_id, f"done: adapter {result.ref}", {"fine_tuned_model": result.ref})
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool))}
-    return 200, {"fine_tuned_model": result.ref, "adapter_path": str(result.path), "metrics": metrics}
+    return 200, {"fine_tuned_model": result.ref, "adapter_path": scrub_paths(str(result.path)), "metrics": metrics}
 
 
 def base_dir(model: str) -> Path:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
+from brushpen.store import scrub_paths
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ class Worker:
         try:
             return self.run_line(endpoint, body)
         except BrushpenError as e:
-            return getattr(e, "http_status", 400), _error_body(str(e), "invalid_request_error")
+            return getattr(e, "http_status", 400), _error_body(scrub_paths(str(e)), "invalid_request_error")
         except Exception as e:  # one broken line fails alone; the batch goes on
             log.exception("batch line failed")
             return 500, _error_body(f"internal error ({type(e).__name__}); see the server log", "server_error")
