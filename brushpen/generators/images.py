@@ -156,9 +156,12 @@ def read_png_settings(source: Path | str | bytes) -> dict:
         raise BadInput(f"not a readable image: {e}") from e
     if info.get("brushpen"):
         try:
-            return json.loads(info["brushpen"])
-        except json.JSONDecodeError as e:
-            raise BadInput(f"the image's brushpen metadata is corrupt: {e}") from e
+            settings = json.loads(info["brushpen"])
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise BadInput(f"the image's brushpen metadata is corrupt: {str(e)[:200]}") from None
+        if not isinstance(settings, dict):
+            raise BadInput("the image's brushpen metadata is corrupt: not a JSON object")
+        return settings
     return {"parameters": info["parameters"]} if info.get("parameters") else {}
 
 
