@@ -99,7 +99,7 @@ async def _read_multipart(request: Request) -> tuple[Items, str, bool, str, bool
     problem = store_ref_problem(model)
     if problem:
         raise BadParameter(problem)
-    heatmaps = str(form.get("heatmaps") or "").lower() in ("1", "true", "yes", "on")
+    heatmaps = _flag(form.get("heatmaps"), False)
     return items, model, heatmaps, str(form.get("backend") or "torch"), _flag(form.get("scope_gate"), True)
 
 

@@ -48,7 +48,7 @@ def copy_start(src: Path, dest: Path) -> dict:
     for name in ("G", "G_ema", "D"):
         shutil.copyfile(src / f"{name}.safetensors", dest / f"{name}.safetensors")
     for name in ("opt_G", "opt_D"):
-        file = src / f"opt_{name[4:]}.safetensors"
+        file = src / f"{name}.safetensors"
         if file.exists():
             slots = load_file(str(file))
             save_file({k: v.bfloat16() if k.endswith("exp_avg_sq") else v for k, v in slots.items()
