@@ -8,7 +8,9 @@ so the limits are cheap to hit.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import io
 import json
+import zipfile
 
 import httpx
 import openai
@@ -149,6 +151,27 @@ def test_blocked_or_empty_briefs(server: Server) -> None:
     with pytest.raises(openai.BadRequestError, match="temperature 0"):
         server.client().completions.create(model="smollm2-135m", prompt=BRIEF, n=2, temperature=0, max_tokens=4,
                                            stream=True)
+    still_serves(server)
+
+
+def test_found_by_the_bad_input_bench(server: Server) -> None:
+    """The cases `benchmarks/bad_input.py` found answered wrongly, each with its fix."""
+    # A boolean must be a JSON boolean: pydantic's lax mode took "yes" for true and streamed.
+    chat = {"messages": [{"role": "user", "content": BRIEF}], "max_tokens": 4, "stream": "yes"}
+    refused(post(server, "/v1/chat/completions", json.dumps(chat)), 400, "stream")
+    # A known path with another method: 405 with Allow, not the /v1 fallback's 404.
+    r = httpx.delete(server.url + "/v1/models", timeout=30)
+    refused(r, 405, "DELETE")
+    assert r.headers["allow"] == "GET"
+    # A zip bomb is refused at upload by its declared sizes (and again while read, as before).
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("real/a.png", "w") as member:
+        for _ in range(50):
+            member.write(bytes(1 << 20))
+    assert len(buf.getvalue()) < 64 << 10
+    files = {"file": ("bomb.zip", buf.getvalue(), "application/zip")}
+    refused(httpx.post(server.url + "/v1/files", data={"purpose": "fine-tune"}, files=files, timeout=30),
+            400, "zip bomb")
     still_serves(server)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from starlette.routing import compile_path
 
 import brushpen
 from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
@@ -88,6 +89,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     handlers.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes,
                        upload_prefixes=("/v1/files", "/v1/detections"))
+    app.add_middleware(handlers.CatchAll)   # added last, so outermost of ours
 
     @app.get("/health", tags=["health"], summary="Liveness: open without the API key")
     async def health(request: Request) -> dict:
@@ -104,7 +106,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     fallback = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
     @fallback.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def unknown_endpoint(path: str) -> None:
+    async def unknown_endpoint(path: str, request: Request) -> None:
+        # A known path with another method is a 405 naming the methods it takes, not a 404.
+        allowed = sorted({method.upper() for template, ops in request.app.openapi()["paths"].items()
+                          if compile_path(template)[0].match(request.url.path) for method in ops})
+        if allowed:
+            raise HTTPException(405, headers={"Allow": ", ".join(allowed)})
         raise HTTPException(404, f"no such endpoint: /v1/{path[:200]}")
 
     app.include_router(fallback)

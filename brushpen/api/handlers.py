@@ -92,8 +92,34 @@ def install(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, message, code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details",
-                              "internal_error")
+
+class CatchAll:
+    """ASGI middleware, outermost of ours: an unexpected exception becomes the 500 error body, and the
+    connection stays usable. Starlette's own catch-all re-raises after answering, and uvicorn then
+    drops a keep-alive connection without `Connection: close`, so a client's next request on it
+    failed with ECONNRESET. An exception after the response has started is re-raised: the server
+    closes that connection, the only honest end for a half-sent body."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = error_response(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                                      "internal_error")
+            await response(scope, receive, send)

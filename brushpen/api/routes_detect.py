@@ -18,7 +18,7 @@ import binascii
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.datastructures import UploadFile
 
 from brushpen.api.schemas import StoreRef
@@ -46,11 +46,11 @@ class DetectionRequest(BaseModel):
     model: StoreRef = Field(DEFAULT_MODEL, max_length=200,
                        description="a detector in the store (safety/NAME), or BASE:ADAPTER for one with a LoRA "
                                    "adapter (`detector:NAME`, made by `brushpen finetune detector`)")
-    heatmaps: bool = Field(False, description="also return a heatmap overlay PNG per image, base64")
+    heatmaps: StrictBool = Field(False, description="also return a heatmap overlay PNG per image, base64")
     backend: str = Field("torch", max_length=40,
                          description="torch, or an edge variant made by `brushpen export detector`: onnx, "
                                      "onnx-int8, student (unknown or not exported: 400)")
-    scope_gate: bool = Field(True, description="answer `out-of-scope` (score null, `scope` says why) for images "
+    scope_gate: StrictBool = Field(True, description="answer `out-of-scope` (score null, `scope` says why) for images "
                                                "that are not photographs (emoji, drawings, text); false scores "
                                                "them anyway")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from brushpen.store import store_ref_problem
 
@@ -104,8 +104,8 @@ class ImageGenerationRequest(Strict):
 # ---- copy -------------------------------------------------------------------------------------
 
 class StreamOptions(Strict):
-    include_usage: bool | None = None
-    include_obfuscation: bool | None = None
+    include_usage: StrictBool | None = None
+    include_obfuscation: StrictBool | None = None
 
 
 class CopyExtras(Strict):
@@ -118,7 +118,7 @@ class CopyExtras(Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63, description="variant i uses seed+i")
     stop: str | list[str] | None = None
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     frequency_penalty: float | None = None
@@ -148,7 +148,7 @@ class CompletionRequest(CopyExtras):
     prompt: str | list[str] = Field(..., description="the brief: what the copy is for")
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     best_of: int | None = None
-    echo: bool | None = None
+    echo: StrictBool | None = None
     logprobs: int | None = None
     suffix: str | None = None
 
@@ -198,16 +198,16 @@ class ChatCompletionRequest(CopyExtras):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
     service_tier: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
-    store: bool | None = None
+    store: StrictBool | None = None
     metadata: dict[str, str] | None = None
     modalities: list[Literal["text"]] | None = None
     reasoning_effort: str | None = None

@@ -269,7 +269,7 @@ def check_training_file(filename: str, data: bytes) -> None:
     import io
     import zipfile
 
-    from brushpen.generators.checker import _unsafe_name
+    from brushpen.generators.checker import ScanLimits, _unsafe_name
 
     name = filename.lower()
     if name.endswith(".jsonl"):
@@ -291,7 +291,20 @@ def check_training_file(filename: str, data: bytes) -> None:
         for info in infos:
             if (why := _unsafe_name(info.filename)) is not None:
                 raise BadInput(f"'{filename}': {info.filename}: {why}")
-        if not any(not i.is_dir() for i in infos):
+        files = [i for i in infos if not i.is_dir()]
+        if not files:
             raise BadInput(f"'{filename}' is empty")
+        # The sizes a zip declares are checked again while it is read (checker.iter_zip); here they
+        # refuse an obvious bomb at upload, with a message, rather than skipping it entry by entry later.
+        limits = ScanLimits()
+        if len(files) > limits.zip_max_entries:
+            raise BadInput(f"'{filename}' holds {len(files):,} files; at most {limits.zip_max_entries:,}")
+        if (declared := sum(i.file_size for i in files)) > limits.zip_max_total:
+            raise BadInput(f"'{filename}' would unpack to {declared:,} bytes; at most {limits.zip_max_total:,}")
+        for info in files:
+            if info.file_size / max(info.compress_size, 1) > limits.zip_max_ratio:
+                raise BadInput(f"'{filename}': {info.filename} is compressed "
+                               f"{info.file_size / max(info.compress_size, 1):,.0f}:1, over "
+                               f"{limits.zip_max_ratio:,.0f}:1 (a zip bomb?)")
     else:
         raise BadInput(f"'{filename}': fine-tuning data is a .jsonl (copy examples) or a .zip (images)")
