@@ -20,8 +20,10 @@ from brushpen.store import link_model
 from conftest import save_tiny_sd_pipeline
 
 # Images-tab inputs in order: model, prompt, negative, seed, n, psi, mix seed, crossover, steps,
-# guidance, width, height, scheduler.
-GAN = ("shapes", "flag", "", 5, 3, 0.7, -1, 4, 20, 7.5, 512, 512, "default")
+# guidance, width, height, scheduler, backend. Every input is passed: the studio's events are
+# "undocumented" (kept out of the API info Gradio embeds in its pages), so the client knows no defaults.
+GAN = ("shapes", "flag", "", 5, 3, 0.7, -1, 4, 20, 7.5, 512, 512, "default", "torch")
+COPY_TAIL = ("torch", "smollm2-135m")   # the Copy tab's backend and model
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_images_tab_generates_records_and_reads_back(client: Client, server: Ser
 
     # "Send to Images" sets every control to those settings; generating again gives the same pixels.
     controls = [v["value"] if isinstance(v, dict) and "value" in v else v
-                for v in client.predict(settings, api_name="/rerun")[:13]]
+                for v in client.predict(settings, api_name="/rerun")[:13]] + ["torch"]
     assert controls[:5] == ["shapes", "Flags", "", 6, 1]
     again, *_ = client.predict(*controls, api_name="/generate_images")
     with Image.open(gallery_paths(again)[0]) as a, Image.open(paths[1]) as b:
@@ -86,7 +88,7 @@ def test_bad_input_is_a_message(client: Client) -> None:
     with pytest.raises(Exception, match="no class matches the prompt 'spaceship'.*Circles, Squares, Flags"):
         client.predict("shapes", "spaceship", *GAN[2:], api_name="/generate_images")
     with pytest.raises(Exception, match="brief is empty"):
-        client.predict("  ", "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 8, 1, api_name="/write_copy")
+        client.predict("  ", "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 8, 1, *COPY_TAIL, api_name="/write_copy")
     gallery, *_ = client.predict(*GAN, api_name="/generate_images")   # still serving
     assert len(gallery) == 3
 
@@ -94,7 +96,7 @@ def test_bad_input_is_a_message(client: Client) -> None:
 def test_copy_streams_into_one_box_per_variant(client: Client) -> None:
     from brushpen.generators.copy import CopyRequest, generate_copy
 
-    job = client.submit(BRIEF, "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 12, 7, api_name="/write_copy")
+    job = client.submit(BRIEF, "headline", "", "", 2, 0.3, 0.9, 50, 1.1, 12, 7, *COPY_TAIL, api_name="/write_copy")
     outputs = list(job)
     assert len(outputs) > 3  # streamed: many partial updates before the last
     final = outputs[-1]
@@ -117,7 +119,7 @@ def test_seed_walk_and_diffusers_model(client: Client, server: Server) -> None:
     assert walks[-1]["settings"]["format"] == "gif" and walks[-1]["settings"]["prompt"] == "flag"
     recent, _ = client.predict(api_name="/_recent")
     assert recent[0]["caption"] == "shapes · walk 1→2" and gallery_paths(recent)[0].endswith(".gif")
-    sd = ("diffusers/tiny", "a red lighthouse", "blurry", 3, 1, 1.0, -1, 4, 2, 5.0, 32, 32, "euler-a")
+    sd = ("diffusers/tiny", "a red lighthouse", "blurry", 3, 1, 1.0, -1, 4, 2, 5.0, 32, 32, "euler-a", "torch")
     gallery, _, status, _ = client.predict(*sd, api_name="/generate_images")
     text, settings = client.predict(handle_file(gallery_paths(gallery)[0]), api_name="/png_info")
     assert text.startswith("```\na red lighthouse\nNegative prompt: blurry\nSteps: 2, Sampler: euler-a")
@@ -148,7 +150,7 @@ def test_images_do_not_wait_for_a_running_copy_job(client: Client) -> None:
     long copy job is still writing."""
     import time
 
-    job = client.submit(BRIEF, "description", "", "", 3, 0.3, 0.9, 50, 1.1, 96, 11, api_name="/write_copy")
+    job = client.submit(BRIEF, "description", "", "", 3, 0.3, 0.9, 50, 1.1, 96, 11, *COPY_TAIL, api_name="/write_copy")
     deadline = time.monotonic() + 60
     while len(job.outputs()) < 2 and time.monotonic() < deadline:   # the model has started writing
         time.sleep(0.05)

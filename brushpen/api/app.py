@@ -25,7 +25,7 @@ from starlette.routing import compile_path
 import brushpen
 from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
                           routes_text, service)
-from brushpen.api.auth import require_key
+from brushpen.api.auth import FailedAuth, require_key
 from brushpen.api.limits import BodyLimit, WorkQueue
 from brushpen.generators.jobs import JobStore, Worker
 
@@ -43,6 +43,9 @@ class ApiSettings:
     running: int = 2                        # generations at once (per-model locks serialise further)
     waiting: int = 32                       # more in line before 429
     batch_worker: bool = True
+    public_docs: bool = False               # with a key: /docs, /redoc and /openapi.json open too
+    auth_failures: int = 10                 # wrong keys or logins per address and window, then 429
+    auth_window: float = 60.0               # seconds
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -51,7 +54,10 @@ class ApiSettings:
                    max_body_bytes=_env_int("BRUSHPEN_API_MAX_BODY", cls.max_body_bytes),
                    max_upload_bytes=_env_int("BRUSHPEN_API_MAX_UPLOAD", cls.max_upload_bytes),
                    running=_env_int("BRUSHPEN_API_CONCURRENCY", cls.running),
-                   waiting=_env_int("BRUSHPEN_API_QUEUE", cls.waiting))
+                   waiting=_env_int("BRUSHPEN_API_QUEUE", cls.waiting),
+                   public_docs=os.environ.get("BRUSHPEN_PUBLIC_DOCS", "").lower() in ("1", "true", "yes"),
+                   auth_failures=_env_int("BRUSHPEN_AUTH_FAILURES", cls.auth_failures),
+                   auth_window=float(_env_int("BRUSHPEN_AUTH_WINDOW", int(cls.auth_window))))
 
 
 def _warm_imports() -> None:
@@ -78,10 +84,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if settings.batch_worker:
             worker.stop()
 
+    # With a key set, the schema is behind the key too and the docs pages are off (a browser cannot
+    # send the bearer header), unless BRUSHPEN_PUBLIC_DOCS=1: only /health and the login page are open.
+    docs_open = not settings.api_key or settings.public_docs
     app = FastAPI(title="brushpen", version=brushpen.__version__, lifespan=lifespan,
                   description="Images and marketing copy in OpenAI's API shapes, plus batch jobs. "
-                              "With an API key set, /v1 routes need `Authorization: Bearer KEY`.")
+                              "With an API key set, /v1 routes need `Authorization: Bearer KEY`.",
+                  docs_url="/docs" if docs_open else None, redoc_url="/redoc" if docs_open else None,
+                  openapi_url="/openapi.json" if docs_open else None)
     app.state.api_key = settings.api_key
+    app.state.failed_auth = FailedAuth(settings.auth_failures, settings.auth_window)
     app.state.queue = WorkQueue(settings.running, settings.waiting)
     app.state.jobs = jobs
     app.state.worker = worker
@@ -96,6 +108,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return {"status": "ok", "version": brushpen.__version__, "auth": bool(request.app.state.api_key),
                 "queue": {"inflight": request.app.state.queue.inflight, "running": settings.running,
                           "waiting": settings.waiting}}
+
+    if not docs_open:
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
+        async def openapi_behind_the_key() -> dict:
+            return app.openapi()
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
     for module in (routes_models, routes_images, routes_text, routes_batches, routes_detect, routes_finetune):

@@ -83,7 +83,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+                429: "rate_limit_exceeded"}.get(exc.status_code)
         if exc.status_code == 400 and "parsing the body" in message:
             message, code = "the body could not be read: send UTF-8 JSON", "invalid_body"
         elif exc.status_code == 404 and message == "Not Found":

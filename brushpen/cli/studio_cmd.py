@@ -40,12 +40,19 @@ def build_server_app(api_key: str | None, ui: bool = True):
     from fastapi.responses import RedirectResponse
 
     from brushpen.api import ApiSettings, create_app
-    from brushpen.api.auth import key_matches
+    from brushpen.api.auth import LoginLimit, key_matches
+    from brushpen.config import get_settings
 
-    app = create_app(ApiSettings.from_env(api_key))
+    settings = ApiSettings.from_env(api_key)
+    app = create_app(settings)
+    if ui:   # before Gradio is imported: some of its modules read the folder once, at import
+        temp = get_settings().home / "gradio-tmp"
+        temp.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("GRADIO_TEMP_DIR", str(temp))
     blocks = _studio_blocks(api_key) if ui else None
     if blocks is None:
-        app.add_api_route("/", lambda: RedirectResponse("/docs"), include_in_schema=False)
+        if app.docs_url:
+            app.add_api_route("/", lambda: RedirectResponse(app.docs_url), include_in_schema=False)
         return app
     import gradio as gr
 
@@ -53,8 +60,29 @@ def build_server_app(api_key: str | None, ui: bool = True):
         return key_matches(password, api_key or "")
 
     # Routes added before the mount win over it, so /v1, /health and /docs stay the API's.
-    return gr.mount_gradio_app(app, blocks, path="/", auth=login if api_key else None,
-                               auth_message="Enter the studio's API key as the password (any user name).")
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=login if api_key else None,
+                              auth_message="Enter the studio's API key as the password (any user name).",
+                              max_file_size=settings.max_upload_bytes)
+    app.add_middleware(NoAllEndpoints)
+    if api_key:   # a wrong login counts with the wrong keys, and a limited address gets a 429
+        app.add_middleware(LoginLimit, limiter=app.state.failed_auth)
+    return app
+
+
+class NoAllEndpoints:
+    """ASGI middleware: drops `all_endpoints` from the query of a page (not `/gradio_api/...`, which
+    needs a login), so the API info Gradio embeds in a page, the login page included, never lists
+    the studio's undocumented events."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and b"all_endpoints" in scope.get("query_string", b"") \
+                and not scope["path"].startswith("/gradio_api/"):
+            kept = [p for p in scope["query_string"].split(b"&") if not p.startswith(b"all_endpoints")]
+            scope = {**scope, "query_string": b"&".join(kept)}
+        await self.app(scope, receive, send)
 
 
 def _studio_blocks(api_key: str | None):
@@ -81,7 +109,8 @@ def run_studio(args: argparse.Namespace) -> int:
               "use the models and the batch queue. Set --api-key or BRUSHPEN_API_KEY.", file=sys.stderr)
     threads = apply_threads(args.threads)
     app = build_server_app(api_key, ui=not args.no_ui)
-    print(f"brushpen studio on http://{args.host}:{args.port}  (API: /v1, docs: /docs, torch threads: {threads}, "
+    docs = "/docs" if app.docs_url else "/openapi.json behind the key"
+    print(f"brushpen studio on http://{args.host}:{args.port}  (API: /v1, docs: {docs}, torch threads: {threads}, "
           f"auth: {'on' if api_key else 'off'})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

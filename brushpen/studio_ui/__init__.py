@@ -16,7 +16,9 @@ def build_studio(api_key: str | None = None) -> gr.Blocks:
     from brushpen.studio_ui import (checker_tab, copy_tab, export_tab, finetune_tab, history_tab, images_tab,
                                     models_tab)
 
-    with gr.Blocks(title="brushpen studio") as blocks:
+    # Uploads and outputs Gradio keeps go under $BRUSHPEN_HOME (brushpen studio sets GRADIO_TEMP_DIR
+    # there before Gradio is imported); files older than an hour are deleted every ten minutes.
+    with gr.Blocks(title="brushpen studio", delete_cache=(600, 3600)) as blocks:
         gr.Markdown("# brushpen studio\nImages, copy and the deepfake checker, on this machine; "
                     "edge exports and LoRA fine-tuning of each model.")
         with gr.Tabs() as tabs:
@@ -29,4 +31,10 @@ def build_studio(api_key: str | None = None) -> gr.Blocks:
             finetune_tab.build()
         images.to_checker.click(checker_tab.receive, images.paths, [checker, tabs], concurrency_id="light")
     blocks.queue(default_concurrency_limit=1, max_size=64)
+    # Gradio embeds its API info (each event's schema: model and adapter names among them) in every
+    # page it serves, the login page too. "undocumented" leaves our events out of it unless a page
+    # is asked for `?all_endpoints=...`, which `brushpen studio` strips (studio_cmd.NoAllEndpoints).
+    # They stay callable after login, by the page and by gradio_client. Integrators have /v1.
+    for fn in blocks.fns.values():
+        fn.api_visibility = "undocumented"
     return blocks
