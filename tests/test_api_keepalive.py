@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi.responses import StreamingResponse
+
+from api_server import serve_in_thread
 
 from brushpen.api.app import ApiSettings, create_app
 
@@ -35,19 +33,8 @@ def served(brushpen_home):
             raise RuntimeError("a bug halfway through a stream")
         return StreamingResponse(body(), media_type="text/event-stream")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def test_a_500_keeps_the_connection_alive(served) -> None:

@@ -6,16 +6,13 @@ served by uvicorn in this process with a small failure limit (3 in 3 s) so the l
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from api_server import make_store
+from api_server import make_store, serve_in_thread
 
 KEY = "login-test-key-0123"
 
@@ -35,20 +32,8 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
         mp.delenv("BRUSHPEN_PUBLIC_DOCS", raising=False)
         from brushpen.cli.studio_cmd import build_server_app
 
-        app = build_server_app(KEY)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 60
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield f"http://127.0.0.1:{port}", home
-        server.should_exit = True
-        thread.join(10)
+        with serve_in_thread(build_server_app(KEY)) as url:
+            yield url, home
 
 
 def wait_out(r: httpx.Response) -> None:
