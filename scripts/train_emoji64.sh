@@ -11,8 +11,11 @@ HOME_DIR="${BRUSHPEN_HOME:-$HOME/.cache/brushpen}"
 DATA="$HOME_DIR/data/emoji64"
 RUN="$HOME_DIR/runs/emoji64"
 [ -f "$DATA/dataset.json" ] || .venv/bin/brushpen data emoji --out "$DATA"
-if [ ! -f "$RUN/checkpoint/state.json" ]; then
-  mkdir -p "$RUN/checkpoint"
+# Seed the run from the store when it has none, or when the store's is further on (a GPU run was
+# promoted since): the run's own optimizer state is then older than its weights, so it starts fresh.
+nimg() { .venv/bin/python -c "import json, sys; print(json.load(open(sys.argv[1]))['scalars']['nimg'])" "$1" 2>/dev/null || echo -1; }
+if [ "$(nimg weights/gan/emoji64/checkpoint/state.json)" -gt "$(nimg "$RUN/checkpoint/state.json")" ]; then
+  rm -rf "$RUN/checkpoint" && mkdir -p "$RUN/checkpoint"
   cp weights/gan/emoji64/checkpoint/*.safetensors weights/gan/emoji64/checkpoint/state.json "$RUN/checkpoint/"
 fi
 exec .venv/bin/python -u -m brushpen.cli.main gan train --data "$DATA" --out "$RUN/model" \

@@ -58,6 +58,55 @@ def test_gradient_flows_through_augment() -> None:
     assert (x.grad.abs().flatten(1).sum(1) > 0).all()
 
 
+def test_translation_is_a_whole_pixel_shift_with_border_fill() -> None:
+    # p=1 with colour and cutout undone by hand is hard; instead compare with the sampler it replaced:
+    # a nearest, border-padded grid_sample over the same integer shift gives the same pixels.
+    x = batch(8)
+    shift = torch.tensor([[2, -1], [0, 0], [-2, 2], [1, 1], [2, 2], [-2, -2], [0, 1], [1, 0]])
+    theta = torch.zeros(8, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shift * 2 / 16
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    want = torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+    rows = (torch.arange(16)[None, :] + shift[:, 1:2]).clamp(0, 15)
+    cols = (torch.arange(16)[None, :] + shift[:, 0:1]).clamp(0, 15)
+    got = torch.stack([x[i][:, rows[i]][:, :, cols[i]] for i in range(8)])
+    assert torch.equal(got, want)
+
+
+def test_images_that_only_moved_are_whole_pixel_shifts() -> None:
+    # An image of distinct whole numbers: colour ops make fractions, cutout zeroes >= 16 pixels, so
+    # an output of whole numbers with fewer zeros was only translated, and must equal the input
+    # shifted by at most 2 pixels each way with the border repeated.
+    ramp = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16).repeat(256, 3, 1, 1)
+    out = augment(ramp, 0.5, generator=torch.Generator().manual_seed(5))
+    shifted = {}
+    for sy in range(-2, 3):
+        for sx in range(-2, 3):
+            rows = (torch.arange(16) + sy).clamp(0, 15)
+            cols = (torch.arange(16) + sx).clamp(0, 15)
+            shifted[sy, sx] = ramp[0][:, rows][:, :, cols]
+    moved = 0
+    for img in out:
+        if torch.equal(img, ramp[0]) or (img != img.round()).any() or (img == 0).all(0).sum() >= 16:
+            continue
+        assert any(torch.equal(img, ref) for ref in shifted.values())
+        moved += 1
+    assert moved >= 3
+
+
+def test_r1_can_differentiate_through_augment_twice() -> None:
+    # R1 takes the gradient of D(augment(x)) with respect to x and then differentiates that gradient.
+    # CUDA's grid_sample has no second derivative (the first H200 run crashed at its first R1 step);
+    # a gather has one on every device. The CPU grid_sample passed this too: the H200 run is the proof.
+    x = batch(4).requires_grad_(True)
+    w = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = augment(x, 1.0, generator=torch.Generator().manual_seed(0))
+    (g,) = torch.autograd.grad(((y * w).sum((1, 2, 3)) ** 2).sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_adaptive_p_rises_when_d_is_overconfident() -> None:
     ada = AdaptiveAugment(p=0.2, target=0.6, speed_kimg=1.0)
     ada.accumulate(torch.tensor([1.0, 2.0, 3.0, -1.0]))  # r_t = (3 - 1) / 4 = 0.5 < target

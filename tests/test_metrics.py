@@ -7,8 +7,10 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
-from brushpen.gan.metrics import (frechet_distance, inception_features, inception_path,
+from brushpen.gan.metrics import (evaluate_model, frechet_distance, inception_features, inception_path,
                                   kernel_inception_distance, stats)
+from brushpen.store import read_metrics
+from conftest import tiny_generator, write_shape_folder
 
 
 def test_identical_statistics_give_zero() -> None:
@@ -98,3 +100,21 @@ def test_real_inception_features() -> None:
     assert np.isfinite(feats).all() and (feats >= 0).all()  # pool3 of ReLU features
     assert np.allclose(feats[0], feats[3], atol=1e-5)
     assert np.abs(feats[0] - feats[1]).mean() > 1e-3
+
+
+@pytest.mark.slow  # Inception on 14 images: about 30 s on 2 free cores
+def test_eval_records_fid_and_kid_from_one_pass(tmp_path, brushpen_home) -> None:
+    model = tmp_path / "tiny"
+    tiny_generator().save_pretrained(model)
+    reals = tmp_path / "reals"
+    write_shape_folder(reals, n=8)
+    both = evaluate_model(str(model), metric="both", num=6, data=reals, batch=3, noise_mode="none")
+    assert set(both["values"]) == {"fid_noise_none", "kid_noise_none"}
+    assert both["metric"] == "fid_noise_none" and both["value"] == both["values"]["fid_noise_none"]
+    recorded = read_metrics(model)
+    assert recorded["fid_noise_none"] == round(both["values"]["fid_noise_none"], 3)
+    assert recorded["kid_noise_none"] == round(both["values"]["kid_noise_none"], 3)
+    assert recorded["fid_num"] == recorded["kid_num"] == 6
+    assert both["values"]["fid_noise_none"] > 0 and np.isfinite(both["values"]["kid_noise_none"])
+    with pytest.raises(Exception, match="fid, kid or both"):
+        evaluate_model(str(model), metric="is", num=6, data=reals)

@@ -59,9 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--compact-checkpoint", action="store_true", help="Adam's second moments in bf16")
     t.set_defaults(func=run_train)
 
-    e = gan.add_parser("eval", help="compute FID or KID of a model against its training images")
+    e = gan.add_parser("eval", help="compute FID and/or KID of a model against its training images")
     e.add_argument("--model", required=True, help="store name (emoji64), family/name or a folder")
-    e.add_argument("--metric", choices=["fid", "kid"], default="fid")
+    e.add_argument("--metric", choices=["fid", "kid", "both"], default="fid",
+                   help="both: FID and KID from one pass over the generated images")
     e.add_argument("--num", type=int, default=5000, help="generated images")
     e.add_argument("--data", type=Path, default=None, help="reference images (default: the emoji set)")
     e.add_argument("--truncation", type=float, default=1.0)

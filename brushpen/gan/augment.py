@@ -43,15 +43,15 @@ def augment(x: torch.Tensor, p: float, generator: torch.Generator | None = None)
     mean_all = x.mean(dim=[1, 2, 3], keepdim=True)
     x = _apply_where(coin(), (x - mean_all) * (u(1, 1, 1) + 0.5) + mean_all, x)
 
-    # Translation by up to 1/8 of the image, filling with the border (white for emoji).
+    # Translation by up to 1/8 of the image, filling with the border (white for emoji). A whole-pixel
+    # shift is a gather of clamped indices: twice differentiable everywhere (R1 differentiates
+    # through it), where CUDA's grid_sample has no second derivative.
     max_shift = max(1, h // 8)
-    shift = ((u(2) * 2 - 1) * max_shift).round() * coin()[:, None]
-    theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1
-    theta[:, 0, 2] = shift[:, 0] * 2 / w
-    theta[:, 1, 2] = shift[:, 1] * 2 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+    shift = (((u(2) * 2 - 1) * max_shift).round() * coin()[:, None]).long()
+    rows = (torch.arange(h, device=dev)[None, :] + shift[:, 1:2]).clamp(0, h - 1)
+    cols = (torch.arange(w, device=dev)[None, :] + shift[:, 0:1]).clamp(0, w - 1)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(-1, x.shape[1], -1)
+    x = x.flatten(2).gather(2, index).view_as(x)
 
     # Cutout: zero a square of half the size at a random place.
     cut = coin()

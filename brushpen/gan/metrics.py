@@ -142,9 +142,10 @@ def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int
 def evaluate_model(model: str, metric: str = "fid", num: int = 5000, data: Path | None = None,
                    truncation_psi: float = 1.0, batch: int = 50, seed: int = 0,
                    noise_mode: str = "random") -> dict:
-    """Compute FID or KID of a store model against `data` and record it in its metrics.json."""
-    if metric not in ("fid", "kid"):
-        raise BadParameter("metric must be fid or kid")
+    """Compute FID, KID or both (`metric="both"`: one pass of Inception over the generated images)
+    of a store model against `data`, and record them in its metrics.json."""
+    if metric not in ("fid", "kid", "both"):
+        raise BadParameter("metric must be fid, kid or both")
     if num < 2:
         raise BadParameter("num must be at least 2")
     if noise_mode not in ("random", "const", "none"):
@@ -160,15 +161,16 @@ def evaluate_model(model: str, metric: str = "fid", num: int = 5000, data: Path 
     real = reference_features(data, resolution)
     fake = inception_features(generated_images(model_dir, num, truncation_psi, seed, ref.labels, batch,
                                                noise_mode), desc="fakes")
-    if metric == "fid":
-        value = frechet_distance(*stats(fake), *stats(real))
-    else:
-        value = kernel_inception_distance(fake, real) * 1000
-    key = metric if truncation_psi == 1.0 else f"{metric}_psi{truncation_psi}"
-    if noise_mode != "random":
-        key += f"_noise_{noise_mode}"
-    current = update_metrics(model_dir, **{key: round(value, 3), f"{metric}_num": num,
-                                           f"{metric}_reference": str(data.name),
-                                           f"{metric}_real_images": len(real)})
-    return {"model": str(model_dir), "metric": key, "value": value, "num": num, "noise_mode": noise_mode,
-            "real_images": len(real), "kimg": current.get("kimg")}
+    measure = {"fid": lambda: frechet_distance(*stats(fake), *stats(real)),
+               "kid": lambda: kernel_inception_distance(fake, real) * 1000}
+    suffix = ("" if truncation_psi == 1.0 else f"_psi{truncation_psi}") + \
+        ("" if noise_mode == "random" else f"_noise_{noise_mode}")
+    values, record = {}, {}
+    for name in (("fid", "kid") if metric == "both" else (metric,)):
+        values[name + suffix] = measure[name]()
+        record.update({name + suffix: round(values[name + suffix], 3), f"{name}_num": num,
+                       f"{name}_reference": str(data.name), f"{name}_real_images": len(real)})
+    current = update_metrics(model_dir, **record)
+    key, value = next(iter(values.items()))
+    return {"model": str(model_dir), "metric": key, "value": value, "values": values, "num": num,
+            "noise_mode": noise_mode, "real_images": len(real), "kimg": current.get("kimg")}

@@ -10,7 +10,7 @@ It writes:
   generator is another kind, and the run reseeds it (and says so).
 - `.gpu/wheels/`: what the GPU machine's python lacks (diffusers and importlib_metadata), from PyPI.
 Then it prints the bytes a device `run` would send with `weights/` left at home (travel.py) and
-exits 1 if that is over 64 MiB. The start checkpoint is, by default, the newest of the CPU
+exits 1 if that is over travel.LIMIT (60 MB). The start checkpoint is, by default, the newest of the CPU
 background run's (`$BRUSHPEN_HOME/runs/emoji64/checkpoint`) and the store's.
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
         size = travel_bytes([".gpu"], drop=("weights/",))
     print(f"start: {src} at kimg {scalars['nimg'] / 1000:.3f}, step {scalars['step']}, "
           f"augment p {scalars['ada']['p']:.3f}")
-    print(f"travels with weights/ left at home: {size:,} bytes ({size / 2**20:.1f} MiB of {LIMIT / 2**20:.0f})")
+    print(f"travels with weights/ left at home: {size:,} bytes ({size / 1e6:.1f} MB of {LIMIT / 1e6:.0f})")
     return 0 if size <= LIMIT else 1
 
 

@@ -1,7 +1,7 @@
 """What a device `run` would send, in bytes, and the switch that keeps `weights/` at home for it.
 
 The device tool copies the working tree (tracked files, untracked files that git does not ignore)
-plus the ignored paths named in `carry`, 64 MiB in all. `weights/` alone is larger, and a GPU run
+plus the ignored paths named in `carry`, "64 MiB" in all, by its README. `weights/` alone is larger, and a GPU run
 needs none of it (its start checkpoint travels in `.gpu/`), so for the call the index forgets
 `weights/` and `.git/info/exclude` ignores it; `--restore` undoes both. The files on disk are never
 touched.
@@ -19,11 +19,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LIMIT = 64 * 2**20
+# The tool refused a 64,814,764-byte tree (61.8 MiB, 64.8 MB) on 2026-12-04 and took a 54,164,618-byte
+# one: its 64 counts bytes in some other way than ours, so we hold the tree to 60 MB.
+LIMIT = 60 * 10**6
 # What prepare_emoji64.py adds beside the start checkpoint: the emoji set as PNGs (14.4 MiB) and
 # the wheels (6.1 MiB), with room to spare. Its test (tests/test_gpu_travel.py) holds the tree to it.
 DATA_AND_WHEELS = 22 * 2**20
-EXCLUDE_LINE = "/weights/  # scripts/gpu/travel.py --drop-weights (undo: --restore)"
+# git's ignore files take no comment after a pattern: the note has a line of its own.
+EXCLUDE_NOTE = "# scripts/gpu/travel.py --drop-weights (undo: --restore)"
+EXCLUDE_LINE = "/weights/"
+OURS = {EXCLUDE_NOTE, EXCLUDE_LINE, EXCLUDE_LINE + "  " + EXCLUDE_NOTE}  # the last: an older form that matched nothing
 
 
 def _git(*args: str) -> str:
@@ -46,7 +51,7 @@ def travel_bytes(carry: list[str], drop: tuple[str, ...] = ()) -> int:
 
 def weights_dropped() -> bool:
     exclude = REPO / ".git" / "info" / "exclude"
-    return exclude.exists() and EXCLUDE_LINE in exclude.read_text()
+    return exclude.exists() and EXCLUDE_LINE in exclude.read_text().splitlines()
 
 
 def drop_weights() -> None:
@@ -56,14 +61,14 @@ def drop_weights() -> None:
     exclude = REPO / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     with exclude.open("a") as f:
-        f.write("\n" + EXCLUDE_LINE + "\n")
+        f.write(f"\n{EXCLUDE_NOTE}\n{EXCLUDE_LINE}\n")
     _git("rm", "-r", "-q", "--cached", "weights")
 
 
 def restore_weights() -> None:
     exclude = REPO / ".git" / "info" / "exclude"
     if exclude.exists():
-        kept = [line for line in exclude.read_text().splitlines() if line != EXCLUDE_LINE]
+        kept = [line for line in exclude.read_text().splitlines() if line not in OURS]
         exclude.write_text("\n".join(kept).rstrip("\n") + "\n")
     _git("reset", "-q", "--", "weights")
 
@@ -82,7 +87,7 @@ def main() -> int:
     carry = [c for c in args.carry.split(",") if c]
     size = travel_bytes(carry)
     dropped = weights_dropped()
-    print(f"travels: {size:,} bytes ({size / 2**20:.1f} MiB of {LIMIT / 2**20:.0f}); "
+    print(f"travels: {size:,} bytes ({size / 1e6:.1f} MB of {LIMIT / 1e6:.0f}); "
           f"carry {carry}; weights/ {'left at home' if dropped else 'included'}")
     if size > LIMIT:
         print("over the limit: the call would be refused", file=sys.stderr)
