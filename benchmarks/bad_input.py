@@ -18,7 +18,6 @@ design it is accepted at upload and fails alone, in the batch's error file (test
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os

@@ -59,8 +59,8 @@ def test_gradient_flows_through_augment() -> None:
 
 
 def test_translation_is_a_whole_pixel_shift_with_border_fill() -> None:
-    # p=1 with colour and cutout undone by hand is hard; instead compare with the sampler it replaced:
-    # a nearest, border-padded grid_sample over the same integer shift gives the same pixels.
+    # The clamped-index shift that augment uses equals the sampler it replaced: a nearest,
+    # border-padded grid_sample over the same integer shift gives the same pixels.
     x = batch(8)
     shift = torch.tensor([[2, -1], [0, 0], [-2, 2], [1, 1], [2, 2], [-2, -2], [0, 1], [1, 0]])
     theta = torch.zeros(8, 2, 3)
