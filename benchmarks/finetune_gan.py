@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from brushpen.config import get_settings  # noqa: E402
 from brushpen.gan.data import build_noto_dataset, load_image_folder, noto_folder_name  # noqa: E402
-from brushpen.gan.lora import GanFinetuneRequest, finetune, load_adapted_generator  # noqa: E402
+from brushpen.gan.finetune import GanFinetuneRequest, finetune  # noqa: E402
+from brushpen.gan.lora import load_adapted_generator  # noqa: E402
 from brushpen.gan.metrics import (frechet_distance, generated_images, inception_features,  # noqa: E402
                                   kernel_inception_distance, reference_features, stats)
 from brushpen.store import read_metrics, resolve_model, update_metrics  # noqa: E402

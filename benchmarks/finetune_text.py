@@ -30,8 +30,7 @@ def main() -> None:
 
     from brushpen.config import apply_threads, get_settings
     from brushpen.generators.copy import CopyRequest, generate_copy
-    from brushpen.text.base import BASE_NAME, load_text_model
-    from brushpen.text.lora import find_adapter
+    from brushpen.text.base import BASE_NAME, find_adapter, load_text_model
     from brushpen.text.lora_data import copy_token_nll, encode, read_examples
 
     threads = apply_threads(args.threads)

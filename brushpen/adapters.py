@@ -12,14 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brushpen.errors import BadInput, BadParameter, BrokenModel, ModelNotFound
-from brushpen.store import atomic_write_json, publish_dir, resolve_model, staging_dir
+from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
+from brushpen.store import atomic_write_json, resolve_model
 
 ADAPTER_INFO = "adapter.json"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -126,58 +124,3 @@ class FinetuneResult:
     path: Path                 # the adapter folder
     metrics: dict[str, Any] = field(default_factory=dict)
 
-
-# ---- uploaded training data --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ZipLimits:
-    max_entries: int = 20_000
-    max_total: int = 2 << 30           # uncompressed bytes in all, counted while reading
-    max_ratio: float = 200.0           # images barely compress; a 1000:1 entry is a bomb
-
-
-def unpack_zip(path: Path, dest: Path, limits: ZipLimits = ZipLimits()) -> Path:
-    """Extract an uploaded training zip into `dest`, refusing the whole upload on any unsafe entry.
-
-    Unlike the checker's scan (which reports a bad entry and goes on), training data is all or
-    nothing: an entry with an absolute path or `..`, too many entries, or a zip bomb raises
-    `BadInput`. Sizes are counted on the bytes read, never taken from the header on trust. The
-    folder is written to a staging folder and published whole, so a kill leaves no half-folder.
-    """
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise BadInput(f"{Path(path).name} is not a readable zip file: {e}") from e
-    stage = staging_dir(Path(dest))
-    try:
-        _extract(zf, stage, limits)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return publish_dir(stage, Path(dest))
-
-
-def _extract(zf: zipfile.ZipFile, stage: Path, limits: ZipLimits) -> None:
-    total = 0
-    with zf:
-        entries = [i for i in zf.infolist() if not i.is_dir()]
-        if len(entries) > limits.max_entries:
-            raise BadInput(f"the zip holds {len(entries):,} files; at most {limits.max_entries:,} are allowed")
-        for info in entries:
-            name = info.filename.replace("\\", "/")
-            if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
-                raise BadInput(f"unsafe path in zip: '{info.filename}' (absolute or with '..')")
-            if info.file_size / max(info.compress_size, 1) > limits.max_ratio:
-                raise BadInput(f"'{info.filename}' compresses {info.file_size / max(info.compress_size, 1):,.0f}:1, "
-                               f"over {limits.max_ratio:,.0f}:1: refusing a likely zip bomb")
-            target = stage / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        total += len(chunk)
-                        if total > limits.max_total:
-                            raise BadInput(f"the zip unpacks to over {limits.max_total:,} bytes")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as e:
-                raise BadInput(f"unreadable zip entry '{info.filename}': {e}") from e

@@ -19,14 +19,13 @@ from typing import Any, Callable
 
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BrokenModel, ModelNotFound, UnsafeWeights
+from brushpen.families import FAMILIES as FAMILY_RECORDS
 
-# "diffusers" holds links to text-to-image pipeline folders a user already has on disk
-# (`brushpen models add PATH`); the others hold models trained or shipped here.
-FAMILIES = ("gan", "text", "safety", "diffusers")
+# One folder per family (brushpen/families.py); "diffusers" holds links to pipeline folders a user
+# already has on disk (`brushpen models add PATH`), the others models trained or shipped here.
+FAMILIES = tuple(FAMILY_RECORDS)
 SAFE_SUFFIXES = (".safetensors", ".json", ".onnx", ".onnx.data")
 UNSAFE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
-# The figure `models list` shows first, per family, when metrics.json has it.
-KEY_METRICS = {"gan": ("fid", "kimg"), "text": ("val_loss", "perplexity"), "safety": ("auc",)}
 PIPELINE_INDEX = "model_index.json"   # a diffusers pipeline folder
 
 
@@ -44,7 +43,7 @@ class ModelInfo:
         return f"{self.family}/{self.name}"
 
     def key_metric(self) -> str:
-        for base in KEY_METRICS.get(self.family, ()):
+        for base in FAMILY_RECORDS[self.family].key_metrics if self.family in FAMILY_RECORDS else ():
             # "fid" also matches variants such as "fid_noise_none" (a figure under other settings).
             for key in [base] + sorted(k for k in self.metrics if k.startswith(base + "_")
                                        and isinstance(self.metrics[k], float)

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, PngImagePlugin
 
 from brushpen.safety.calibrate import average_precision, calibrate, roc_auc, threshold_at_fpr
-from brushpen.safety.detector import Calibration, DetectorConfig, load_detector, score_image
+from brushpen.safety.detector import DetectorConfig, load_detector
 
 TINY = DetectorConfig(widths=(16, 24, 32), strides=(1, 2, 2))
 

@@ -12,7 +12,6 @@ import io
 import json
 import time
 import zipfile
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -142,6 +141,11 @@ def test_bad_uploads_and_bodies_are_refused_with_a_message(server: Server) -> No
                                        hyperparameters={"threads": 2})
     with pytest.raises(openai.BadRequestError, match="takes a .zip"):
         client.fine_tuning.jobs.create(model="detector", training_file=text.id, suffix="x")
+    # the trainer's own checks run when the job is created, not later in the worker
+    for hyper, words in (({"steps": 0}, "--steps must be >= 1"), ({"replay": 1.5}, "share in"),
+                         ({"steps": "many"}, "bad hyperparameters")):
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.fine_tuning.jobs.create(model="detector", training_file=ok.id, suffix="x", hyperparameters=hyper)
     with pytest.raises(openai.BadRequestError, match="bad adapter name"):
         client.fine_tuning.jobs.create(model="detector", training_file=ok.id, suffix="../x")
     with pytest.raises(openai.NotFoundError, match="unknown model"):

@@ -16,14 +16,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from brushpen.adapters import unpack_zip
 from brushpen.errors import BadInput, BrokenModel, ModelNotFound
-from brushpen.gan.lora import (GanFinetuneRequest, apply_lora, default_targets, finetune, load_adapted_generator,
-                               lora_modules, merge, save_adapter, trainable_parameters)
+from brushpen.gan.finetune import GanFinetuneRequest, finetune
+from brushpen.gan.lora import (apply_lora, default_targets, load_adapted_generator, lora_modules, merge, save_adapter,
+                               trainable_parameters)
 from brushpen.gan.networks import ModulatedConv2d
 from brushpen.gan.pipeline import StyleGANPipeline
 from brushpen.generators.images import ImageRequest, generate_images, image_models
 from brushpen.store import list_models
+from brushpen.ziputil import unpack_zip
 from conftest import tiny_generator
 
 Z = torch.randn(6, 16, generator=torch.Generator().manual_seed(5))
@@ -115,8 +116,9 @@ def test_round_trip_through_the_store(base: Path, tmp_path: Path) -> None:
     # The API lists the adapter as a model and serves it from the `model` field.
     from brushpen.api import service
     from brushpen.api.schemas import ImageGenerationRequest
+    from brushpen.generators.catalog import catalog
 
-    assert "tiny:blue" in service.catalog(refresh=True).images
+    assert "tiny:blue" in catalog(refresh=True).images
     body = service.run_images(ImageGenerationRequest(model="tiny:blue", n=1, seed=11, noise_mode="none",
                                                      truncation_psi=0.7))
     png = Image.open(io.BytesIO(base64.b64decode(body["data"][0]["b64_json"])))

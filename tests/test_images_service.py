@@ -138,25 +138,35 @@ def test_pickle_only_pipeline_is_refused(tmp_path: Path, sd_dir: Path, store: Pa
         link_model(bad, "diffusers", "pickled")
 
 
-def test_cli_add_generate_info(tmp_path: Path, sd_dir: Path) -> None:
-    env = subprocess_env(BRUSHPEN_WEIGHTS=str(tmp_path / "store"), BRUSHPEN_HOME=str(tmp_path / "home"))
+def test_cli_add_generate_info(tmp_path: Path, sd_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    """`generate` runs as its own process, as a user runs it; the quick commands run through the
+    same `main` in this process (a fresh process costs ~10 s of imports each on this box)."""
+    from brushpen.cli.main import main
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([PYTHON, "-m", "brushpen.cli.main", *args], env=env, capture_output=True,
-                              text=True, timeout=300)
+    store, home = tmp_path / "store", tmp_path / "home"
+    monkeypatch.setenv("BRUSHPEN_WEIGHTS", str(store))
+    monkeypatch.setenv("BRUSHPEN_HOME", str(home))
 
-    added = cli("models", "add", str(sd_dir), "--name", "tiny")
-    assert added.returncode == 0, added.stderr
-    assert any(line.split()[:2] == ["diffusers", "tiny"] for line in cli("models", "list").stdout.splitlines())
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, _, err = cli("models", "add", str(sd_dir), "--name", "tiny")
+    assert code == 0, err
+    assert any(line.split()[:2] == ["diffusers", "tiny"] for line in cli("models", "list")[1].splitlines())
     out = tmp_path / "out"
-    gen = cli("image", "generate", "--model", "diffusers/tiny", "--prompt", "a lighthouse", "--steps", "2",
-              "--n", "1", "--seed", "3", "--scheduler", "dpm++2m", "--out", str(out))
+    gen = subprocess.run([PYTHON, "-m", "brushpen.cli.main", "image", "generate", "--model", "diffusers/tiny",
+                          "--prompt", "a lighthouse", "--steps", "2", "--n", "1", "--seed", "3", "--scheduler",
+                          "dpm++2m", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                         env=subprocess_env(BRUSHPEN_WEIGHTS=str(store), BRUSHPEN_HOME=str(home)))
     assert gen.returncode == 0, gen.stderr
     png = out / "diffusers-tiny-seed3.png"
-    info = cli("image", "info", str(png))
-    assert info.stdout.startswith("a lighthouse\nSteps: 2, Sampler: dpm++2m") and "Seed: 3" in info.stdout
-    assert json.loads(cli("image", "info", str(png), "--json").stdout)["prompt"] == "a lighthouse"
-    missing = cli("image", "generate", "--model", "diffusers/tiny", "--out", str(out))
-    assert missing.returncode == 2 and "give a prompt" in missing.stderr and "Traceback" not in missing.stderr
-    again = cli("models", "add", str(tmp_path / "nothing-here"))
-    assert again.returncode == 2 and "model_index.json" in again.stderr
+    info = cli("image", "info", str(png))[1]
+    assert info.startswith("a lighthouse\nSteps: 2, Sampler: dpm++2m") and "Seed: 3" in info
+    assert json.loads(cli("image", "info", str(png), "--json")[1])["prompt"] == "a lighthouse"
+    code, _, err = cli("image", "generate", "--model", "diffusers/tiny", "--out", str(out))
+    assert code == 2 and "give a prompt" in err and "Traceback" not in err
+    code, _, err = cli("models", "add", str(tmp_path / "nothing-here"))
+    assert code == 2 and "model_index.json" in err

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from brushpen.errors import BrushpenError
-from brushpen.generators.checker import ScanLimits, iter_zip
 from brushpen.generators.images import read_png_settings
 from brushpen.generators.jobs import parse_batch_file
 from brushpen.safety.watermark import extract
 from brushpen.text.lora_data import parse_line
 from brushpen.text.sampling import TEMPLATE_TOKENS, clean
+from brushpen.ziputil import ZipLimits, iter_zip
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -100,7 +100,7 @@ def test_zip_walking_never_raises_and_refuses_unsafe_names(tmp_path_factory, ent
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in entries:
             zf.writestr(name, data)
-    for name, data, error in iter_zip(path, ScanLimits()):
+    for name, data, error in iter_zip(path, ZipLimits()):
         assert (data is None) == (error is not None)
         inner = name.split("!", 1)[1]
         if inner.startswith("/") or ".." in inner.replace("\\", "/").split("/"):

@@ -170,7 +170,7 @@ def test_publish_dir_survives_a_kill_at_every_step(tmp_path: Path, monkeypatch: 
     """Whatever state earlier kills left, a kill inside publish_dir keeps one complete folder."""
     import shutil
 
-    from brushpen.gan.checkpoint import find_checkpoint
+    from brushpen.checkpoint import find_checkpoint
 
     real_replace, real_rmtree = os.replace, shutil.rmtree
     k = 0

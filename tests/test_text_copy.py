@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -266,16 +265,24 @@ def test_cli_json(base_dir: Path) -> None:
     assert out["settings"]["kind"] == "tagline" and out["settings"]["max_new_tokens"] == 10
 
 
-def test_cli_errors_are_one_line_exit_2() -> None:
-    proc = run_cli(BRIEF, "--model", "no-such-model")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown text model 'no-such-model'")
-    assert len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli(BRIEF, "--adapter", "no-such-adapter")
-    assert proc.returncode == 2 and "has no adapter 'no-such-adapter'" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli("", "--n", "2")
-    assert proc.returncode == 2 and "brief is empty" in proc.stderr
+def test_cli_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture) -> None:
+    """Through the CLI's `main` in this process: the same code path as `brushpen copy`, without
+    three fresh interpreters (the plain command's own process is tested above)."""
+    from brushpen.cli.main import main
+
+    def cli(*args: str) -> tuple[int, str]:
+        code = main(["copy", *args])
+        return code, capsys.readouterr().err
+
+    code, err = cli(BRIEF, "--model", "no-such-model")
+    assert code == 2
+    assert err.strip().startswith("error: unknown text model 'no-such-model'")
+    assert len(err.strip().splitlines()) == 1
+    code, err = cli(BRIEF, "--adapter", "no-such-adapter")
+    assert code == 2 and "has no adapter 'no-such-adapter'" in err
+    assert len(err.strip().splitlines()) == 1
+    code, err = cli("", "--n", "2")
+    assert code == 2 and "brief is empty" in err
 
 
 def test_cli_stream_piped_prints_what_the_plain_command_prints(base_dir: Path) -> None:

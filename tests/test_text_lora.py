@@ -17,8 +17,9 @@ import torch
 
 from brushpen.adapters import FinetuneEvent, read_info, weights_sha256
 from brushpen.errors import BadInput, BrokenModel, ModelNotFound
+from brushpen.text.base import load_adapted
 from brushpen.text.copy_data import build_copy_pairs, is_slogan
-from brushpen.text.lora import TextFinetuneRequest, TextLoraConfig, finetune, load_adapted
+from brushpen.text.lora import TextFinetuneRequest, TextLoraConfig, finetune
 from brushpen.text.lora_data import copy_token_nll, encode, read_examples
 
 CHAT = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>\n{% endfor %}"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from brushpen.cli.main import main
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators.copy import CopyRequest, generate_copy
-from brushpen.text.corpus import (SEPARATOR, fortune_entries, holdout, load_corpus, read_documents,
+from brushpen.text.corpus import (fortune_entries, holdout, load_corpus, read_documents,
                                   split_documents, write_documents)
 from brushpen.text.ngram import CharNGram, CharUnigram
 from brushpen.text.pretrain import PretrainConfig, Pretrainer, encode_stream, evaluate

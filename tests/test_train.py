@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint
+from brushpen.checkpoint import find_checkpoint, load_checkpoint
 from brushpen.gan.data import ImageDataset
 from brushpen.gan.networks import StyleGANDiscriminator, StyleGANGenerator
 from brushpen.gan.trainer import TrainConfig, Trainer, _lazy_adam

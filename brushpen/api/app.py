@@ -26,7 +26,9 @@ import brushpen
 from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
                           routes_text, service)
 from brushpen.api.auth import FailedAuth, require_key
+from brushpen.api.deps import Queue
 from brushpen.api.limits import BodyLimit, WorkQueue
+from brushpen.api.responses import ErrorResponse, Health
 from brushpen.generators.jobs import JobStore, Worker
 
 
@@ -71,7 +73,7 @@ def _warm_imports() -> None:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings.from_env()
     jobs = JobStore()
-    worker = Worker(jobs, functools.partial(service.run_line, jobs=jobs))
+    worker = Worker(jobs, functools.partial(service.run_line, jobs=jobs), handlers.status_error_body)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,18 +105,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                        upload_prefixes=("/v1/files", "/v1/detections"))
     app.add_middleware(handlers.CatchAll)   # added last, so outermost of ours
 
-    @app.get("/health", tags=["health"], summary="Liveness: open without the API key")
-    async def health(request: Request) -> dict:
-        return {"status": "ok", "version": brushpen.__version__, "auth": bool(request.app.state.api_key),
-                "queue": {"inflight": request.app.state.queue.inflight, "running": settings.running,
-                          "waiting": settings.waiting}}
+    @app.get("/health", tags=["health"], summary="Liveness: open without the API key", response_model=Health)
+    async def health(queue: Queue) -> dict:
+        return {"status": "ok", "version": brushpen.__version__, "auth": bool(settings.api_key),
+                "queue": {"inflight": queue.inflight, "running": queue.running, "waiting": queue.waiting}}
 
     if not docs_open:
         @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_key)])
         async def openapi_behind_the_key() -> dict:
             return app.openapi()
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    errors = {"4XX": {"model": ErrorResponse, "description": "A bad request, a missing or wrong key, an unknown "
+                                                               "model or id, a full queue: OpenAI's error body"}}
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=errors)
     for module in (routes_models, routes_images, routes_text, routes_batches, routes_detect, routes_finetune):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -20,6 +20,8 @@ from collections import OrderedDict, deque
 
 from fastapi import HTTPException, Request
 
+from brushpen.api.handlers import error_response
+
 
 def key_matches(given: str | None, key: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode("utf-8"), key.encode("utf-8"))
@@ -102,8 +104,6 @@ class LoginLimit:
             return
         who = client_address(scope)
         if (wait := self.limiter.retry_after(who)) is not None:
-            from brushpen.api.handlers import error_response
-
             exc = too_many(wait)
             await error_response(429, exc.detail, "rate_limit_exceeded", headers=exc.headers)(scope, receive, send)
             return

@@ -27,13 +27,26 @@ _TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_
 
 def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None,
                param: str | None = None) -> dict:
+    """OpenAI's error body: the one builder, for answers, stream events and batch output lines."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def status_error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
+    """The error body of an answer with HTTP `status`: its type follows the status, as OpenAI's do."""
+    kind = "server_error" if status >= 500 else _TYPES.get(status, "invalid_request_error")
+    return error_body(message, kind, code, param)
+
+
+def user_error(exc: BrushpenError, message: str | None = None) -> tuple[int, dict]:
+    """A user error as (status, body): the status it carries (400 if none) and its code."""
+    status = getattr(exc, "http_status", 400)
+    code = getattr(exc, "code", None) or _CODES.get(type(exc))
+    return status, status_error_body(status, str(exc) if message is None else message, code)
 
 
 def error_response(status: int, message: str, code: str | None = None, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = "server_error" if status >= 500 else _TYPES.get(status, "invalid_request_error")
-    return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
+    return JSONResponse(status_error_body(status, message, code, param), status_code=status, headers=headers)
 
 
 def _field(loc: Sequence[Any]) -> str:
@@ -71,10 +84,8 @@ def validation_error_body(errors: Sequence[dict]) -> dict:
 def install(app: FastAPI) -> None:
     @app.exception_handler(BrushpenError)
     async def _brushpen(request: Request, exc: BrushpenError) -> JSONResponse:
-        status = getattr(exc, "http_status", 400)
-        headers = {"Retry-After": "1"} if status == 429 else None
-        return error_response(status, str(exc), getattr(exc, "code", None) or _CODES.get(type(exc)),
-                              headers=headers)
+        status, body = user_error(exc)
+        return JSONResponse(body, status_code=status, headers={"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,24 +4,26 @@ poll it, cancel it, download its output file. The jobs themselves live in `gener
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
+from brushpen.api.deps import JobWorker, Jobs
 from brushpen.api.limits import run_blocking
+from brushpen.api.responses import BatchList, BatchObject, FileObject
 from brushpen.api.schemas import BatchCreateRequest
+from brushpen.api.service import BATCH_ENDPOINTS
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators.finetune_jobs import FILE_PURPOSE, check_training_file
-from brushpen.generators.jobs import JobStore, parse_batch_file
+from brushpen.generators.jobs import parse_batch_file
 
 router = APIRouter(tags=["batches"])
+_JSONL = {200: {"description": "The file's bytes: a batch's output or error file is JSONL",
+                "content": {"application/jsonl": {"schema": {"type": "string"}}}}}
 
 
-def _store(request: Request) -> JobStore:
-    return request.app.state.jobs
-
-
-@router.post("/files", summary="Upload a batch input file (purpose 'batch') or fine-tuning data ('fine-tune')")
-async def upload_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
+@router.post("/files", summary="Upload a batch input file (purpose 'batch') or fine-tuning data ('fine-tune')",
+             response_model=FileObject)
+async def upload_file(jobs: Jobs, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
     if purpose not in ("batch", FILE_PURPOSE):
         raise BadParameter(f"purpose '{purpose}' is not supported: brushpen takes files for batches "
                            f"(purpose 'batch') and fine-tuning (purpose '{FILE_PURPOSE}')")
@@ -31,46 +33,48 @@ async def upload_file(request: Request, file: UploadFile = File(...), purpose: s
         await run_blocking(check_training_file, filename, data)
     elif not filename.endswith(".jsonl"):
         raise BadInput(f"'{filename}' is not a .jsonl file: a batch input file holds one JSON request per line")
-    else:
-        await run_blocking(parse_batch_file, data, None)   # refuse a broken file now, not at batch time
-    record = await run_blocking(_store(request).add_file, filename, purpose, data)
+    else:   # refuse a broken file now, not at batch time
+        await run_blocking(parse_batch_file, data, None, BATCH_ENDPOINTS)
+    record = await run_blocking(jobs.add_file, filename, purpose, data)
     return record.to_openai()
 
 
-@router.get("/files/{file_id}", summary="A file's details")
-async def get_file(file_id: str, request: Request) -> dict:
-    return (await run_blocking(_store(request).get_file, file_id)).to_openai()
+@router.get("/files/{file_id}", summary="A file's details", response_model=FileObject)
+async def get_file(file_id: str, jobs: Jobs) -> dict:
+    return (await run_blocking(jobs.get_file, file_id)).to_openai()
 
 
-@router.get("/files/{file_id}/content", summary="A file's content (a batch's output or error JSONL)")
-async def file_content(file_id: str, request: Request) -> Response:
-    data = await run_blocking(_store(request).file_content, file_id)
+@router.get("/files/{file_id}/content", summary="A file's content (a batch's output or error JSONL)",
+            response_class=Response, responses=_JSONL)
+async def file_content(file_id: str, jobs: Jobs) -> Response:
+    data = await run_blocking(jobs.file_content, file_id)
     return Response(data, media_type="application/jsonl")
 
 
-@router.post("/batches", summary="Start a batch job on an uploaded file")
-async def create_batch(body: BatchCreateRequest, request: Request) -> dict:
-    batch = await run_blocking(_store(request).create_batch, body.input_file_id, body.endpoint,
-                               body.completion_window, body.metadata)
-    request.app.state.worker.wake()
+@router.post("/batches", summary="Start a batch job on an uploaded file", response_model=BatchObject)
+async def create_batch(body: BatchCreateRequest, jobs: Jobs, worker: JobWorker) -> dict:
+    batch = await run_blocking(jobs.create_batch, body.input_file_id, body.endpoint, body.completion_window,
+                               body.metadata, BATCH_ENDPOINTS)
+    worker.wake()
     return batch
 
 
-@router.get("/batches/{batch_id}", summary="A batch's status and progress")
-async def get_batch(batch_id: str, request: Request) -> dict:
-    return await run_blocking(_store(request).get_batch, batch_id)
+@router.get("/batches/{batch_id}", summary="A batch's status and progress", response_model=BatchObject)
+async def get_batch(batch_id: str, jobs: Jobs) -> dict:
+    return await run_blocking(jobs.get_batch, batch_id)
 
 
-@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch; lines already done stay in its output")
-async def cancel_batch(batch_id: str, request: Request) -> dict:
-    batch = await run_blocking(_store(request).cancel, batch_id)
-    request.app.state.worker.wake()
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch; lines already done stay in its output",
+             response_model=BatchObject)
+async def cancel_batch(batch_id: str, jobs: Jobs, worker: JobWorker) -> dict:
+    batch = await run_blocking(jobs.cancel, batch_id)
+    worker.wake()
     return batch
 
 
-@router.get("/batches", summary="Batches, newest first")
-async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> dict:
-    data = await run_blocking(_store(request).list_batches, limit + 1, after)
+@router.get("/batches", summary="Batches, newest first", response_model=BatchList)
+async def list_batches(jobs: Jobs, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> dict:
+    data = await run_blocking(jobs.list_batches, limit + 1, after)
     page = data[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(data) > limit}

@@ -15,6 +15,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from brushpen.api import service
+from brushpen.api.deps import Queue
+from brushpen.api.responses import ErrorResponse, ImagesResponse
 from brushpen.api.schemas import ImageGenerationRequest
 from brushpen.config import get_settings
 from brushpen.store import atomic_write_bytes
@@ -45,18 +47,22 @@ def save_png(data: bytes) -> str:
     return token
 
 
-@router.post("/images/generations", summary="Generate images (OpenAI's shape, plus seed, truncation_psi, ...)")
-async def generate(body: ImageGenerationRequest, request: Request) -> dict:
-    base = str(request.base_url).rstrip("/")
+@router.post("/images/generations", summary="Generate images (OpenAI's shape, plus seed, truncation_psi, ...)",
+             response_model=ImagesResponse, response_model_exclude_unset=True)
+async def generate(body: ImageGenerationRequest, request: Request, queue: Queue) -> dict:
+    base = str(request.base_url).rstrip("/")   # the links are absolute, on the host the client called
 
     def url_for(png: bytes) -> str:
         return f"{base}/images/{save_png(png)}.png"
 
-    return await request.app.state.queue.run(service.run_images, body, url_for)
+    return await queue.run(service.run_images, body, url_for)
 
 
 @public.get("/images/{token}.png", summary="A generated PNG, by the link /v1/images/generations returned",
-            response_class=FileResponse)
+            response_class=FileResponse, responses={
+                200: {"description": "The PNG", "content": {"image/png": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                404: {"model": ErrorResponse, "description": "No such image, or its link has expired"}})
 async def image_file(token: str) -> FileResponse:
     path = image_dir() / f"{token}.png"
     if not _TOKEN.match(token) or not path.is_file() or path.stat().st_mtime < time.time() - URL_TTL_S:

@@ -6,22 +6,18 @@ from fastapi import APIRouter
 
 from brushpen.api import service
 from brushpen.api.limits import run_blocking
-from brushpen.errors import ModelNotFound
+from brushpen.api.responses import ModelList, ModelObject
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", summary="List the image and copy models")
+@router.get("/models", summary="List the image and copy models", response_model=ModelList,
+            response_model_exclude_unset=True)
 async def list_models() -> dict:
-    cat = await run_blocking(service.catalog, True)
-    return {"object": "list", "data": list(cat.images.values()) + list(cat.copy.values())}
+    return await run_blocking(service.list_models)
 
 
-@router.get("/models/{model:path}", summary="One model")
+@router.get("/models/{model:path}", summary="One model", response_model=ModelObject,
+            response_model_exclude_unset=True)
 async def get_model(model: str) -> dict:
-    cat = await run_blocking(service.catalog)
-    name = cat.aliases.get(model, model)
-    found = cat.images.get(name) or cat.copy.get(name)
-    if found is None:
-        raise ModelNotFound(f"unknown model '{model}': available: {', '.join([*cat.images, *cat.copy])}")
-    return found
+    return await run_blocking(service.get_model, model)

@@ -12,48 +12,60 @@ import asyncio
 import json
 import logging
 import threading
-from typing import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from brushpen.api import service
+from brushpen.api.deps import Queue
 from brushpen.api.handlers import error_body
-from brushpen.api.limits import run_blocking
+from brushpen.api.limits import WorkQueue, run_blocking
+from brushpen.api.responses import ChatCompletionResponse, CompletionResponse
 from brushpen.api.schemas import ChatCompletionRequest, CompletionRequest
 from brushpen.errors import BrushpenError
+
+if TYPE_CHECKING:
+    from brushpen.generators.copy import CopyRequest
 
 router = APIRouter(tags=["copy"])
 log = logging.getLogger("brushpen.api")
 
 
-@router.post("/completions", summary="Copy for a brief (the prompt), OpenAI's completions shape")
-async def completions(body: CompletionRequest, request: Request):
+def _sse(what: str) -> dict:
+    """The OpenAPI entry of a `stream: true` answer, which no response_model describes."""
+    return {200: {"description": f"{what}; with `stream: true`, server-sent events: `data: CHUNK` lines "
+                                 "(OpenAI's chunk objects) ending `data: [DONE]`",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.post("/completions", summary="Copy for a brief (the prompt), OpenAI's completions shape",
+             response_model=CompletionResponse, response_model_exclude_unset=True,
+             responses=_sse("A text_completion"))
+async def completions(body: CompletionRequest, queue: Queue) -> dict | StreamingResponse:
     if body.stream:
         req = await run_blocking(service.copy_request, body, body.briefs()[0], body.max_tokens)
-        return await _stream(request, req, chat=False, include_usage=_usage_wanted(body))
-    return await request.app.state.queue.run(service.run_completion, body)
+        return await _stream(queue, req, chat=False, include_usage=_usage_wanted(body))
+    return await queue.run(service.run_completion, body)
 
 
-@router.post("/chat/completions", summary="Copy for a brief (the last user message), OpenAI's chat shape")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+@router.post("/chat/completions", summary="Copy for a brief (the last user message), OpenAI's chat shape",
+             response_model=ChatCompletionResponse, response_model_exclude_unset=True,
+             responses=_sse("A chat.completion"))
+async def chat_completions(body: ChatCompletionRequest, queue: Queue) -> dict | StreamingResponse:
     if body.stream:
         req = await run_blocking(service.copy_request, body, body.brief(), body.token_cap())
-        return await _stream(request, req, chat=True, include_usage=_usage_wanted(body))
-    return await request.app.state.queue.run(service.run_chat, body)
+        return await _stream(queue, req, chat=True, include_usage=_usage_wanted(body))
+    return await queue.run(service.run_chat, body)
 
 
 def _usage_wanted(body: CompletionRequest | ChatCompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-async def _stream(request: Request, req, chat: bool, include_usage: bool) -> StreamingResponse:
-    queue = request.app.state.queue
+async def _stream(queue: WorkQueue, req: CopyRequest, chat: bool, include_usage: bool) -> StreamingResponse:
     queue.check()
     await run_blocking(service.check_copy, req)
-    from brushpen.generators.copy import check_backend_available  # lazily, as service does: torch is heavy
-
-    await run_blocking(check_backend_available, req)
 
     async def events() -> AsyncIterator[str]:
         # The slot is held until the generating thread has really ended, not until the client

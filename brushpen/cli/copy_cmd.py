@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--audience", default=None, help="who reads it, e.g. 'busy parents'")
     c.add_argument("--n", type=int, default=None, help="variants (default 3; 1 at temperature 0)")
     c.add_argument("--max-new-tokens", type=int, default=80)
-    c.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: tuned, see README)")
+    c.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: tuned, see docs/cli.md)")
     c.add_argument("--top-p", type=float, default=None)
     c.add_argument("--top-k", type=int, default=None)
     c.add_argument("--repetition-penalty", type=float, default=None)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from brushpen.config import apply_threads, get_settings
 from brushpen.edge.common import BACKENDS
+from brushpen.families import default_model
+from brushpen.store import resolve_model
 
 COMMANDS = ("scan", "train", "eval", "build-fakes", "train-fake")
 
@@ -31,7 +33,7 @@ def scan_alias(argv: list[str] | None) -> list[str]:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     s = commands.add_parser("scan", help="check images, folders or zips for AI-made images (also: detect PATH...)")
     s.add_argument("paths", nargs="+", help="image files, folders (recursive) and .zip files")
-    s.add_argument("--model", default="detector", help="detector in the store (safety/NAME) or a folder")
+    s.add_argument("--model", default=default_model("safety"), help="detector in the store (safety/NAME) or a folder")
     s.add_argument("--json", type=Path, default=None, help="write the JSON report here")
     s.add_argument("--csv", type=Path, default=None, help="write the CSV report here")
     s.add_argument("--heatmaps", type=Path, default=None, help="write one heatmap overlay PNG per image here")
@@ -63,7 +65,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
     e = commands.add_parser("eval", help="evaluate per family: in-distribution, LOFO, under perturbation")
-    e.add_argument("--model", default="detector")
+    e.add_argument("--model", default=default_model("safety"))
     e.add_argument("--real", type=Path, action="append", default=[])
     e.add_argument("--fake", type=Path, action="append", required=True)
     e.add_argument("--lofo-steps", type=int, default=0,
@@ -124,7 +126,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from brushpen.safety.detector_data import gather
     from brushpen.safety.detector_eval import (evaluate, evaluate_lofo, splice_localisation, table_markdown, train_lofo,
                                                write_card, write_eval)
-    from brushpen.store import resolve_model
 
     apply_threads(args.threads)
     folder = resolve_model(args.model, family="safety")

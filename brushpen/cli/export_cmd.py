@@ -7,6 +7,9 @@ import json
 
 from tqdm import tqdm
 
+from brushpen.config import apply_threads
+from brushpen.edge.export import ExportRequest, export_model
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (fp32, optionally int8) and distil a student")
@@ -20,9 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brushpen.config import apply_threads
-    from brushpen.edge.export import ExportRequest, export_model
-
     apply_threads(args.threads)
     bar = tqdm(total=100, unit="%", desc="export")
 

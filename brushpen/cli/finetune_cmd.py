@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from brushpen.cli import finetune_detector_cmd, finetune_gan_cmd, finetune_text_cmd
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from brushpen.cli import finetune_detector_cmd, finetune_gan_cmd, finetune_text_cmd
-
     group = sub.add_parser("finetune", help="train a LoRA adapter on your own data").add_subparsers(
         dest="finetune_cmd", required=True)
     for module in (finetune_gan_cmd, finetune_text_cmd, finetune_detector_cmd):

@@ -5,7 +5,7 @@
 
 `--fake`/`--real` are folders of images (or one .zip holding fake/ and real/ folders, given to
 both). The adapter lands in `weights/safety/<base>/adapters/NAME/` and is used as `<base>:NAME`
-(`brushpen detect --model detector:NAME`). Service: `brushpen.safety.lora.finetune`.
+(`brushpen detect --model detector:NAME`). Service: `brushpen.safety.lora_train.finetune`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from brushpen.config import apply_threads
 
 
 def register(group: argparse._SubParsersAction) -> None:
@@ -44,7 +46,6 @@ def register(group: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from brushpen.config import apply_threads
     from brushpen.safety.lora_train import DetectorFinetuneRequest, finetune
 
     apply_threads(args.threads)

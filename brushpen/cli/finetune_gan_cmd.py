@@ -5,7 +5,7 @@
 
 The default `--mode lora` writes an adapter to `weights/gan/<base>/adapters/NAME/`, served as
 `<base>:NAME`; `--mode full` and `--mode scratch` write an ordinary model folder (the baselines of
-the experiment in BENCHMARKS.md). Calls `brushpen.gan.lora.finetune`, as the API's jobs do.
+the experiment in BENCHMARKS.md). Calls `brushpen.gan.finetune.finetune`, as the API's jobs do.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import json
 from pathlib import Path
 
 from brushpen.config import apply_threads
+from brushpen.families import default_model
+from brushpen.store import store_root
 
 
 def register(group: argparse._SubParsersAction) -> None:
     g = group.add_parser("gan", help="few-shot domain adaptation of a GAN (LoRA on the modulated convs)")
-    g.add_argument("--base", default="emoji64", help="the store GAN to adapt")
+    g.add_argument("--base", default=default_model("gan"), help="the store GAN to adapt")
     g.add_argument("--data", type=Path, required=True, help="an image folder or a .zip of images")
     g.add_argument("--out", required=True, help="adapter name (lora), or model name/folder (full, scratch)")
     g.add_argument("--mode", choices=["lora", "full", "scratch"], default="lora",
@@ -47,7 +49,7 @@ def register(group: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from brushpen.gan.lora import GanFinetuneRequest, finetune
+    from brushpen.gan.finetune import GanFinetuneRequest, finetune
 
     apply_threads(args.threads)
     req = GanFinetuneRequest(base=args.base, data=args.data, out=args.out, mode=args.mode, rank=args.rank,
@@ -68,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_merge(args: argparse.Namespace) -> int:
     from brushpen.gan.lora import merge_to_model
-    from brushpen.store import store_root
 
     out = Path(args.out) if "/" in args.out else store_root() / "gan" / args.out
     path = merge_to_model(args.adapter, out)

@@ -8,10 +8,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from brushpen.adapters import FinetuneEvent
+from brushpen.families import default_model
+
 
 def register(group: argparse._SubParsersAction) -> None:
     p = group.add_parser("text", help="brand voice: a LoRA adapter for the copywriter from brief -> copy examples")
-    p.add_argument("--base", default="smollm2-135m", help="the text model to adapt (default: the shipped base)")
+    p.add_argument("--base", default=default_model("text"), help="the text model to adapt (default: the shipped base)")
     p.add_argument("--data", type=Path, required=True,
                    help='JSONL, one {"brief","kind","copy"} (optional tone, audience) or {"text"} per line')
     p.add_argument("--out", required=True, help="the adapter's name; use it as --adapter NAME or BASE:NAME")
@@ -35,7 +38,6 @@ def register(group: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from brushpen.adapters import FinetuneEvent
     from brushpen.text.lora import TextFinetuneRequest, finetune
 
     req = TextFinetuneRequest(

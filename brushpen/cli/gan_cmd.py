@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from brushpen.config import apply_threads
+from brushpen.errors import BrushpenError
 
 
 def _channels(text: str) -> list[int]:
@@ -98,8 +99,6 @@ def run_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m brushpen.cli.gan_cmd gan train ...`: the gan commands alone, importing no other
     family, for a bare GPU machine that lacks the studio's stack (scripts/gpu/)."""
-    from brushpen.errors import BrushpenError
-
     parser = argparse.ArgumentParser(prog="brushpen")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -9,15 +9,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from brushpen.config import apply_threads
+from brushpen.errors import BadInput
+from brushpen.families import default_model
+from brushpen.generators.requests import from_values
+from brushpen.store import atomic_write_bytes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     img = sub.add_parser("image", help="generate images").add_subparsers(dest="image_cmd", required=True)
     g = img.add_parser("generate", help="generate PNGs (image i uses seed S+i)")
-    g.add_argument("--model", default="emoji64")
+    g.add_argument("--model", default=default_model("gan"))
     g.add_argument("--n", type=int, default=16)
     g.add_argument("--seed", type=int, default=None, help="first seed (random when omitted)")
-    g.add_argument("--truncation", type=float, default=1.0, help="truncation psi: 0 = mean image, 1 = none")
+    # Each option's dest is its ImageRequest field: the request is built from `vars(args)` by name.
+    g.add_argument("--truncation", dest="truncation_psi", type=float, default=1.0,
+                   help="truncation psi: 0 = mean image, 1 = none")
     g.add_argument("--label", default=None, help="class for conditional models, e.g. flag, food, 'Animals & Nature'")
     g.add_argument("--mix-seed", type=int, default=None, help="style-mixing second seed")
     g.add_argument("--mix-cutoff", type=int, default=None, help="layer index where the second w takes over")
@@ -39,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=run_generate)
     walk = img.add_parser("walk", help="an animated GIF/WebP walking from one seed's image to another's")
-    walk.add_argument("--model", default="emoji64")
+    walk.add_argument("--model", default=default_model("gan"))
     walk.add_argument("--seed-a", type=int, default=0)
     walk.add_argument("--seed-b", type=int, default=1)
     walk.add_argument("--frames", type=int, default=16)
@@ -60,11 +66,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from brushpen.generators.images import ImageRequest, generate_images, save_images
 
     apply_threads(args.threads)
-    req = ImageRequest(model=args.model, n=args.n, seed=args.seed, truncation_psi=args.truncation,
-                       label=args.label, mix_seed=args.mix_seed, mix_cutoff=args.mix_cutoff,
-                       noise_mode=args.noise_mode, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                       steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
-                       scheduler=args.scheduler, backend=args.backend)
+    req = from_values(ImageRequest, vars(args))
     with tqdm(total=0, unit="step", disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -84,7 +86,6 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import json
 
-    from brushpen.errors import BadInput
     from brushpen.generators.images import format_parameters, read_png_settings
 
     if not args.file.is_file():
@@ -102,7 +103,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_walk(args: argparse.Namespace) -> int:
     from brushpen.generators.images import WalkRequest, seed_walk
-    from brushpen.store import atomic_write_bytes
 
     apply_threads(args.threads)
     fmt = "webp" if args.out.suffix.lower() == ".webp" else "gif"

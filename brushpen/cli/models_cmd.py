@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from brushpen.store import list_models, resolve_model
+from brushpen.store import link_model, list_models, read_metrics, resolve_model
 
 
 def _size(n: int) -> str:
@@ -44,8 +44,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from brushpen.store import list_models, read_metrics
-
     # Listed entries first: a base built outside the store (SmolLM2) is listed by its card and
     # adapters folder, though it holds no weights to resolve.
     listed = {key: m.path for m in list_models() for key in (m.name, m.ref)}
@@ -60,7 +58,6 @@ def run_add(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from brushpen.generators.diffusion import load_pipeline
-    from brushpen.store import link_model
 
     target = Path(args.path).expanduser().resolve()
     name = args.name or target.name

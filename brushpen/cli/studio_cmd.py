@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from brushpen.config import apply_threads, get_settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("studio", help="serve the studio UI and the REST API (OpenAI-style) on one port")
@@ -41,7 +43,6 @@ def build_server_app(api_key: str | None, ui: bool = True):
 
     from brushpen.api import ApiSettings, create_app
     from brushpen.api.auth import LoginLimit, key_matches
-    from brushpen.config import get_settings
 
     settings = ApiSettings.from_env(api_key)
     app = create_app(settings)
@@ -98,8 +99,6 @@ def _studio_blocks(api_key: str | None):
 
 def run_studio(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from brushpen.config import apply_threads
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from brushpen.errors import BadInput
+from brushpen.store import atomic_write_bytes, list_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,6 @@ def _open(path: Path) -> Image.Image:
 def run_embed(args: argparse.Namespace) -> int:
     from brushpen.generators.images import read_png_settings
     from brushpen.safety.watermark import Payload, embed, model_tag, payload_for
-    from brushpen.store import atomic_write_bytes
 
     image = _open(args.file)
     settings = read_png_settings(args.file)
@@ -70,7 +70,6 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_read(args: argparse.Namespace) -> int:
     from brushpen.safety.watermark import extract, model_tag
-    from brushpen.store import list_models
 
     # Generated PNGs name a GAN by its folder and a diffusers model by its store reference.
     names = {model_tag(n): n for m in list_models() for n in (m.ref, m.name)}

@@ -33,9 +33,11 @@ import torch
 from brushpen.edge.common import (OPSET, VariantInfo, available_backends, check_backend, edge_dir, sha256_file,
                                   write_info, write_onnx, write_report)
 from brushpen.edge.detector_graph import OnnxDetector, ScoringGraph, compact, onnx_bytes, quantize_bytes, specs
+from brushpen.edge.detector_student import distill
 from brushpen.errors import BadParameter, BrokenModel
-from brushpen.safety.detector import Detector, load_detector
+from brushpen.safety.detector import Detector, load_detector, to_tensor
 from brushpen.safety.detector_data import BalancedSampler, Sample, gather, load_arrays
+from brushpen.safety.detector_eval import evaluate
 
 Progress = Callable[[str, float], None]
 CALIB_PATCHES = 512      # int8 calibration tiles from the train split
@@ -81,8 +83,6 @@ def test_arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def quality(model: Detector | OnnxDetector, samples: list[Sample]) -> dict[str, float]:
     """AUC and balanced accuracy at t_fake on the test split, pooled and per family (flat keys)."""
-    from brushpen.safety.detector_eval import evaluate
-
     out: dict[str, float] = {}
     for row in evaluate(model, samples, settings=("in-distribution",), progress=False):
         suffix = "" if row["family"] == "all" else f"_{row['family']}"
@@ -94,8 +94,6 @@ def quality(model: Detector | OnnxDetector, samples: list[Sample]) -> dict[str, 
 def parity(model: Detector, graph: OnnxDetector, patches: np.ndarray) -> dict[str, float]:
     """Max abs difference of the graph's outputs against the torch detector (BN not folded)."""
     got = graph.run(patches)
-    from brushpen.safety.detector import to_tensor
-
     logit, where = model(to_tensor(patches))
     prob = model.calibration.probability(logit.numpy())
     return {"max_abs_err_prob": float(np.abs(got["probability"] - prob).max()),
@@ -188,8 +186,6 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     report = export_pair(model, model_dir, edge, ("onnx", "onnx-int8"), ref, int8, samples, progress, 0.05)
     report.setdefault("torch", {}).update(model_figures(model))
     if student:
-        from brushpen.edge.detector_student import distill
-
         progress("distil student", 0.3)
         sdir = distill(model, samples, edge / "student", minutes=student_minutes, steps=student_steps,
                        progress=lambda f: progress("distil student", 0.3 + 0.55 * f))

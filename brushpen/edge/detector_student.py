@@ -18,7 +18,6 @@ folder (`save_detector`) with `distill.json` and `card.md`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path

@@ -1,22 +1,21 @@
 """`export_model`: the one service behind `brushpen export`, the API and the studio's Export tab.
 
-It finds the model, picks the exporter of its family (`edge.gan`, `edge.lm`, `edge.detector`) and
-returns the parity/quality report those write into the model's `edge/report.json`. Each family
+It finds the model, picks the exporter its family's record names (`brushpen.families`: `edge.gan`,
+`edge.lm`, `edge.detector`) and returns the parity/quality report those write into the model's `edge/report.json`. Each family
 module exposes `export(model_dir, int8, student, progress) -> dict` with the same meaning.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from brushpen.errors import BadParameter
-from brushpen.store import FAMILIES, resolve_model
+from brushpen.families import FAMILIES, exportable
+from brushpen.store import resolve_model
 
 Progress = Callable[[str, float], None]   # (stage description, fraction done 0..1)
-EXPORTERS = {"gan": "brushpen.edge.gan", "text": "brushpen.edge.lm", "safety": "brushpen.edge.detector"}
 
 
 @dataclass
@@ -41,12 +40,12 @@ def model_family(model: str) -> tuple[Path, str]:
             family = "safety"
         else:
             family = "gan"
-    if family not in EXPORTERS:
-        raise BadParameter(f"'{model}' is a {family} model: only gan, text and safety models export")
     return path, family
 
 
 def export_model(req: ExportRequest, progress: Progress | None = None) -> dict:
     path, family = model_family(req.model)
-    module = importlib.import_module(EXPORTERS[family])
+    if not FAMILIES[family].exports:
+        raise BadParameter(f"'{req.model}' is a {family} model: only {', '.join(exportable())} models export")
+    module = FAMILIES[family].export_module()
     return module.export(path, int8=req.int8, student=req.student, progress=progress)

@@ -34,9 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from brushpen.edge import gan_student
 from brushpen.edge.common import (OPSET, TensorSpec, VariantInfo, edge_dir, load_session, sha256_file,
                                   write_info, write_onnx, write_report)
 from brushpen.errors import BrokenModel
+from brushpen.gan.networks import StyleGANGenerator
 
 Progress = Callable[[str, float], None]
 PARITY_SEEDS = 16          # images compared against torch, seeds 0..15
@@ -49,9 +51,7 @@ CALIB_SEED = 2024          # apart from the parity seeds, so parity is measured 
 KEEP_FP32 = ("/demod/", "/torgb/conv/Conv")
 
 
-def load_generator(model_dir: Path):
-    from brushpen.gan.networks import StyleGANGenerator
-
+def load_generator(model_dir: Path) -> StyleGANGenerator:
     try:
         return StyleGANGenerator.from_pretrained(str(model_dir)).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -282,11 +282,10 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
                                "size_vs_fp32": (edge / "model.int8.onnx").stat().st_size
                                / (edge / "model.onnx").stat().st_size}
     if student:
-        from brushpen.edge import gan_student
-
         progress("distil student", 0.4)
-        sdir = gan_student.distill(model_dir, edge / "student", minutes=student_minutes, steps=student_steps,
-                                   progress=lambda f: progress("distil student", 0.4 + 0.5 * f))
+        gan_student.distill(load_generator(model_dir), model_dir, edge / "student", example_inputs,
+                            minutes=student_minutes, steps=student_steps,
+                            progress=lambda f: progress("distil student", 0.4 + 0.5 * f))
         report.update(export_student(model_dir, write=False))
     write_report(edge, report)
     progress("done", 1.0)
@@ -295,8 +294,6 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
 
 def export_student(model_dir: Path, write: bool = True) -> dict:
     """student.onnx from edge/student/, and the student's report row (written unless `write` is False)."""
-    from brushpen.edge import gan_student
-
     model_dir = Path(model_dir)
     edge = edge_dir(model_dir)
     G, S = load_generator(model_dir), load_generator(edge / "student")
@@ -304,7 +301,7 @@ def export_student(model_dir: Path, write: bool = True) -> dict:
                   sha256_file(weights_file(edge / "student")))
     trained = json.loads((edge / "student" / "metrics.json").read_text(encoding="utf-8"))
     row = {"student": {**{k: trained[k] for k in ("steps", "train_seconds", "l1_vs_teacher") if k in trained},
-                       **gan_student.student_figures(G, S), **parity(edge / "student.onnx", S),
+                       **gan_student.student_figures(G, S, example_inputs(G, [0])), **parity(edge / "student.onnx", S),
                        "size_bytes": (edge / "student.onnx").stat().st_size}}
     if write:
         write_report(edge, row)

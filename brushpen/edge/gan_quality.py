@@ -25,7 +25,11 @@ from safetensors.numpy import load_file, save_file
 
 from brushpen.config import apply_threads, get_settings
 from brushpen.edge.common import VARIANT_FILES, edge_dir, sha256_file, write_report
+from brushpen.edge.gan import OnnxGenerator
 from brushpen.errors import BadInput
+from brushpen.gan.data import load_image_folder
+from brushpen.gan.metrics import _dataset_key, frechet_distance, generated_images, inception_features, stats
+from brushpen.store import resolve_model
 
 BATCH = 50
 
@@ -39,9 +43,6 @@ def variant_images(model_dir: Path, variant: str, num: int, label_pool: torch.Te
                    seed: int = 0) -> torch.Tensor:
     """uint8 [num, 3, R, R] from one variant (`onnx`, `onnx-int8`, `student` or `torch`), from the
     z's and labels `brushpen gan eval` draws for `seed`, psi 1, noise off."""
-    from brushpen.edge.gan import OnnxGenerator
-    from brushpen.gan.metrics import generated_images
-
     run = None
     if variant in VARIANT_FILES:
         graph = OnnxGenerator(variant_file(model_dir, variant))
@@ -52,8 +53,6 @@ def variant_images(model_dir: Path, variant: str, num: int, label_pool: torch.Te
 
 
 def cached_features(model_dir: Path, variant: str, num: int, label_pool: torch.Tensor | None) -> np.ndarray:
-    from brushpen.gan.metrics import inception_features
-
     key = sha256_file(variant_file(model_dir, variant))[:16]
     folder = get_settings().home / "fid" / "edge"
     cache = folder / f"{Path(model_dir).name}-{variant}-{num}-{key}.safetensors"
@@ -75,16 +74,11 @@ def cached_features(model_dir: Path, variant: str, num: int, label_pool: torch.T
 
 def real_features(data: Path, resolution: int) -> np.ndarray | None:
     """The cached real-image features, or None while they are not built yet."""
-    from brushpen.gan import metrics
-
-    cache = get_settings().home / "fid" / f"{metrics._dataset_key(data, resolution)}.safetensors"
+    cache = get_settings().home / "fid" / f"{_dataset_key(data, resolution)}.safetensors"
     return load_file(str(cache))["features"] if cache.exists() else None
 
 
 def measure(model_dir: Path, variants: list[str], num: int, data: Path) -> dict:
-    from brushpen.gan.data import load_image_folder
-    from brushpen.gan.metrics import frechet_distance, stats
-
     resolution = json.loads((Path(model_dir) / "config.json").read_text())["resolution"]
     if not data.is_dir():
         raise BadInput(f"reference images not found at {data}")
@@ -110,8 +104,6 @@ def measure(model_dir: Path, variants: list[str], num: int, data: Path) -> dict:
 
 
 def main() -> None:
-    from brushpen.store import resolve_model
-
     p = argparse.ArgumentParser(description="FID of a GAN's edge variants from the same seeds")
     p.add_argument("model")
     p.add_argument("--num", type=int, default=2000)

@@ -14,21 +14,34 @@ second network (LPIPS's VGG weights cannot be downloaded here; the shipped detec
 trained to tell fakes apart, not to judge likeness), so it costs ~nothing next to the generators.
 Distillation is time-boxed (`minutes`) and publishes the student folder every few minutes, so a
 kill leaves the latest complete student behind.
+
+The exporter (`edge.gan`) distils through this module and passes in what it owns: the loaded
+teacher and `inputs`, the function that draws its ONNX graph's feeds (`edge.gan.example_inputs`),
+so the student is scored on the inputs its graph will take and this module does not import it.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, staging_dir
+from brushpen.config import apply_threads
+from brushpen.edge.common import edge_dir
+from brushpen.gan.networks import StyleGANGenerator
+from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, resolve_model, staging_dir
+
+Feeds = dict[str, np.ndarray]
+Inputs = Callable[[nn.Module, Sequence[int]], Feeds]   # (generator, seeds) -> its ONNX graph's feeds
 
 BATCH = 16
 LR = 2e-3
@@ -78,11 +91,9 @@ def ws_for(G, z: torch.Tensor, labels: torch.Tensor | None, psi: torch.Tensor) -
 
 
 @torch.no_grad()
-def eval_l1(G, S, seeds: range = EVAL_SEEDS) -> float:
-    """Mean abs pixel error of the student vs the teacher on held-out seeds, psi 1, noise off."""
-    from brushpen.edge.gan import example_inputs
-
-    feeds = example_inputs(G, seeds)
+def eval_l1(G, S, feeds: Feeds) -> float:
+    """Mean abs pixel error of the student vs the teacher on the feeds' z and labels (held-out
+    seeds, `EVAL_SEEDS`), psi 1, noise off."""
     labels = torch.from_numpy(feeds["labels"]) if "labels" in feeds else None
     z = torch.from_numpy(feeds["z"])
     return float((G(z, labels, noise_mode="none") - S(z, labels, noise_mode="none")).abs().mean())
@@ -98,17 +109,16 @@ def _publish(S, out: Path, card: str, metrics: dict) -> None:
     publish_dir(stage, out)
 
 
-def distill(teacher_dir: Path, out: Path, minutes: float = 15.0, steps: int | None = None, seed: int = 0,
-            progress: Callable[[float], None] | None = None, log: Callable[[str], None] = print,
-            resume: bool = False) -> Path:
-    """Train the student for `minutes` (or exactly `steps`) and publish it at `out`; returns `out`.
+def distill(teacher: nn.Module, teacher_dir: Path, out: Path, inputs: Inputs, minutes: float = 15.0,
+            steps: int | None = None, seed: int = 0, progress: Callable[[float], None] | None = None,
+            log: Callable[[str], None] = print, resume: bool = False) -> Path:
+    """Train a student of `teacher` (the generator in `teacher_dir`) for `minutes` (or exactly
+    `steps`) and publish it at `out`; returns `out`. `inputs` draws the graph's feeds for seeds.
 
     `resume` continues the student already at `out` for another time box (fresh z's, a new
     learning-rate decay); its figures count both sessions."""
-    from brushpen.edge.gan import load_generator
-    from brushpen.gan.networks import StyleGANGenerator
-
-    G = load_generator(teacher_dir).requires_grad_(False)
+    G = teacher.requires_grad_(False)
+    eval_feeds = inputs(G, EVAL_SEEDS)
     before = json.loads((Path(out) / "metrics.json").read_text()) if resume and (Path(out) / "metrics.json").exists() else {}
     if before:
         S = StyleGANGenerator.from_pretrained(str(out))
@@ -121,7 +131,7 @@ def distill(teacher_dir: Path, out: Path, minutes: float = 15.0, steps: int | No
     gen = torch.Generator().manual_seed(seed + int(before.get("steps", 0)))
     budget = minutes * 60
     start = last_save = time.perf_counter()
-    l1_start = before.get("l1_vs_teacher_start", eval_l1(G, S))
+    l1_start = before.get("l1_vs_teacher_start", eval_l1(G, S, eval_feeds))
     log(f"student {S.config.channels}: {n_params(S):,} params; L1 vs teacher at start {l1_start:.4f}")
     step, loss_avg = 0, None
     while (steps is not None and step < steps) or (steps is None and time.perf_counter() - start < budget):
@@ -149,8 +159,8 @@ def distill(teacher_dir: Path, out: Path, minutes: float = 15.0, steps: int | No
     seconds += float(before.get("train_seconds", 0))
     metrics = {"steps": step, "images_seen": step * BATCH, "train_seconds": round(seconds, 1),
                "sessions": int(before.get("sessions", 1)) + 1 if before else 1,
-               "l1_vs_teacher_start": round(l1_start, 5), "l1_vs_teacher": round(eval_l1(G, S), 5),
-               "threads": torch.get_num_threads(), **student_figures(G, S)}
+               "l1_vs_teacher_start": round(l1_start, 5), "l1_vs_teacher": round(eval_l1(G, S, eval_feeds), 5),
+               "threads": torch.get_num_threads(), **student_figures(G, S, inputs(G, [0]))}
     log(f"done: {json.dumps(metrics)}")
     _publish(S.eval(), out, card_text(G, S, metrics, teacher_dir), metrics)
     return Path(out)
@@ -160,11 +170,9 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def macs_per_image(G) -> int:
-    """Multiply-adds of one image (convs + linear layers), counted by torch's FlopCounterMode (2 FLOPs per MAC)."""
-    from brushpen.edge.gan import example_inputs
-
-    feeds = example_inputs(G, [0])
+def macs_per_image(G, feeds: Feeds) -> int:
+    """Multiply-adds of one image (the feeds of one seed; convs + linear layers), counted by torch's
+    FlopCounterMode (2 FLOPs per MAC)."""
     labels = torch.from_numpy(feeds["labels"]) if "labels" in feeds else None
     frozen = copy.deepcopy(G).requires_grad_(False)   # FlopCounterMode trips over no_grad + grad params
     with FlopCounterMode(display=False) as counter:
@@ -172,9 +180,10 @@ def macs_per_image(G) -> int:
     return counter.get_total_flops() // 2
 
 
-def student_figures(G, S) -> dict:
-    return {"params": n_params(S), "teacher_params": n_params(G), "macs_per_image": macs_per_image(S),
-            "teacher_macs_per_image": macs_per_image(G), "channels": list(S.config.channels)}
+def student_figures(G, S, feeds: Feeds) -> dict:
+    """Sizes and cost of student and teacher; `feeds` are one image's (both take the same inputs)."""
+    return {"params": n_params(S), "teacher_params": n_params(G), "macs_per_image": macs_per_image(S, feeds),
+            "teacher_macs_per_image": macs_per_image(G, feeds), "channels": list(S.config.channels)}
 
 
 def card_text(G, S, metrics: dict, teacher_dir: Path) -> str:
@@ -206,12 +215,9 @@ Licence: as the teacher (weights MIT, code Apache-2.0); trained only on the teac
 def main() -> None:
     """`python -m brushpen.edge.gan_student MODEL [--minutes M] [--resume]`: distil (or continue) the
     student in the model's edge/student/, then re-export student.onnx and its report row."""
-    import argparse
-
-    from brushpen.config import apply_threads
+    # The command also re-exports student.onnx, which is the exporter's work: edge.gan imports this
+    # module, so only this entry point imports it back.
     from brushpen.edge import gan
-    from brushpen.edge.common import edge_dir
-    from brushpen.store import resolve_model
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("model")
@@ -221,8 +227,8 @@ def main() -> None:
     args = p.parse_args()
     apply_threads(args.threads)
     model_dir = resolve_model(args.model, family="gan")
-    distill(model_dir, edge_dir(model_dir) / "student", minutes=args.minutes, resume=args.resume,
-            log=lambda m: print(m, flush=True))
+    distill(gan.load_generator(model_dir), model_dir, edge_dir(model_dir) / "student", gan.example_inputs,
+            minutes=args.minutes, resume=args.resume, log=lambda m: print(m, flush=True))
     print(json.dumps(gan.export_student(model_dir), indent=2))
 
 

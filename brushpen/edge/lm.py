@@ -22,7 +22,11 @@ import torch
 
 from brushpen.adapters import weights_sha256
 from brushpen.edge.common import TensorSpec, VariantInfo, edge_dir, write_info, write_onnx, write_report
+from brushpen.edge.lm_graph import LlamaGraph
+from brushpen.edge.lm_onnx import build_model
+from brushpen.edge.lm_runtime import OrtCausalLM, greedy_tokens
 from brushpen.errors import BadParameter
+from brushpen.text.base import load_text_model
 
 Progress = Callable[[str, float], None]
 COMMIT_LIMIT = 25 * 2**20          # a graph this small is committed beside the model; bigger ones are derived
@@ -53,8 +57,6 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     progress = progress or (lambda stage, frac: None)
     model_dir = Path(model_dir)
     progress("loading the model", 0.0)
-    from brushpen.text.base import load_text_model
-
     tm = load_text_model(model_dir)
     source = weights_sha256(sorted(model_dir.glob("*.safetensors")))
     approx_bytes = 4 * sum(p.numel() for p in tm.model.parameters())
@@ -90,11 +92,10 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
 def export_proto(hf_model) -> tuple[object, object]:
     """The fp32 ONNX model (in memory) of a Hugging Face Llama and its shape, written node by node on
     opset 23 (`edge.lm_onnx`)."""
-    from brushpen.edge.lm_graph import LlamaGraph
-    from brushpen.edge.lm_onnx import build_model
-
     graph = LlamaGraph.from_hf(hf_model)
-    return build_model(graph), graph.s
+    s = graph.s
+    inputs, outputs = graph_specs(s.num_layers, s.num_kv_heads, s.head_dim, s.vocab_size)
+    return build_model(graph, inputs, outputs, OPSET_LM), s
 
 
 def quantize(proto) -> object:
@@ -130,8 +131,6 @@ def quantize(proto) -> object:
 
 def parity_report(tm, edge: Path, variants: list[str], progress: Progress) -> dict:
     """Greedy tokens of each ONNX variant against PyTorch greedy on PARITY_PROMPTS, as one batch."""
-    from brushpen.edge.lm_runtime import OrtCausalLM, greedy_tokens
-
     prompts = [p for p in PARITY_PROMPTS]
     start = time.perf_counter()
     ref = greedy_tokens(tm.model, tm.tokenizer, prompts, PARITY_NEW_TOKENS)

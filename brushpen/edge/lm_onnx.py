@@ -1,7 +1,8 @@
 """The copywriter LM written out as an ONNX graph node by node, on opset 23's LLM operators.
 
-`build_model(graph)` turns a `LlamaGraph` (the Hugging Face weights, possibly smoothed for int8) into
-the same function as its traced export, with the same inputs and outputs (`edge.lm.graph_specs`):
+`build_model(graph, inputs, outputs, opset)` turns a `LlamaGraph` (the Hugging Face weights, possibly
+smoothed for int8) into the same function as its traced export, with the inputs and outputs the
+exporter declares (`edge.lm.graph_specs`, passed in, so this module does not import its caller):
 
     (input_ids, attention_mask, position_ids, num_logits, past_key_0, past_value_0, ...)
         -> (logits, present_key_0, present_value_0, ...)
@@ -25,7 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from brushpen.edge.lm import OPSET_LM, graph_specs
+from brushpen.edge.common import TensorSpec
 from brushpen.edge.lm_graph import LlamaGraph
 
 _DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
@@ -72,8 +73,9 @@ def _attention_bias(b: _Builder) -> str:
     return b.op("Unsqueeze", [bias, "axis1"], "attn_bias")
 
 
-def build_model(graph: LlamaGraph) -> onnx.ModelProto:
-    """The ONNX model of `graph` (fp32 weights inside; quantize it afterwards for int8)."""
+def build_model(graph: LlamaGraph, inputs: list[TensorSpec], outputs: list[TensorSpec], opset: int) -> onnx.ModelProto:
+    """The ONNX model of `graph` (fp32 weights inside; quantize it afterwards for int8), declaring
+    `inputs` and `outputs` (by name, dtype and shape) on the given opset (23 or later)."""
     s = graph.s
     b = _Builder()
     q_dim, kv_dim = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
@@ -125,10 +127,9 @@ def build_model(graph: LlamaGraph) -> onnx.ModelProto:
     # weight and a Gather table in different layouts.
     b.op("MatMul", [h, b.weight("lm_head.weight_t", head.T)], "lm_head/MatMul", outputs=["logits"])
 
-    specs_in, specs_out = graph_specs(s.num_layers, s.num_kv_heads, s.head_dim, s.vocab_size)
     value_info = lambda t: helper.make_tensor_value_info(t.name, _DTYPES[t.dtype], t.shape)  # noqa: E731
-    g = helper.make_graph(b.nodes, "brushpen_llama", [value_info(t) for t in specs_in],
-                          [value_info(t) for t in specs_out], initializer=b.inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET_LM)], producer_name="brushpen")
+    g = helper.make_graph(b.nodes, "brushpen_llama", [value_info(t) for t in inputs],
+                          [value_info(t) for t in outputs], initializer=b.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="brushpen")
     model.ir_version = 10
     return model

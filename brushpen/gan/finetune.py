@@ -23,21 +23,24 @@ from typing import Callable
 
 import torch
 
-from brushpen.adapters import FinetuneEvent, FinetuneResult, adapter_dir, check_name, split_ref, unpack_zip
+from brushpen.adapters import FinetuneEvent, FinetuneResult, adapter_dir, check_name, split_ref
+from brushpen.checkpoint import start_or_resume
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
+from brushpen.families import default_model
 from brushpen.gan.data import ImageDataset, load_image_folder
 from brushpen.gan.lora import save_adapter, trainable_parameters
 from brushpen.gan.snapshot import sample_grid, write_store_model
 from brushpen.gan.trainer import EMA_KIMG_PER_32, TrainConfig, Trainer
 from brushpen.store import resolve_model, store_root
+from brushpen.ziputil import unpack_zip
 
 MODES = ("lora", "full", "scratch")
 
 
 @dataclass
 class GanFinetuneRequest:
-    base: str = "emoji64"
+    base: str = default_model("gan")
     data: Path | str = ""           # an image folder or a .zip of images
     out: str = ""                   # the adapter name (lora), or a model name or folder (full, scratch)
     mode: str = "lora"
@@ -154,6 +157,7 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
             else store_root() / "gan" / str(req.out)
         if out.resolve() == base_dir.resolve():
             raise BadParameter("the output would overwrite the base model: pick another --out")
+    resume = start_or_resume(work / "checkpoint", req.resume) is not None
     cfg = TrainConfig(data=data_dir, out=work if req.mode == "lora" else out,
                       resolution=base_cfg["resolution"], kimg=req.kimg, batch=req.batch,
                       channels=base_cfg.get("channels"), z_dim=base_cfg["z_dim"], w_dim=base_cfg["w_dim"],
@@ -162,7 +166,7 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
                       augment=req.augment, augment_p=req.augment_p, ada_kimg=req.ada_kimg,
                       ema_kimg=req.ema_kimg if req.ema_kimg is not None else EMA_KIMG_PER_32,
                       ema_rampup=req.ema_rampup, r1_gamma=req.r1_gamma, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
-                      tick_kimg=min(1.0, req.kimg), resume=req.resume, threads=req.threads,
+                      tick_kimg=min(1.0, req.kimg), resume=resume, threads=req.threads,
                       checkpoint_dir=work / "checkpoint",
                       base=None if req.mode == "scratch" else base_dir,
                       lora_rank=req.rank if req.mode == "lora" else 0, lora_alpha=req.alpha,

@@ -14,7 +14,7 @@ A is initialised N(0, 1), like the raw weights it updates, so Adam moves W' at t
 
 An adapter folder (`weights/gan/<base>/adapters/NAME/`) holds `adapter.safetensors` (the A and B
 of each target, and the adapted `mapping.w_avg` used by truncation), `adapter.json`, `card.md`,
-`metrics.json` and `samples.png`. `finetune` (in `gan/finetune.py`, re-exported here) trains one.
+`metrics.json` and `samples.png`. `brushpen.gan.finetune.finetune` trains one.
 """
 
 from __future__ import annotations
@@ -237,12 +237,3 @@ def adapter_stamp(base_dir: Path, adapter_folder: Path) -> tuple:
         [Path(adapter_folder) / n for n in (ADAPTER_FILE, "adapter.json")]
     return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
 
-
-def __getattr__(name: str):
-    # `finetune` and its request live in gan/finetune.py (which imports this module); the job runner
-    # and the CLI find them here, as every family's `<family>.lora.finetune`.
-    if name in ("GanFinetuneRequest", "finetune"):
-        from brushpen.gan import finetune as ft
-
-        return getattr(ft, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

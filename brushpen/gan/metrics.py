@@ -22,6 +22,8 @@ from tqdm import tqdm
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.gan.data import load_image_folder
+from brushpen.gan.networks import StyleGANGenerator
+from brushpen.gan.pipeline import to_uint8
 from brushpen.store import resolve_model, update_metrics
 
 
@@ -120,9 +122,6 @@ def generated_images(model_dir: Path, num: int, truncation_psi: float, seed: int
 
     `run(z, labels) -> images`, when given, draws instead of the model (e.g. its ONNX graph), from
     the same z's and labels."""
-    from brushpen.gan.pipeline import to_uint8
-    from brushpen.gan.networks import StyleGANGenerator
-
     G = StyleGANGenerator.from_pretrained(model_dir).eval()
     gen = torch.Generator().manual_seed(seed)
     out = []

@@ -10,16 +10,13 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from brushpen.gan.networks import StyleGANGenerator
 from brushpen.gan.pipeline import StyleGANPipeline, image_grid
+from brushpen.gan.train_config import TrainConfig
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, staging_dir
-
-if TYPE_CHECKING:  # a type only: the trainer imports this module
-    from brushpen.gan.trainer import TrainConfig
 
 SAMPLE_SEEDS = list(range(64))  # the fixed seeds of every samples.png grid
 

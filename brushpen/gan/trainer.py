@@ -37,12 +37,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
+from brushpen.checkpoint import find_checkpoint, load_checkpoint, missing_parts, save_checkpoint
 from brushpen.config import get_settings
 from brushpen.errors import BadParameter
 from brushpen.gan.augment import AdaptiveAugment, augment
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, missing_parts, save_checkpoint
 from brushpen.gan.data import ImageDataset, load_image_folder
+from brushpen.gan.lora import apply_lora, trainable_parameters
 from brushpen.gan.networks import StyleGANDiscriminator, StyleGANGenerator
 from brushpen.gan.snapshot import write_store_model
 from brushpen.gan.stats import StatsLog
@@ -135,10 +137,6 @@ class Trainer:
     def _start_from_base(self) -> None:
         """G from the base's store weights (what an adapter is applied to at serving time), D from
         the base's training checkpoint when it kept one; then the LoRAs and Freeze-D."""
-        from safetensors.torch import load_file
-
-        from brushpen.gan.lora import apply_lora, trainable_parameters
-
         base = Path(self.cfg.base)
         self.G.load_state_dict(StyleGANGenerator.from_pretrained(base).state_dict())
         d_file = base / "checkpoint" / "D.safetensors"

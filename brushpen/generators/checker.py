@@ -40,7 +40,6 @@ import json
 import re
 import threading
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -48,14 +47,19 @@ from typing import Iterable, Iterator
 
 from PIL import Image
 
+from brushpen.adapters import resolve_adapter
+from brushpen.edge.common import check_backend
+from brushpen.edge.detector import load_backend
 from brushpen.errors import BadInput, BadParameter
+from brushpen.families import default_model
 from brushpen.generators.images import read_png_settings
 from brushpen.safety import watermark
 from brushpen.safety.detector import Detector, load_detector, overlay, score_image
 from brushpen.safety.scope import check_scope
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, list_models, resolve_model
+from brushpen.ziputil import ZipLimits, iter_zip
 
-DEFAULT_MODEL = "detector"
+DEFAULT_MODEL = default_model("safety")
 SCHEMA = "brushpen.detections/1"
 CSV_COLUMNS = ("path", "score", "verdict", "heatmap", "watermark_found", "watermark_model", "watermark_image_id",
                "png_settings", "error", "width", "height", "tiles", "scope")
@@ -69,9 +73,14 @@ class ScanLimits:
     max_pixels: int = 40_000_000       # 40 MP: larger than any camera photo we expect, far below a bomb
     max_request_pixels: int = 80_000_000   # all images of one API request together (check_images)
     min_side: int = 16
-    zip_max_entries: int = 10_000
-    zip_max_total: int = 1 << 30       # uncompressed bytes read from one zip, in all
-    zip_max_ratio: float = 200.0       # PNG/JPEG barely compress; a 1000:1 entry is a bomb
+    # a zip's caps (brushpen.ziputil); an entry is also held to max_file_bytes
+    zip_max_entries: int = ZipLimits.max_entries
+    zip_max_total: int = ZipLimits.max_total       # uncompressed bytes read from one zip, in all
+    zip_max_ratio: float = ZipLimits.max_ratio     # PNG/JPEG barely compress; a 1000:1 entry is a bomb
+
+    def zip_limits(self) -> ZipLimits:
+        return ZipLimits(max_entries=self.zip_max_entries, max_total=self.zip_max_total,
+                         max_ratio=self.zip_max_ratio, max_entry=self.max_file_bytes)
 
 
 @dataclass
@@ -117,6 +126,7 @@ def _load(path: str, mtime: float) -> Detector:
 
 @lru_cache(maxsize=4)
 def _load_adapted(base: str, adapter: str, stamp: tuple[float, float]) -> Detector:
+    # Lazy: peft (and transformers) take seconds to import, and only an adapter needs them.
     from brushpen.safety.lora import load_adapted
 
     return load_adapted(Path(base), Path(adapter))
@@ -126,8 +136,6 @@ def load_model(name: str | Path = DEFAULT_MODEL) -> Detector:
     """The detector by store name (`detector`, `safety/detector`), folder, or `base:adapter` (a LoRA
     adapter, served merged with its own calibration); cached until its files change."""
     if isinstance(name, str) and ":" in name:
-        from brushpen.adapters import resolve_adapter
-
         base, adapter = resolve_adapter(name, family="safety")
         if adapter is not None:
             stamp = ((base / "model.safetensors").stat().st_mtime, (adapter / "adapter.json").stat().st_mtime)
@@ -141,16 +149,12 @@ def load_scorer(name: str | Path = DEFAULT_MODEL, backend: str = "torch") -> Det
     """The network a request runs: the model under torch, or one of its edge variants (`brushpen
     export`: `onnx`, `onnx-int8`, `student`; an ONNX graph comes as an `OnnxDetector`, which
     `score_image` runs through the same tiling, mean and heatmap code as a Detector)."""
-    from brushpen.edge.common import check_backend
-
     check_backend(backend)
     net = load_model(name)
     if backend == "torch":
         return net
     if isinstance(name, str) and ":" in name:
         raise BadParameter(f"backend '{backend}' serves exported models only: use backend 'torch' with an adapter")
-    from brushpen.edge.detector import load_backend
-
     return load_backend(resolve_model(name, family="safety"), backend, net)
 
 
@@ -275,55 +279,6 @@ def _header_pixels(data: bytes) -> int:
 
 # ---- files, folders and zips ----------------------------------------------------------------------
 
-def _unsafe_name(name: str) -> str | None:
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path in zip refused"
-    if ".." in parts:
-        return "zip entry with '..' in its path refused"
-    return None
-
-
-def iter_zip(path: Path, limits: ScanLimits) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """(name, bytes or None, error or None) per entry; the caps are counted on the bytes read."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        yield str(path), None, f"not a readable zip file: {e}"
-        return
-    total = 0
-    with zf:
-        entries = [i for i in zf.infolist() if not i.is_dir()]
-        for n, info in enumerate(entries):
-            name = f"{path}!{info.filename}"
-            if n >= limits.zip_max_entries:
-                yield f"{path}!...", None, (f"{len(entries) - n} more entries skipped: a zip may hold at most "
-                                            f"{limits.zip_max_entries:,}")
-                return
-            if (why := _unsafe_name(info.filename)) is not None:
-                yield name, None, why
-                continue
-            if info.file_size / max(info.compress_size, 1) > limits.zip_max_ratio:
-                yield name, None, (f"compression ratio {info.file_size / max(info.compress_size, 1):,.0f}:1 "
-                                   f"over {limits.zip_max_ratio:,.0f}:1 (a zip bomb?)")
-                continue
-            budget = min(limits.max_file_bytes, limits.zip_max_total - total)
-            if budget <= 0:
-                yield name, None, f"the zip's total uncompressed size passed {limits.zip_max_total:,} bytes"
-                continue
-            try:
-                with zf.open(info) as f:
-                    data = f.read(budget + 1)
-            except (zipfile.BadZipFile, RuntimeError, OSError, NotImplementedError, EOFError) as e:
-                yield name, None, f"unreadable zip entry: {e}"
-                continue
-            total += len(data)
-            if len(data) > budget:
-                yield name, None, (f"entry is larger than {budget:,} bytes (file or total-zip limit)")
-                continue
-            yield name, data, None
-
-
 def iter_sources(paths: Iterable[str | Path], limits: ScanLimits = ScanLimits()
                  ) -> Iterator[tuple[str, bytes | None, str | None]]:
     for p in map(Path, paths):
@@ -336,7 +291,7 @@ def iter_sources(paths: Iterable[str | Path], limits: ScanLimits = ScanLimits()
             continue
         for f in files:
             if f.suffix.lower() == ".zip":
-                yield from iter_zip(f, limits)
+                yield from iter_zip(f, limits.zip_limits())
                 continue
             try:
                 size = f.stat().st_size

@@ -1,7 +1,8 @@
 """Marketing copy as a service: a brief in, `n` cleaned, distinct variants with their settings out.
 
 `generate_copy` backs `brushpen copy` (and, later, the API and the studio); `stream_copy` is the same
-work as events for live display; `generate_copy_batch` runs many briefs in one left-padded batch.
+work as events for live display; `generate_copy_batch` runs many briefs in one left-padded batch;
+`count_tokens`, `prompt_tokens` and `hit_token_cap` measure a request and its variants in tokens.
 Variant i of a request is drawn with seed `seed + i`. A variant that comes out empty, repeats
 another or hits the blocklist is redrawn with a fresh seed (`seed + n·attempt + i`), at most
 `MAX_ATTEMPTS` times, then dropped with a note. Temperature 0 is greedy decoding: it gives one
@@ -18,7 +19,9 @@ from typing import Iterator
 
 from brushpen.adapters import check_name, split_ref
 from brushpen.edge.common import check_backend
+from brushpen.edge.lm_runtime import load_ort_text_model
 from brushpen.errors import BadParameter
+from brushpen.store import list_models
 from brushpen.text import prompts
 from brushpen.text.base import BASE_NAME, TextModel, load_text_model
 from brushpen.text.filter import Blocklist, check_brief, load_blocklist
@@ -142,8 +145,6 @@ def _load(req: CopyRequest) -> TextModel:
         return load_text_model(_model_ref(req))
     if req.adapter or ":" in str(req.model or ""):
         raise BadParameter("LoRA adapters run on the torch backend (the ONNX graphs are of the base model)")
-    from brushpen.edge.lm_runtime import load_ort_text_model
-
     return load_ort_text_model(req.model, req.backend)
 
 
@@ -160,8 +161,6 @@ def _model_ref(req: CopyRequest) -> str | None:
 def copy_models() -> list[str]:
     """Model names a copy request can take, for pickers: the base, text models in the store, and
     every LoRA adapter as BASE:NAME."""
-    from brushpen.store import list_models
-
     names = [BASE_NAME]
     for m in list_models():
         if m.family == "text":
@@ -170,10 +169,35 @@ def copy_models() -> list[str]:
     return names
 
 
+def check_request(req: CopyRequest) -> None:
+    """Refuse a bad request before any model loads: its own fields, and a brief on the blocklist."""
+    req.validate()
+    check_brief(req.brief, load_blocklist())
+
+
 def check_backend_available(req: CopyRequest) -> None:
     """Refuse now, not mid-stream, an ONNX backend the model was never exported to (loads the graph)."""
     if req.backend != "torch":
         _load(req)
+
+
+# ---- token counts (the API's `usage` and `finish_reason`) ------------------------------------
+
+def count_tokens(model: str | None, text: str) -> int:
+    """Tokens of `text` under a copy model's tokenizer (the torch model's, whatever the backend)."""
+    return len(load_text_model(model).tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_tokens(req: CopyRequest) -> int:
+    """Tokens of the prompt a request's brief becomes."""
+    tok = load_text_model(req.model).tokenizer
+    return count_tokens(req.model, prompts.build_prompt(tok, req.brief, req.kind, req.tone, req.audience))
+
+
+def hit_token_cap(req: CopyRequest, text: str) -> bool:
+    """Whether a variant was most likely cut by `max_new_tokens`. The variants are cleaned text,
+    so this is an estimate: one within a token of the cap counts as cut."""
+    return count_tokens(req.model, text) >= req.max_new_tokens - 1
 
 
 def _sampling(req: CopyRequest) -> Sampling:

@@ -14,9 +14,7 @@ copywriter, a zip of images for the GAN, a zip with `fake/` and `real/` folders 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import re
 import secrets
 import threading
 import time
@@ -24,20 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brushpen import families
 from brushpen.adapters import FinetuneEvent, check_name, list_adapters
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
 from brushpen.generators.jobs import JobStore, current_batch_id
 from brushpen.store import scrub_paths
+from brushpen.text.lora_data import parse_line
+from brushpen.ziputil import check_upload
 
 ENDPOINT = "/v1/fine_tuning/jobs"
 FILE_PURPOSE = "fine-tune"
-# family -> (module with `finetune(req, progress)`, its request class, the data file kind it takes)
-TRAINERS = {
-    "gan": ("brushpen.gan.finetune", "GanFinetuneRequest", ".zip"),
-    "text": ("brushpen.text.lora", "TextFinetuneRequest", ".jsonl"),
-    "safety": ("brushpen.safety.lora_train", "DetectorFinetuneRequest", ".zip"),
-}
 # Request fields the job sets itself, and ones a remote client must not set: paths on the server
 # (heldout, families' manifest), the thread count, and the GAN's full/scratch modes, which write
 # whole models rather than an adapter.
@@ -46,12 +41,6 @@ RESERVED = ("base", "data", "fake", "real", "out", "resume", "progress", "mode",
 STATUS = {"validating": "validating_files", "in_progress": "running", "finalizing": "running",
           "cancelling": "running", "completed": "succeeded", "failed": "failed", "cancelled": "cancelled",
           "expired": "failed"}
-
-_EVENTS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ft_events (
-    job_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, level TEXT NOT NULL,
-    message TEXT NOT NULL, data TEXT, PRIMARY KEY (job_id, seq));
-"""
 
 
 class Cancelled(BrushpenError):
@@ -74,29 +63,24 @@ def family_of(model: str) -> str:
 
 
 def request_class(family: str) -> type:
-    module, cls, _ = TRAINERS[family]
-    return getattr(importlib.import_module(module), cls)
+    return families.family(family).request_class()
 
 
 def allowed_hyperparameters(family: str) -> list[str]:
     return [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED]
 
 
-def _ensure_events(store: JobStore) -> None:
-    with store._connect() as db:
-        db.executescript(_EVENTS_SCHEMA)
-
-
 def create_job(store: JobStore, req: FinetuneJobRequest) -> dict:
     """Validate a request fully (base, file, name, hyperparameters) and queue it for the worker."""
     family = family_of(req.model)
-    if family not in TRAINERS:
-        raise BadParameter(f"'{req.model}' is a {family} model: fine-tuning takes a gan, text or safety model")
+    if not families.family(family).finetunes:
+        raise BadParameter(f"'{req.model}' is a {family} model: fine-tuning takes a "
+                           f"{', '.join(families.finetunable())} model")
     check_name(req.suffix)
     record = store.get_file(req.training_file)
     if record.purpose != FILE_PURPOSE:
         raise BadParameter(f"file '{req.training_file}' was not uploaded with purpose '{FILE_PURPOSE}'")
-    kind = TRAINERS[family][2]
+    kind = families.family(family).data_kind
     if not record.filename.lower().endswith(kind):
         raise BadInput(f"a {family} fine-tune takes a {kind} file; '{record.filename}' is not one")
     allowed = allowed_hyperparameters(family)
@@ -106,26 +90,21 @@ def create_job(store: JobStore, req: FinetuneJobRequest) -> dict:
                            f"allowed: {', '.join(allowed)}")
     body = {"model": req.model, "family": family, "training_file": req.training_file, "suffix": req.suffix,
             "hyperparameters": req.hyperparameters}
-    _ensure_events(store)
+    try:   # the trainer's own checks, now, so a bad value is a 400 rather than a failed job later
+        _build_request(family, body, Path("train" + kind), resume=False).validate()
+    except TypeError as e:   # a value of the wrong type for its field
+        raise BadParameter(f"bad hyperparameters for a {family} fine-tune: {e}") from None
     job_id = "ftjob-" + secrets.token_hex(12)
-    now = int(time.time())
-    with store._write() as db:
-        db.execute("INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, metadata, "
-                   "created_at, expires_at, total) VALUES (?,?,?,?,?,?,?,?,?)",
-                   (job_id, req.training_file, ENDPOINT, "none", "validating", None, now, None, 1))
-        db.execute("INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?,?,?,?)",
-                   (job_id, 0, job_id, json.dumps(body)))
+    store.create_single(job_id, req.training_file, ENDPOINT, body)
     return get_job(store, job_id)
 
 
 def get_job(store: JobStore, job_id: str) -> dict:
     """The job in OpenAI's `fine_tuning.job` shape, plus brushpen's `progress`."""
-    with store._connect() as db:
-        row = db.execute("SELECT * FROM batches WHERE id=? AND endpoint=?", (job_id, ENDPOINT)).fetchone()
-        line = db.execute("SELECT body, status_code, response FROM lines WHERE batch_id=? AND idx=0",
-                          (job_id,)).fetchone() if row else None
-    if row is None:
+    rows = store.single(job_id, ENDPOINT)
+    if rows is None:
         raise ModelNotFound(f"no fine-tuning job with id '{job_id}'")
+    row, line = rows
     body = json.loads(line["body"])
     response = json.loads(line["response"]) if line["response"] else {}
     last = events(store, job_id, limit=1)
@@ -143,10 +122,7 @@ def get_job(store: JobStore, job_id: str) -> dict:
 
 
 def list_jobs(store: JobStore, limit: int = 20) -> list[dict]:
-    with store._connect() as db:
-        ids = [r["id"] for r in db.execute("SELECT id FROM batches WHERE endpoint=? ORDER BY created_at DESC, "
-                                           "id DESC LIMIT ?", (ENDPOINT, limit))]
-    return [get_job(store, i) for i in ids]
+    return [get_job(store, i) for i in store.job_ids(ENDPOINT, limit)]
 
 
 def cancel_job(store: JobStore, job_id: str) -> dict:
@@ -156,22 +132,14 @@ def cancel_job(store: JobStore, job_id: str) -> dict:
 
 
 def add_event(store: JobStore, job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
-    with store._write() as db:
-        seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM ft_events WHERE job_id=?", (job_id,)).fetchone()[0]
-        db.execute("INSERT INTO ft_events (job_id, seq, created_at, level, message, data) VALUES (?,?,?,?,?,?)",
-                   (job_id, seq, int(time.time()), level, message, json.dumps(data) if data else None))
+    store.add_event(job_id, level, message, data)
 
 
 def events(store: JobStore, job_id: str, limit: int = 1000, after: int | None = None) -> list[dict]:
     """The job's events, newest first (as OpenAI lists them); `after` = only those with a larger seq."""
-    _ensure_events(store)
-    with store._connect() as db:
-        rows = db.execute("SELECT * FROM ft_events WHERE job_id=? AND seq > ? ORDER BY seq DESC LIMIT ?",
-                          (job_id, -1 if after is None else after, limit)).fetchall()
     return [{"object": "fine_tuning.job.event", "id": f"ftevent-{r['job_id'][6:]}-{r['seq']}", "seq": r["seq"],
-             "created_at": r["created_at"], "level": r["level"], "message": r["message"],
-             "data": json.loads(r["data"]) if r["data"] else None,
-             "type": "metrics" if r["data"] else "message"} for r in rows]
+             "created_at": r["created_at"], "level": r["level"], "message": r["message"], "data": r["data"],
+             "type": "metrics" if r["data"] else "message"} for r in store.events(job_id, limit, after)]
 
 
 def work_dir(job_id: str) -> Path:
@@ -207,21 +175,28 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
     job_id = current_batch_id()
     if job_id is None:
         raise BadParameter("a fine-tuning job runs only inside the job worker")
-    _ensure_events(store)
     family = body["family"]
     attempts = store.attempts(job_id).get(0, 1)
     resume = attempts > 1
     add_event(store, job_id, ("resuming" if resume else "starting") +
               f" a {family} fine-tune of {body['model']} into adapter '{body['suffix']}'")
-    data = _data_file(store, job_id, body["training_file"], TRAINERS[family][2])
+    data = _data_file(store, job_id, body["training_file"], families.family(family).data_kind)
     req = _build_request(family, body, data, resume)
-    trainer = importlib.import_module(TRAINERS[family][0])
+    finetune = families.family(family).finetune()
     last_write = [0.0]
     lock = threading.Lock()
+    # A job that gets further than any earlier attempt is not the kind that stops the server: its
+    # attempts start over, so restarts during a long run do not fail it (one that dies at the same
+    # point every time still is, after MAX_ATTEMPTS).
+    reached = max((e["data"].get("step", 0) for e in events(store, job_id) if e["data"]), default=0)
+    further = [False]
 
     def progress(ev: FinetuneEvent) -> None:
         if store.status(job_id) == "cancelling":
             raise Cancelled("cancelled")
+        if not further[0] and ev.step > reached:
+            further[0] = True
+            store.count_as_first_attempt(job_id, 0)
         now = time.monotonic()
         with lock:   # at most ~2 events a second reach the database; the last step always does
             if now - last_write[0] < 0.5 and ev.step < ev.total:
@@ -231,7 +206,7 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
                   {"step": ev.step, "total_steps": ev.total, "train_loss": ev.loss, **ev.metrics})
 
     try:
-        result = trainer.finetune(req, progress)
+        result = finetune(req, progress)
     except Cancelled:
         add_event(store, job_id, "cancelled", level="warn")
         return 499, {"error": {"message": "cancelled", "type": "cancelled", "code": None}}
@@ -266,45 +241,17 @@ def adapters_of(model: str) -> list[str]:
 
 def check_training_file(filename: str, data: bytes) -> None:
     """Refuse an unusable fine-tuning upload at once: a .jsonl of JSON objects, or a safe .zip."""
-    import io
-    import zipfile
-
-    from brushpen.generators.checker import ScanLimits, _unsafe_name
-
     name = filename.lower()
     if name.endswith(".jsonl"):
-        from brushpen.text.lora_data import parse_line   # the copywriter trainer's own row checks
-
         try:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise BadInput(f"'{filename}' is not UTF-8 text: {e}") from None
+        # the copywriter trainer's own row checks
         rows = [parse_line(raw, f"line {n} of '{filename}'") for n, raw in enumerate(lines, 1) if raw.strip()]
         if not rows:
             raise BadInput(f"'{filename}' holds no examples")
     elif name.endswith(".zip"):
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                infos = zf.infolist()
-        except zipfile.BadZipFile as e:
-            raise BadInput(f"'{filename}' is not a readable zip file: {e}") from None
-        for info in infos:
-            if (why := _unsafe_name(info.filename)) is not None:
-                raise BadInput(f"'{filename}': {info.filename}: {why}")
-        files = [i for i in infos if not i.is_dir()]
-        if not files:
-            raise BadInput(f"'{filename}' is empty")
-        # The sizes a zip declares are checked again while it is read (checker.iter_zip); here they
-        # refuse an obvious bomb at upload, with a message, rather than skipping it entry by entry later.
-        limits = ScanLimits()
-        if len(files) > limits.zip_max_entries:
-            raise BadInput(f"'{filename}' holds {len(files):,} files; at most {limits.zip_max_entries:,}")
-        if (declared := sum(i.file_size for i in files)) > limits.zip_max_total:
-            raise BadInput(f"'{filename}' would unpack to {declared:,} bytes; at most {limits.zip_max_total:,}")
-        for info in files:
-            if info.file_size / max(info.compress_size, 1) > limits.zip_max_ratio:
-                raise BadInput(f"'{filename}': {info.filename} is compressed "
-                               f"{info.file_size / max(info.compress_size, 1):,.0f}:1, over "
-                               f"{limits.zip_max_ratio:,.0f}:1 (a zip bomb?)")
+        check_upload(filename, data)
     else:
         raise BadInput(f"'{filename}': fine-tuning data is a .jsonl (copy examples) or a .zip (images)")

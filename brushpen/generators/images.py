@@ -31,19 +31,20 @@ import brushpen
 from brushpen.adapters import list_adapters, resolve_adapter, split_ref
 from brushpen.errors import BadInput, BadParameter
 from brushpen.edge.common import BACKENDS, VARIANT_FILES, available_backends, check_backend, find_edge_dir
+from brushpen.families import default_model, image_families
 from brushpen.generators import diffusion
 from brushpen.safety import watermark
 from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, read_metrics, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
-IMAGE_FAMILIES = ("gan", "diffusers")
+DEFAULT_MODEL = default_model("gan")
 MAX_WALK_FRAMES = 120
 Progress = Callable[[int, int], None]   # (done, total)
 
 
 @dataclass
 class ImageRequest:
-    model: str = "emoji64"
+    model: str = DEFAULT_MODEL
     n: int = 1
     seed: int | None = None
     truncation_psi: float = 1.0
@@ -255,7 +256,7 @@ def _model_dir(name: str) -> tuple[Path, str]:
     family = path.parent.name if path.parent.name in FAMILIES else None
     if family is None:  # a path outside the store: tell the kinds apart by their files
         family = "diffusers" if (path / PIPELINE_INDEX).exists() else "gan"
-    if family not in IMAGE_FAMILIES:
+    if family not in image_families():
         raise BadParameter(f"'{name}' is a {family} model, not an image model")
     return path, family
 
@@ -357,7 +358,7 @@ def save_images(images: list[GeneratedImage], out_dir: Path, prefix: str = "") -
 
 @dataclass
 class WalkRequest:
-    model: str = "emoji64"
+    model: str = DEFAULT_MODEL
     seed_a: int = 0
     seed_b: int = 1
     frames: int = 16

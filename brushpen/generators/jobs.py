@@ -10,8 +10,9 @@ unchanged. Three rules make a job resumable with no lost and no duplicated outpu
 - the output and error files are written in the same transaction that marks the batch finished.
 A line that kills the worker `MAX_ATTEMPTS` times is failed, so one bad line cannot wedge a job.
 
-This module knows nothing of HTTP: the API hands the worker a `LineRunner` that executes one
-request body and returns (status code, response body).
+This module knows nothing of HTTP: the API names the endpoints a batch may run, and hands the
+worker a `LineRunner` that executes one request body and returns (status code, response body),
+and the `ErrorBody` it writes for a line that fails outside the runner.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
@@ -34,12 +35,13 @@ from brushpen.store import scrub_paths
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = ("/v1/images/generations", "/v1/completions", "/v1/chat/completions")
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 MAX_LINES = 10_000
 MAX_ATTEMPTS = 3
 FINISHED = ("completed", "failed", "cancelled", "expired")
+SINGLE_JOB_WINDOW = "none"   # the completion window of a one-line job (fine-tuning): how it differs from a batch
 LineRunner = Callable[[str, dict], "tuple[int, dict]"]   # (endpoint, body) -> (status, body)
+ErrorBody = Callable[[int, str], dict]                   # (status, message) -> the line's response body
 _running = threading.local()   # which batch the worker thread is running, for runners that report progress
 
 
@@ -63,6 +65,9 @@ CREATE TABLE IF NOT EXISTS lines (
     status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
     status_code INTEGER, response TEXT, PRIMARY KEY (batch_id, idx));
 CREATE INDEX IF NOT EXISTS batches_open ON batches (status, created_at);
+CREATE TABLE IF NOT EXISTS ft_events (
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, level TEXT NOT NULL,
+    message TEXT NOT NULL, data TEXT, PRIMARY KEY (job_id, seq));
 """
 
 _BATCH_TIMES = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at",
@@ -93,10 +98,12 @@ def _line_id(batch_id: str, idx: int, prefix: str) -> str:
     return prefix + hashlib.sha256(f"{batch_id}:{idx}:{prefix}".encode()).hexdigest()[:24]
 
 
-def parse_batch_file(data: bytes, endpoint: str | None) -> list[tuple[str, dict]]:
+def parse_batch_file(data: bytes, endpoint: str | None,
+                     endpoints: Collection[str] | None = None) -> list[tuple[str, dict]]:
     """(custom_id, body) per line of an OpenAI batch input file; a clear error for the first bad line.
 
-    With `endpoint` None (at upload, before any batch names one) every line's url must be one we run.
+    Every line's url must be one of `endpoints` (the ones the runner takes; None: any), and with
+    `endpoint` given (a batch's, not at upload) that one.
     """
     try:
         text = data.decode("utf-8")
@@ -122,8 +129,8 @@ def parse_batch_file(data: bytes, endpoint: str | None) -> list[tuple[str, dict]
             raise BadInput(f"line {n}: custom_id '{custom_id}' is used twice; each line needs its own")
         if method != "POST":
             raise BadInput(f"line {n}: method must be POST")
-        if url not in ENDPOINTS:
-            raise BadInput(f"line {n}: url '{url}' cannot run in a batch: expected one of {', '.join(ENDPOINTS)}")
+        if not isinstance(url, str) or endpoints is not None and url not in endpoints:
+            raise BadInput(f"line {n}: url '{url}' cannot run in a batch: expected one of {', '.join(endpoints or ())}")
         if endpoint is not None and url != endpoint:
             raise BadInput(f"line {n}: url '{url}' differs from the batch endpoint '{endpoint}'")
         if not isinstance(body, dict):
@@ -204,14 +211,15 @@ class JobStore:
     # ---- batches ---------------------------------------------------------------------------
 
     def create_batch(self, input_file_id: str, endpoint: str, completion_window: str = "24h",
-                     metadata: dict | None = None) -> dict:
-        if endpoint not in ENDPOINTS:
-            raise BadParameter(f"endpoint '{endpoint}' cannot run in a batch: expected one of {', '.join(ENDPOINTS)}")
+                     metadata: dict | None = None, endpoints: Collection[str] | None = None) -> dict:
+        """A batch of an uploaded file's lines; `endpoints` are the ones the runner takes (None: any)."""
+        if endpoints is not None and endpoint not in endpoints:
+            raise BadParameter(f"endpoint '{endpoint}' cannot run in a batch: expected one of {', '.join(endpoints)}")
         if completion_window not in COMPLETION_WINDOWS:
             raise BadParameter(f"completion_window must be one of {', '.join(COMPLETION_WINDOWS)}")
         if self.get_file(input_file_id).purpose != "batch":
             raise BadParameter(f"file '{input_file_id}' was not uploaded with purpose 'batch'")
-        lines = parse_batch_file(self.file_content(input_file_id), endpoint)
+        lines = parse_batch_file(self.file_content(input_file_id), endpoint, endpoints)
         batch_id = "batch_" + secrets.token_hex(12)
         now = int(time.time())
         with self._write() as db:
@@ -234,15 +242,14 @@ class JobStore:
 
     def list_batches(self, limit: int = 20, after: str | None = None) -> list[dict]:
         with self._connect() as db:
-            # Fine-tuning jobs share the table (they are one-line batches) but list apart.
+            # One-line jobs (fine-tuning) share the table but list apart: they have no completion window.
             if after:
                 rows = db.execute("SELECT * FROM batches WHERE created_at <= (SELECT created_at FROM batches "
-                                  "WHERE id=?) AND id != ? AND endpoint IN (%s) ORDER BY created_at DESC, id DESC "
-                                  "LIMIT ?" % ",".join("?" * len(ENDPOINTS)),
-                                  (after, after, *ENDPOINTS, limit)).fetchall()
+                                  "WHERE id=?) AND id != ? AND completion_window != ? ORDER BY created_at DESC, "
+                                  "id DESC LIMIT ?", (after, after, SINGLE_JOB_WINDOW, limit)).fetchall()
             else:
-                rows = db.execute("SELECT * FROM batches WHERE endpoint IN (%s) ORDER BY created_at DESC, id DESC "
-                                  "LIMIT ?" % ",".join("?" * len(ENDPOINTS)), (*ENDPOINTS, limit)).fetchall()
+                rows = db.execute("SELECT * FROM batches WHERE completion_window != ? ORDER BY created_at DESC, "
+                                  "id DESC LIMIT ?", (SINGLE_JOB_WINDOW, limit)).fetchall()
         return [_batch_object(r) for r in rows]
 
     def cancel(self, batch_id: str) -> dict:
@@ -323,6 +330,53 @@ class JobStore:
             db.execute(f"UPDATE batches SET status=?, {stamp}=?, output_file_id=?, error_file_id=? WHERE id=?",
                        (final_status, now, ids.get("output"), ids.get("error"), batch_id))
 
+    # ---- one-line jobs (fine-tuning) and their progress events ------------------------------
+
+    def create_single(self, job_id: str, file_id: str, endpoint: str, body: dict) -> None:
+        """A job of one line: the line's custom_id is the job's id."""
+        with self._write() as db:
+            db.execute("INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, metadata, "
+                       "created_at, expires_at, total) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (job_id, file_id, endpoint, SINGLE_JOB_WINDOW, "validating", None, int(time.time()), None, 1))
+            db.execute("INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?,?,?,?)",
+                       (job_id, 0, job_id, json.dumps(body)))
+
+    def single(self, job_id: str, endpoint: str) -> tuple[dict, dict] | None:
+        """(the batch row, its one line's row) of a one-line job, or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM batches WHERE id=? AND endpoint=?", (job_id, endpoint)).fetchone()
+            if row is None:
+                return None
+            line = db.execute("SELECT body, status, status_code, response FROM lines WHERE batch_id=? AND idx=0",
+                              (job_id,)).fetchone()
+        return dict(row), dict(line)
+
+    def job_ids(self, endpoint: str, limit: int) -> list[str]:
+        """The newest jobs of one endpoint first."""
+        with self._connect() as db:
+            return [r["id"] for r in db.execute("SELECT id FROM batches WHERE endpoint=? ORDER BY created_at DESC, "
+                                                "id DESC LIMIT ?", (endpoint, limit))]
+
+    def add_event(self, job_id: str, level: str, message: str, data: dict | None) -> None:
+        with self._write() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM ft_events WHERE job_id=?",
+                             (job_id,)).fetchone()[0]
+            db.execute("INSERT INTO ft_events (job_id, seq, created_at, level, message, data) VALUES (?,?,?,?,?,?)",
+                       (job_id, seq, int(time.time()), level, message, json.dumps(data) if data else None))
+
+    def events(self, job_id: str, limit: int, after: int | None = None) -> list[dict]:
+        """A job's events with a seq above `after`, newest first; `data` decoded."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM ft_events WHERE job_id=? AND seq > ? ORDER BY seq DESC LIMIT ?",
+                              (job_id, -1 if after is None else after, limit)).fetchall()
+        return [{**dict(r), "data": json.loads(r["data"]) if r["data"] else None} for r in rows]
+
+    def count_as_first_attempt(self, batch_id: str, idx: int) -> None:
+        """Forget a line's earlier attempts: a long line (a fine-tuning job) that got further than
+        ever before is not one that stops the server, however often a restart interrupted it."""
+        with self._write() as db:
+            db.execute("UPDATE lines SET attempts=1 WHERE batch_id=? AND idx=? AND status='pending'", (batch_id, idx))
+
     def attempts(self, batch_id: str) -> dict[int, int]:
         """How many times each line was started (tests use it to show no line ran twice)."""
         with self._connect() as db:
@@ -342,10 +396,13 @@ def _batch_object(row: sqlite3.Row) -> dict:
 
 
 class Worker:
-    """Runs batches one line at a time in a daemon thread; `wake()` after a create or cancel."""
+    """Runs batches one line at a time in a daemon thread; `wake()` after a create or cancel.
 
-    def __init__(self, store: JobStore, run_line: LineRunner, poll_s: float = 1.0):
-        self.store, self.run_line, self.poll_s = store, run_line, poll_s
+    `error_body` makes the response of a line that fails outside `run_line` (it raised, or it
+    stopped the server too often), so every error line has the shape of the runner's own."""
+
+    def __init__(self, store: JobStore, run_line: LineRunner, error_body: ErrorBody, poll_s: float = 1.0):
+        self.store, self.run_line, self.error_body, self.poll_s = store, run_line, error_body, poll_s
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="brushpen-batch-worker", daemon=True)
@@ -387,8 +444,8 @@ class Worker:
                 return self.store.finalize(batch_id, "completed")
             idx, body, attempts = claimed
             if attempts >= MAX_ATTEMPTS:
-                self.store.finish_line(batch_id, idx, 500, _error_body(
-                    f"this request stopped the server {attempts} times; it was not retried again", "server_error"))
+                self.store.finish_line(batch_id, idx, 500, self.error_body(
+                    500, f"this request stopped the server {attempts} times; it was not retried again"))
                 continue
             body.setdefault("seed", line_seed(batch_id, idx))
             endpoint = self.store.get_batch(batch_id)["endpoint"]
@@ -403,11 +460,8 @@ class Worker:
         try:
             return self.run_line(endpoint, body)
         except BrushpenError as e:
-            return getattr(e, "http_status", 400), _error_body(scrub_paths(str(e)), "invalid_request_error")
+            status = getattr(e, "http_status", 400)
+            return status, self.error_body(status, scrub_paths(str(e)))
         except Exception as e:  # one broken line fails alone; the batch goes on
             log.exception("batch line failed")
-            return 500, _error_body(f"internal error ({type(e).__name__}); see the server log", "server_error")
-
-
-def _error_body(message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "code": None}}
+            return 500, self.error_body(500, f"internal error ({type(e).__name__}); see the server log")

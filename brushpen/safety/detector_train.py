@@ -7,7 +7,7 @@ per-region cross-entropy of the localisation head against the mask average-poole
 model's own, trained where a splice really sits.
 
 Checkpoints (`OUT/checkpoint/`, every `snap` steps and at the end) are the model and AdamW state
-as safetensors plus `state.json` (`brushpen.gan.checkpoint`, staged then swapped in, so a kill
+as safetensors plus `state.json` (`brushpen.checkpoint`, staged then swapped in, so a kill
 leaves the old or the new one whole). The batch at step s is drawn from a generator seeded with
 (seed, s), so a resumed run sees exactly the batches an uninterrupted one would have.
 The finished model folder holds `config.json` (architecture + calibration), `model.safetensors`
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.errors import BadParameter
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.safety.calibrate import calibrate
 from brushpen.safety.detector import Detector, DetectorConfig, save_detector, to_tensor
 from brushpen.safety.detector_data import BalancedSampler, Sample, augment, gather, load_arrays

@@ -4,20 +4,27 @@ Each function first brings its generator to the build's budget (StyleGAN kimg, d
 autoencoder steps), resuming whatever an earlier or background run left in the models folder,
 then records in `ctx["training"]` the equivalent CLI command, the state reached and the seconds
 of training, which the build copies into the card. Only the real TRAIN patches ever train.
+The sampled families return a `Sampler` (the sampling function and the generator's name) that
+`fakes.build_sampled` draws the fakes from; this module knows nothing of the build itself.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from brushpen.gan.pipeline import to_uint8
+from brushpen.gan.pipeline import StyleGANPipeline, to_uint8
+from brushpen.gan.trainer import TrainConfig, Trainer
 from brushpen.safety.fake_models import FakeModelConfig, ddim_sample, load_model, read_train_state, \
     train_fake_model
+
+# `sample(n, batch_index)` -> n images, and the generator's name for the manifest
+Sampler = tuple[Callable[[int, int], list[Image.Image]], str]
 
 
 def _stylegan_command(cfg, folder: Path, size: int) -> str:
@@ -27,12 +34,8 @@ def _stylegan_command(cfg, folder: Path, size: int) -> str:
             f"--snap 2 --tick 0.5 --threads 1 --seed {cfg.seed} --mirror --resume")
 
 
-def stylegan_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
-    """Train (resume) StyleGAN2 on the real train patches to `stylegan_kimg`, then sample it."""
-    from brushpen.gan.pipeline import StyleGANPipeline
-    from brushpen.gan.trainer import TrainConfig, Trainer
-    from brushpen.safety.fakes import build_sampled
-
+def stylegan_sampler(cfg, size: int, ctx: dict) -> Sampler:
+    """Train (resume) StyleGAN2 on the real train patches to `stylegan_kimg`; its sampler."""
     folder = cfg.models_dir() / "stylegan-photos"
     metrics = folder / "metrics.json"
     kimg = json.loads(metrics.read_text())["kimg"] if metrics.is_file() else 0.0
@@ -50,7 +53,7 @@ def stylegan_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
         with torch.no_grad():
             return pipe(num_images=n, generator=g, noise_mode="random")
 
-    return build_sampled(cfg, "stylegan", real, sample, "stylegan2")
+    return sample, "stylegan2"
 
 
 def _train(cfg, kind: str, steps: int, resolution: int | None = None) -> dict:
@@ -67,10 +70,8 @@ def _train(cfg, kind: str, steps: int, resolution: int | None = None) -> dict:
     return state
 
 
-def diffusion_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
-    """Train (resume) the small DDPM on the train patches, then DDIM-sample it at `size`."""
-    from brushpen.safety.fakes import build_sampled
-
+def diffusion_sampler(cfg, size: int, ctx: dict) -> Sampler:
+    """Train (resume) the small DDPM on the train patches; its sampler (DDIM, resized to `size`)."""
     res = min(cfg.diffusion_resolution, size)
     state = _train(cfg, "diffusion", cfg.diffusion_steps, res)
     prediction = state.get("prediction") or "epsilon"  # models trained before x0-prediction
@@ -85,7 +86,7 @@ def diffusion_family(cfg, real: list, size: int, ctx: dict) -> list[dict]:
         images = [Image.fromarray(a) for a in to_uint8(ddim_sample(unet, n, g, cfg.ddim_steps, prediction))]
         return [im.resize((size, size), Image.LANCZOS) if im.width != size else im for im in images]
 
-    return build_sampled(cfg, "diffusion", real, sample, f"ddpm{res}-ddim{cfg.ddim_steps}")
+    return sample, f"ddpm{res}-ddim{cfg.ddim_steps}"
 
 
 def load_decoders(cfg, ctx: dict, optional: bool = False) -> None:

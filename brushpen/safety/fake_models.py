@@ -26,8 +26,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.errors import BadParameter
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.gan.data import load_image_folder
 from brushpen.store import atomic_write_json
 

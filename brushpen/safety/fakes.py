@@ -47,6 +47,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from brushpen.errors import BadInput, BadParameter
+from brushpen.gan.pipeline import to_uint8
+from brushpen.safety import fake_generators as gens
+from brushpen.safety.fake_models import reconstruct
 from brushpen.safety.photos import SPLITS, Encoding, apply_encoding, draw_encoding
 from brushpen.safety.splice import draw_mask, paste
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -187,9 +190,6 @@ def _hosts(cfg: FakesConfig, family: str, real: list[RealPatch], split: str) -> 
 
 
 def build_decoder(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
-    from brushpen.safety.fake_models import reconstruct
-    from brushpen.gan.pipeline import to_uint8
-
     rows = []
     for split in SPLITS:
         hosts = _hosts(cfg, "decoder", real, split)
@@ -215,9 +215,6 @@ def _array(path: Path) -> np.ndarray:
 
 
 def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
-    from brushpen.safety.fake_models import reconstruct
-    from brushpen.gan.pipeline import to_uint8
-
     raw = cfg.out / ".work" / "raw"
     donors = {s: {f: sorted((raw / f / s).glob("*.png")) for f in ("stylegan", "diffusion")} for s in SPLITS}
     kinds = [k for k in ("stylegan", "diffusion") if any(donors[s][k] for s in SPLITS)]
@@ -254,8 +251,6 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
 
 def build_fakes(cfg: FakesConfig) -> dict:
     """Build (or resume) every asked family and the real copy; write manifest.jsonl and the card."""
-    from brushpen.safety import fake_generators as gens
-
     cfg.validate()
     cfg.out, cfg.real = Path(cfg.out), Path(cfg.real)
     real = read_real(cfg.real)
@@ -269,8 +264,8 @@ def build_fakes(cfg: FakesConfig) -> dict:
     steps: list[tuple[str, Callable[[], list[dict]]]] = []
     if cfg.real_copy:
         steps.append(("real", lambda: build_real_copy(cfg, real, ctx)))
-    builders = {"stylegan": lambda: gens.stylegan_family(cfg, real, size, ctx),
-                "diffusion": lambda: gens.diffusion_family(cfg, real, size, ctx),
+    builders = {"stylegan": lambda: build_sampled(cfg, "stylegan", real, *gens.stylegan_sampler(cfg, size, ctx)),
+                "diffusion": lambda: build_sampled(cfg, "diffusion", real, *gens.diffusion_sampler(cfg, size, ctx)),
                 "decoder": lambda: (gens.load_decoders(cfg, ctx), build_decoder(cfg, real, ctx))[1],
                 "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), _no_training(ctx),
                                    build_splice(cfg, real, ctx))[-1]}

@@ -18,7 +18,7 @@ base, base weight hash, rank, alpha, targets, and `extra.calibration`, the adapt
 and verdict bands fitted on its validation split), `card.md` and `metrics.json`. `load_adapted`
 refuses, with `BrokenModel`: an adapter trained on other base weights (hash), weights whose rank
 disagrees with `adapter.json`, missing or unknown layers, unreadable files. It never writes to the
-base folder. Fine-tuning (`finetune`) lives in `brushpen.safety.lora_train`, re-exported here.
+base folder. Fine-tuning (`finetune`) lives in `brushpen.safety.lora_train`.
 """
 
 from __future__ import annotations
@@ -160,12 +160,3 @@ def load_ref(ref: str, merge: bool = True) -> Detector:
         return load_detector(base_dir)
     return load_adapted(base_dir, folder, merge)
 
-
-def __getattr__(name: str):
-    # The fine-tuning side lives in `lora_train` (which imports this module); the job runner and
-    # the CLI look `finetune` and `DetectorFinetuneRequest` up here, per the family contract.
-    if name in ("DetectorFinetuneRequest", "finetune"):
-        from brushpen.safety import lora_train
-
-        return getattr(lora_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

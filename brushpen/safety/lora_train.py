@@ -32,7 +32,7 @@ import json
 import shlex
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -41,22 +41,24 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, adapter_dir, check_name, weights_sha256
+from brushpen.checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from brushpen.families import default_model
 from brushpen.safety import lora
 from brushpen.safety.calibrate import calibrate, roc_auc
 from brushpen.safety.detector import TILE, load_detector, tile_image
 from brushpen.safety.detector_data import Sample, gather, load_arrays, read_any
 from brushpen.safety.detector_train import detector_loss, logits_of, make_batch
 from brushpen.store import publish_dir, resolve_model, staging_dir
+from brushpen.ziputil import ZipLimits, iter_zip
 
 TILES_PER_IMAGE = 4
 
 
 @dataclass
 class DetectorFinetuneRequest:
-    base: str = "detector"                # the detector to adapt (store name or folder)
+    base: str = default_model("safety")              # the detector to adapt (store name or folder)
     fake: Path | None = None              # folder of AI-made images, or a zip with fake/ and real/
     real: Path | None = None              # folder of real images encoded like the fakes (or the same zip)
     out: str = ""                         # the adapter's name
@@ -75,7 +77,7 @@ class DetectorFinetuneRequest:
     seed: int = 0
     resume: bool = False
 
-    def check(self) -> None:
+    def validate(self) -> None:
         check_name(self.out)
         if self.fake is None or self.real is None:
             raise BadParameter("give --fake and --real (folders, or one zip with fake/ and real/)")
@@ -103,16 +105,14 @@ def command_of(req: DetectorFinetuneRequest) -> str:
 # ---- data ------------------------------------------------------------------------------------------
 
 def _unpack_zip(path: Path, dest: Path) -> Path:
-    """The zip's fake/ and real/ images under dest/fake and dest/real (entries elsewhere ignored)."""
-    # The checker's reader is the one place zip entries are made safe (no '..', no absolute
-    # names, size and ratio caps counted on the bytes read); a lazy import keeps `safety` free of
-    # `generators` at import time.
-    from brushpen.generators.checker import ScanLimits, iter_zip
+    """The zip's fake/ and real/ images under dest/fake and dest/real (entries elsewhere ignored).
 
+    `brushpen.ziputil.iter_zip` makes the entries safe (no '..', no absolute names, size and ratio
+    caps counted on the bytes read) with the checker's limits; an unsafe entry is skipped."""
     if (dest / ".complete").exists():
         return dest
     shutil.rmtree(dest, ignore_errors=True)
-    for name, data, error in iter_zip(path, ScanLimits()):
+    for name, data, error in iter_zip(path, ZipLimits()):
         if "!" not in name:   # the zip itself could not be read
             raise BadInput(f"{path}: {error}")
         inner = PurePosixPath(name.split("!", 1)[1]).parts
@@ -216,7 +216,7 @@ def _batch(pools: dict[str, list[np.ndarray]], size: int, replay: float, rng: np
 def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], None] | None = None,
              log: Callable[[str], None] = lambda m: None) -> FinetuneResult:
     """Train, calibrate and publish the adapter `<base>:<out>` (module docstring has the recipe)."""
-    req.check()
+    req.validate()
     base_dir = resolve_model(req.base, family=lora.FAMILY)
     work = get_settings().home / "finetune" / "detector" / f"{base_dir.name}-{req.out}"
     samples = user_samples(req, work)
@@ -239,18 +239,16 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
 
     model = load_detector(base_dir)
     targets = lora.conv_names(model)
+    torch.manual_seed(req.seed)   # LoRA's down matrices start random: the same start in any process
     lora.add_lora(model, req.rank, req.alpha, targets)
     base_calibration = model.calibration
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=req.lr, weight_decay=0.0)
     ckpt_dir, step, losses = work / "checkpoint", 0, []
-    found = find_checkpoint(ckpt_dir)
-    if found is not None and req.resume:
+    if (found := start_or_resume(ckpt_dir, req.resume)) is not None:
         _, scalars = load_checkpoint(found, {"model": model}, {"model": opt})
         step, losses = int(scalars["step"]), list(scalars.get("losses", []))
         log(f"resumed at step {step} from {found}")
-    elif found is not None:
-        shutil.rmtree(found)   # a fresh run replaces an old run's state rather than refusing to start
     torch.manual_seed(req.seed)
     lr_at = lambda s: req.lr * 0.5 * (1 + np.cos(np.pi * min(s, req.steps) / req.steps))
     start = time.time()

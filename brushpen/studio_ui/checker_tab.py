@@ -10,7 +10,9 @@ import gradio as gr
 
 from brushpen.edge.common import available_backends
 from brushpen.errors import BrushpenError
+from brushpen.families import default_model
 from brushpen.generators.history import history_dir
+from brushpen.store import resolve_model
 from brushpen.studio_ui.common import user_errors
 
 COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error", "why out of scope"]
@@ -52,10 +54,8 @@ def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch", scop
 
 def _backends() -> list[str]:
     """What the detector has: torch, plus the variants `brushpen export detector` made."""
-    from brushpen.store import resolve_model
-
     try:
-        return available_backends(resolve_model("detector", family="safety"))
+        return available_backends(resolve_model(default_model("safety"), family="safety"))
     except BrushpenError:
         return ["torch"]
 

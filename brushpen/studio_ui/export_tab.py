@@ -8,18 +8,16 @@ import json
 
 import gradio as gr
 
+from brushpen import families
 from brushpen.edge.common import available_backends, find_edge_dir
 from brushpen.edge.export import ExportRequest, export_model, model_family
 from brushpen.store import list_models
 from brushpen.studio_ui.common import user_errors
 
-BASE_TEXT = "smollm2-135m"
-
-
 def exportable() -> list[str]:
     """Store models of the families that export, plus the text base (which lives in the cache)."""
-    return [m.name for m in list_models() if m.family in ("gan", "text", "safety")
-            and (m.path / "config.json").exists()] + [BASE_TEXT]
+    return [m.name for m in list_models() if m.family in families.exportable()
+            and (m.path / "config.json").exists()] + [families.default_model("text")]
 
 
 def report_rows(model: str) -> tuple[list[list[str]], str]:

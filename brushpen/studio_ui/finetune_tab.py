@@ -10,17 +10,16 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from brushpen import families
 from brushpen.errors import BadInput
 from brushpen.generators import finetune_jobs
 from brushpen.generators.finetune_jobs import FILE_PURPOSE, FinetuneJobRequest
 from brushpen.generators.jobs import JobStore
 from brushpen.studio_ui.common import user_errors
 
-BASES = {"GAN: emoji64 (zip of images)": "emoji64",
-         "Copywriter: smollm2-135m (JSONL of brief/copy)": "smollm2-135m",
-         "Detector: detector (zip with fake/ and real/)": "detector"}
-# The main length knob of each family, by the trainer's own field name.
-LENGTH_FIELD = {"gan": "kimg", "text": "max_steps", "safety": "steps"}
+# The base each fine-tunable family ships, by its label in the dropdown.
+BASES = {f"{fam.label}: {fam.default_model} ({fam.data_help})": fam.default_model
+         for fam in (families.family(name) for name in families.finetunable())}
 MAX_UPLOAD = 64 << 20
 
 
@@ -41,9 +40,9 @@ def start(base_label: str, upload: str | None, name: str, rank: float, length: f
     family = finetune_jobs.family_of(model)
     hyper = {"rank": int(rank)}
     allowed = finetune_jobs.allowed_hyperparameters(family)
-    field = LENGTH_FIELD[family]
-    if length and field in allowed:
-        hyper[field] = float(length) if family == "gan" else int(length)
+    fam = families.family(family)
+    if length and fam.length_field in allowed:
+        hyper[fam.length_field] = float(length) if fam.length_is_float else int(length)
     store = _store()
     record = store.add_file(path.name, FILE_PURPOSE, data)
     job = finetune_jobs.create_job(store, FinetuneJobRequest(model, record.id, name.strip(), hyper))

@@ -15,6 +15,7 @@ from brushpen.generators.history import record_images, record_walk
 from brushpen.generators.diffusion import SCHEDULERS
 from brushpen.generators.images import (ImageModelInfo, ImageRequest, WalkRequest, generate_images,
                                         image_models, seed_walk)
+from brushpen.generators.requests import from_values
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors, zip_files
 
 
@@ -93,18 +94,20 @@ def _backends_for(name: str | None) -> dict:
 
 
 @user_errors
-def _generate(model: str, prompt: str, negative: str, seed: float, n: float, psi: float, mix_seed: float,
-              crossover: float, steps: float, guidance: float, width: float, height: float, scheduler: str,
-              backend: str = "torch", progress: gr.Progress = gr.Progress()) -> tuple:
+def _generate(model: str, prompt: str, negative_prompt: str, seed: float, n: float, truncation_psi: float,
+              mix_seed: float, mix_cutoff: float, steps: float, guidance: float, width: float, height: float,
+              scheduler: str, backend: str = "torch", progress: gr.Progress = gr.Progress()) -> tuple:
+    # The controls by ImageRequest field name; what the model's kind does not use keeps the default.
     info = _models().get(model)
-    is_gan = info is None or info.kind == "gan"
-    mix = seed_or_none(mix_seed) if is_gan else None
-    req = ImageRequest(model=model, n=int(n), seed=seed_or_none(seed), prompt=prompt or None,
-                       truncation_psi=float(psi), mix_seed=mix, mix_cutoff=int(crossover) if mix is not None else None,
-                       negative_prompt=None if is_gan else (negative or None), steps=int(steps),
-                       guidance=float(guidance), scheduler=None if is_gan or scheduler in (None, "default") else scheduler,
-                       width=None if is_gan else int(width), height=None if is_gan else int(height),
-                       backend=(backend or "torch") if is_gan else "torch")
+    values = {"model": model, "n": int(n), "seed": seed_or_none(seed), "prompt": prompt or None,
+              "truncation_psi": float(truncation_psi), "steps": int(steps), "guidance": float(guidance)}
+    if info is None or info.kind == "gan":
+        mix = seed_or_none(mix_seed)
+        values.update(mix_seed=mix, mix_cutoff=int(mix_cutoff) if mix is not None else None, backend=backend or None)
+    else:
+        values.update(negative_prompt=negative_prompt or None, width=int(width), height=int(height),
+                      scheduler=None if scheduler == "default" else scheduler)
+    req = from_values(ImageRequest, values, skip_none=True)
     progress((0, req.n), desc="generating")
     images = generate_images(req, progress=lambda d, t: progress((d, t), desc="generating"))
     items = record_images(images)

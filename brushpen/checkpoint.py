@@ -1,10 +1,13 @@
-"""Resumable training state, stored as safetensors + JSON (never pickle).
+"""Resumable training state, stored as safetensors + JSON (never pickle), for every family's trainer.
 
-A checkpoint folder holds one safetensors file per part (`G`, `D`, `G_ema`, `opt_G`, `opt_D`
-with Adam's slots flattened to named tensors, and `rng` for the generator states) and
-`state.json` (step, images seen, augment p, optimizer hyper-parameters). It is written to a
-staging folder and then swapped into place, so a SIGKILL at any moment leaves either the previous
-or the new complete checkpoint.
+The GAN trainer, the text pretrainer and LoRA, and the detector's trainers all checkpoint through
+here, so it lives at the bottom layer and knows no model: it saves whatever modules, optimizers,
+random states and scalars it is given. A checkpoint folder holds one safetensors file per part
+(for the GAN: `G`, `D`, `G_ema`, `opt_G`, `opt_D`, with Adam's slots flattened to named tensors,
+and `rng` for the generator states) and `state.json` (the caller's scalars: step, images seen,
+augment p; and the optimizer hyper-parameters). It is written to a staging folder and then
+swapped into place, so a SIGKILL at any moment leaves either the previous or the new complete
+checkpoint.
 
 Adam with beta1 = 0 (StyleGAN2's setting) overwrites its first moment with the gradient at every
 step, so that slot is not saved: loading fills it with zeros, and the resumed run is still exact.
@@ -16,6 +19,7 @@ and loading then starts the missing optimizers (and the random stream) fresh and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,20 @@ def find_checkpoint(path: Path) -> Path | None:
     for cand in (path, path.with_name(f".{path.name}.old")):
         if (cand / "state.json").exists():
             return cand
+    return None
+
+
+def start_or_resume(path: Path, resume: bool) -> Path | None:
+    """The one rule every fine-tuning run follows: the checkpoint to resume from when `resume` is
+    asked and one exists; otherwise None, and an earlier run's state at `path` is removed first, so
+    that a later resume (after a kill before this run's first checkpoint) can never pick it up."""
+    path = Path(path)
+    found = find_checkpoint(path)
+    if resume and found is not None:
+        return found
+    for old in (path, path.with_name(f".{path.name}.old")):
+        if old.exists():
+            shutil.rmtree(old)
     return None
 
 
