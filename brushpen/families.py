@@ -54,6 +54,7 @@ class Family:
     data_help: str = ""                  # that upload in words
     length_field: str | None = None      # the request field for "how long to train"
     length_is_float: bool = False        # GAN kimg is fractional; steps are whole
+    cli_name: str | None = None          # `brushpen finetune NAME`; None = the family's name
 
     @property
     def exports(self) -> bool:
@@ -90,7 +91,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("safety", "Detector", key_metrics=("auc",), default_model="detector",
            exporter="brushpen.edge.detector", trainer="brushpen.safety.lora_train",
            request="DetectorFinetuneRequest", data_kind=".zip", data_help="zip with fake/ and real/",
-           length_field="steps"),
+           length_field="steps", cli_name="detector"),
     # links to text-to-image pipeline folders a user already has on disk (`brushpen models add PATH`)
     Family("diffusers", "Diffusers pipeline", makes_images=True),
 )}

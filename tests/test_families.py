@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 
 import pytest
 
@@ -56,3 +57,27 @@ def test_the_layers_read_the_records() -> None:
     assert sorted(BASES.values()) == sorted(FAMILIES[n].default_model for n in families.finetunable())
     assert images.DEFAULT_MODEL == families.default_model("gan")
     assert finetune_jobs.request_class("safety") is FAMILIES["safety"].request_class()
+
+
+def test_a_new_family_is_one_record_and_its_package(tmp_path, monkeypatch, capsys) -> None:
+    """The toy family (tests/toy_family.py) gets a CLI sub-command and the job store's checks from
+    its record alone."""
+    from brushpen.cli.main import main
+    from brushpen.generators import finetune_jobs
+
+    toy = families.Family("toy", "Toy", default_model="toy-small", trainer="toy_family",
+                          request="ToyFinetuneRequest", data_kind=".txt", data_help="a number",
+                          length_field="steps")
+    monkeypatch.setitem(FAMILIES, "toy", toy)
+    monkeypatch.setenv("BRUSHPEN_HOME", str(tmp_path / "home"))
+    data = tmp_path / "target.txt"
+    data.write_text("3")
+    assert main(["finetune", "toy", "--data", str(data), "--out", "three", "--steps", "40", "--scale", "2"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["model"] == "toy-small:three" and result["metrics"]["steps"] == 40
+    assert abs(result["metrics"]["w"] - 6.0) < 1e-3   # it trained: w went from 0 to the scaled target
+    assert "step 40/40" in out.err
+    assert set(finetune_jobs.allowed_hyperparameters("toy")) == {"steps", "lr", "scale"}
+    with pytest.raises(SystemExit):   # argparse refuses a missing --out, as for the shipped families
+        main(["finetune", "toy", "--data", str(data)])

@@ -41,10 +41,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, adapter_dir, check_name, weights_sha256
-from brushpen.checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.families import default_model
+from brushpen.finetune_loop import run_steps
 from brushpen.safety import lora
 from brushpen.safety.calibrate import calibrate, roc_auc
 from brushpen.safety.detector import TILE, load_detector, tile_image
@@ -244,16 +244,12 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
     base_calibration = model.calibration
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=req.lr, weight_decay=0.0)
-    ckpt_dir, step, losses = work / "checkpoint", 0, []
-    if (found := start_or_resume(ckpt_dir, req.resume)) is not None:
-        _, scalars = load_checkpoint(found, {"model": model}, {"model": opt})
-        step, losses = int(scalars["step"]), list(scalars.get("losses", []))
-        log(f"resumed at step {step} from {found}")
     torch.manual_seed(req.seed)
     lr_at = lambda s: req.lr * 0.5 * (1 + np.cos(np.pi * min(s, req.steps) / req.steps))
-    start = time.time()
-    while step < req.steps:
-        rng = np.random.default_rng([req.seed, step])
+    state: dict = {"losses": []}
+
+    def train_step(step: int) -> float:
+        rng = np.random.default_rng([req.seed, step])   # the batch is a function of the step: exact resume
         x, m, y = make_batch(images, masks, labels, _batch(pools, req.batch, req.replay, rng), rng, TILE)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -261,14 +257,18 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        losses.append(round(float(loss.detach()), 4))
-        if step % req.snap == 0 or step == req.steps:
-            save_checkpoint(ckpt_dir, {"model": model}, {"model": opt}, {"seed": torch.tensor([req.seed])},
-                            {"step": step, "losses": losses[-500:]})
-        if progress is not None:
-            mean = float(np.mean(losses[-20:]))
-            progress(FinetuneEvent(step, req.steps, losses[-1], f"step {step}/{req.steps}, loss {mean:.4f}"))
+        state["losses"].append(round(float(loss.detach()), 4))
+        return state["losses"][-1]
+
+    def keep_recent(st: dict) -> None:
+        st["losses"] = st["losses"][-500:]   # the messages and the final loss use the last 20
+
+    start = time.time()
+    run_steps(train_step, total=req.steps, every=req.snap, ckpt_dir=work / "checkpoint", resume=req.resume,
+              modules={"model": model}, optimizers={"model": opt}, state=state, progress=progress,
+              describe=lambda st, _: f"step {st['step']}/{req.steps}, loss {np.mean(st['losses'][-20:]):.4f}",
+              on_checkpoint=keep_recent)
+    step, losses = state["step"], state["losses"]
     elapsed = time.time() - start
 
     val_images, _, val_owner = load_tiles([every[i] for i in val])
@@ -297,7 +297,6 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
     stage = staging_dir(final)
     lora.save_adapter(model, stage, info, _card(base_dir, req, info, metrics), metrics)
     publish_dir(stage, final)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
     log(f"adapter {base_dir.name}:{req.out} -> {final}")
     return FinetuneResult(ref=f"{base_dir.name}:{req.out}", path=final, metrics=metrics)
 

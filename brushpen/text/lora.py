@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from brushpen.adapters import AdapterInfo, FinetuneEvent, FinetuneResult, check_name, write_info
-from brushpen.checkpoint import load_checkpoint, save_checkpoint, start_or_resume
 from brushpen.config import apply_threads, get_settings
 from brushpen.errors import BadParameter
+from brushpen.finetune_loop import run_steps
 from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, staging_dir
 from brushpen.text.base import (ADAPTER_WEIGHTS, BASE_NAME, _load_folder, adapters_home, base_sha256, is_base_alias,
                                 resolve_text_model)
@@ -142,26 +142,21 @@ def finetune(req: TextFinetuneRequest, progress: Callable[[FinetuneEvent], None]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=req.lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
 
+    lora_params = _lora_params(acc.unwrap_model(model))
+    state: dict = {"train_seconds": 0.0, "history": []}
+    losses: list[float] = []   # this checkpoint interval's; a resume starts at a checkpoint, where it is empty
+
     def emit(step: int, loss: float | None, message: str, **metrics: float) -> None:
         if progress is not None:
             progress(FinetuneEvent(step, total, loss, message, metrics))
 
-    state = {"step": 0, "train_seconds": 0.0, "history": []}
-    ckpt_dir = work_dir(req) / "checkpoint"
-    found = start_or_resume(ckpt_dir, req.resume)
-    if found:
-        _, state = load_checkpoint(found, {"lora": _lora_params(acc.unwrap_model(model))}, {"lora": opt})
-        emit(state["step"], None, f"resumed from {found} at step {state['step']}")
-    else:
+    def measure_before(st: dict) -> None:
         before = copy_token_nll(acc.unwrap_model(model), held_enc, req.batch_size)
-        state["history"].append({"step": 0, **before})
+        st["history"].append({"step": 0, **before})
         emit(0, None, f"held-out loss before {before['heldout_loss']:.4f} (perplexity {before['perplexity']:.2f})",
              **before)
 
-    model.train()
-    losses: list[float] = []
-    while state["step"] < total:
-        step = state["step"]
+    def train_step(step: int) -> float:
         epoch, pos = divmod(step * req.batch_size, len(train_enc))
         order = _order(len(train_enc), epoch, req.seed)
         batch = [train_enc[i] for i in order[pos:pos + req.batch_size]]
@@ -175,22 +170,25 @@ def finetune(req: TextFinetuneRequest, progress: Callable[[FinetuneEvent], None]
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         state["train_seconds"] += time.perf_counter() - t0
-        state["step"] = step + 1
         losses.append(loss.item())
-        emit(state["step"], losses[-1], f"step {state['step']}/{total} loss {losses[-1]:.4f} "
-             f"{state['train_seconds'] / max(1, len(losses)):.2f} s/step" if not found else
-             f"step {state['step']}/{total} loss {losses[-1]:.4f}")
-        if state["step"] % req.eval_every == 0 or state["step"] == total:
-            model.eval()
-            row = {"step": state["step"], "train_loss": sum(losses) / len(losses),
-                   **copy_token_nll(acc.unwrap_model(model), held_enc, req.batch_size)}
-            model.train()
-            state["history"].append(row)
-            losses = []
-            emit(state["step"], row["train_loss"], f"step {state['step']}: held-out loss {row['heldout_loss']:.4f} "
-                 f"(perplexity {row['perplexity']:.2f})", **{k: v for k, v in row.items() if k != "step"})
-            save_checkpoint(ckpt_dir, {"lora": _lora_params(acc.unwrap_model(model))}, {"lora": opt},
-                            {"step": torch.tensor([state["step"]])}, state)
+        return losses[-1]
+
+    def evaluate(st: dict) -> None:
+        model.eval()
+        row = {"step": st["step"], "train_loss": sum(losses) / len(losses),
+               **copy_token_nll(acc.unwrap_model(model), held_enc, req.batch_size)}
+        model.train()
+        st["history"].append(row)
+        losses.clear()
+        emit(st["step"], row["train_loss"], f"step {st['step']}: held-out loss {row['heldout_loss']:.4f} "
+             f"(perplexity {row['perplexity']:.2f})", **{k: v for k, v in row.items() if k != "step"})
+
+    model.train()
+    run_steps(train_step, total=total, every=req.eval_every, ckpt_dir=work_dir(req) / "checkpoint",
+              resume=req.resume, modules={"lora": lora_params}, optimizers={"lora": opt}, state=state,
+              progress=progress, on_start=measure_before, on_checkpoint=evaluate,
+              describe=lambda st, loss: f"step {st['step']}/{total} loss {loss:.4f} "
+                                        f"{st['train_seconds'] / max(1, st['step']):.2f} s/step")
 
     info = AdapterInfo(base=f"text/{BASE_NAME}" if is_base_alias(req.base) else str(req.base),
                        base_sha256=base_sha256(folder), family="text", rank=req.rank,
