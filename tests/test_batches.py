@@ -195,8 +195,8 @@ def test_batches_made_in_one_second_run_in_creation_order(tmp_path: Path) -> Non
     made = []
     for _ in range(12):   # well within one second; 12 random ids are out of order with near certainty
         f = store.add_file("in.jsonl", "batch", body)
-        made.append(store.create_batch(f.id, "/v1/completions")["id"])
-    assert len({store.get_batch(b)["created_at"] for b in made}) <= 2
+        made.append(store.create_batch(f.id, "/v1/completions").id)
+    assert len({store.get_batch(b).created_at for b in made}) <= 2
     started = []
     for _ in made:
         bid = store.next_batch()

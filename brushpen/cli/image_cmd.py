@@ -17,27 +17,29 @@ from brushpen.store import atomic_write_bytes
 
 def register(sub: argparse._SubParsersAction) -> None:
     img = sub.add_parser("image", help="generate images").add_subparsers(dest="image_cmd", required=True)
-    g = img.add_parser("generate", help="generate PNGs (image i uses seed S+i)")
-    g.add_argument("--model", default=default_model("gan"))
-    g.add_argument("--n", type=int, default=16)
+    # Each option's dest is its ImageRequest field: the request is built from `vars(args)` by name, and
+    # an option left out (None) takes the field's default, so the defaults live in ImageRequest alone.
+    g = img.add_parser("generate", help="generate PNGs (image i uses seed S+i)",
+                       epilog="Options left out take ImageRequest's defaults (brushpen/generators/images.py).")
+    g.add_argument("--model", help="store name (default: the shipped GAN)")
+    g.add_argument("--n", type=int, default=16)   # the command's own: a page of images, where a request makes 1
     g.add_argument("--seed", type=int, default=None, help="first seed (random when omitted)")
-    # Each option's dest is its ImageRequest field: the request is built from `vars(args)` by name.
-    g.add_argument("--truncation", dest="truncation_psi", type=float, default=1.0,
+    g.add_argument("--truncation", dest="truncation_psi", type=float,
                    help="truncation psi: 0 = mean image, 1 = none")
     g.add_argument("--label", default=None, help="class for conditional models, e.g. flag, food, 'Animals & Nature'")
     g.add_argument("--mix-seed", type=int, default=None, help="style-mixing second seed")
     g.add_argument("--mix-cutoff", type=int, default=None, help="layer index where the second w takes over")
-    g.add_argument("--noise", dest="noise_mode", choices=["const", "random", "none"], default="none",
+    g.add_argument("--noise", dest="noise_mode", choices=["const", "random", "none"],
                    help="per-pixel noise: none (default, smoothest), const (fixed) or random (seeded)")
     g.add_argument("--prompt", default=None,
                    help="text prompt (diffusers models); for a class-conditional GAN, a word naming the class")
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--steps", type=int, default=20, help="denoising steps (diffusers models)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (diffusers)")
+    g.add_argument("--steps", type=int, help="denoising steps (diffusers models)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (diffusers)")
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--scheduler", default=None, help="euler, euler-a, dpm++2m, ddim, pndm, lms, unipc")
-    g.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "student"],
+    g.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "student"],
                    help="GAN runtime: torch, onnx / onnx-int8 (onnxruntime, noise off) or student (the "
                         "distilled half-width generator); the non-torch ones need `brushpen export` first")
     g.add_argument("--out", type=Path, default=Path("out"))
@@ -66,7 +68,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from brushpen.generators.images import ImageRequest, generate_images, save_images
 
     apply_threads(args.threads)
-    req = from_values(ImageRequest, vars(args))
+    req = from_values(ImageRequest, vars(args), skip_none=True)
     with tqdm(total=0, unit="step", disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -11,7 +11,7 @@
   so torch's "const"/"random" modes and style mixing are torch-only.
 - `edge/model.int8.onnx`: static QDQ int8 (onnxruntime.quantization.quantize_static) calibrated on
   the generator's own input distribution: z ~ N(0, I), classes uniform, psi 1.
-- `--student`: a half-width generator distilled from this one (`edge.gan_student`), saved under
+- `--student`: a half-width generator distilled from this one (`edge.gan_distill`), saved under
   `edge/student/` and exported to `edge/student.onnx` the same way.
 
 Parity (max/mean abs error vs torch on fixed seeds) goes into `edge/report.json`; FID of the
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from brushpen.edge import gan_student
+from brushpen.edge import gan_distill
 from brushpen.edge.common import (OPSET, TensorSpec, VariantInfo, edge_dir, load_session, sha256_file,
                                   write_info, write_onnx, write_report)
 from brushpen.errors import BrokenModel
@@ -283,7 +283,7 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
                                / (edge / "model.onnx").stat().st_size}
     if student:
         progress("distil student", 0.4)
-        gan_student.distill(load_generator(model_dir), model_dir, edge / "student", example_inputs,
+        gan_distill.distill(load_generator(model_dir), model_dir, edge / "student", example_inputs,
                             minutes=student_minutes, steps=student_steps,
                             progress=lambda f: progress("distil student", 0.4 + 0.5 * f))
         report.update(export_student(model_dir, write=False))
@@ -301,7 +301,7 @@ def export_student(model_dir: Path, write: bool = True) -> dict:
                   sha256_file(weights_file(edge / "student")))
     trained = json.loads((edge / "student" / "metrics.json").read_text(encoding="utf-8"))
     row = {"student": {**{k: trained[k] for k in ("steps", "train_seconds", "l1_vs_teacher") if k in trained},
-                       **gan_student.student_figures(G, S, example_inputs(G, [0])), **parity(edge / "student.onnx", S),
+                       **gan_distill.student_figures(G, S, example_inputs(G, [0])), **parity(edge / "student.onnx", S),
                        "size_bytes": (edge / "student.onnx").stat().st_size}}
     if write:
         write_report(edge, row)

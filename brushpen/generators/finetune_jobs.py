@@ -5,7 +5,9 @@ A fine-tuning job is a batch with one line, endpoint `/v1/fine_tuning/jobs`, in 
 a server restart (the line is claimed again and the family trainer resumes from its checkpoint), a
 job that keeps killing the server is failed after `MAX_ATTEMPTS`, and cancelling is one status
 change. Training reports progress as events (step, loss, a message) in a table beside the
-batches; the API returns them in OpenAI's `fine_tuning.job.event` shape and the studio plots them.
+batches. A job is read back as a `FinetuneJob` and its events as `JobEvent`s, in brushpen's terms:
+the API shows them in OpenAI's `fine_tuning.job` and `fine_tuning.job.event` shapes, and the studio
+plots them.
 
 The training data is an uploaded file (purpose `fine-tune`): a JSONL of copy examples for the
 copywriter, a zip of images for the GAN, a zip with `fake/` and `real/` folders for the detector.
@@ -26,7 +28,7 @@ from brushpen import families
 from brushpen.adapters import FinetuneEvent, check_name, list_adapters
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
-from brushpen.generators.jobs import JobStore, current_batch_id
+from brushpen.generators.jobs import JobEvent, JobStore, current_batch_id
 from brushpen.store import scrub_paths
 from brushpen.text.lora_data import parse_line
 from brushpen.ziputil import check_upload
@@ -38,9 +40,6 @@ FILE_PURPOSE = "fine-tune"
 # whole models rather than an adapter.
 RESERVED = ("base", "data", "fake", "real", "out", "resume", "progress", "mode", "threads", "command",
             "heldout", "families")
-STATUS = {"validating": "validating_files", "in_progress": "running", "finalizing": "running",
-          "cancelling": "running", "completed": "succeeded", "failed": "failed", "cancelled": "cancelled",
-          "expired": "failed"}
 
 
 class Cancelled(BrushpenError):
@@ -53,6 +52,26 @@ class FinetuneJobRequest:
     training_file: str                # a file id (purpose fine-tune)
     suffix: str                       # the adapter's name
     hyperparameters: dict[str, Any] = field(default_factory=dict)   # rank, steps, kimg, epochs, ...
+
+
+@dataclass
+class FinetuneJob:
+    """A fine-tuning job as brushpen keeps it: its request, where it stands, and what it made."""
+    id: str
+    model: str
+    family: str
+    training_file: str
+    suffix: str
+    hyperparameters: dict[str, Any]
+    # The job store's status (validating, in_progress, finalizing, cancelling, completed, failed,
+    # cancelled, expired), except that a job whose training failed is "failed", not "completed".
+    status: str
+    created_at: int
+    finished_at: int | None
+    fine_tuned_model: str | None      # base:suffix, once trained
+    metrics: dict[str, Any] | None
+    error: dict | None                # a failed job's error body (message, type, param, code)
+    progress: dict[str, Any] | None   # the data of its latest event: step, total_steps, train_loss, ...
 
 
 def family_of(model: str) -> str:
@@ -70,7 +89,7 @@ def allowed_hyperparameters(family: str) -> list[str]:
     return [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED]
 
 
-def create_job(store: JobStore, req: FinetuneJobRequest) -> dict:
+def create_job(store: JobStore, req: FinetuneJobRequest) -> FinetuneJob:
     """Validate a request fully (base, file, name, hyperparameters) and queue it for the worker."""
     family = family_of(req.model)
     if not families.family(family).finetunes:
@@ -99,33 +118,32 @@ def create_job(store: JobStore, req: FinetuneJobRequest) -> dict:
     return get_job(store, job_id)
 
 
-def get_job(store: JobStore, job_id: str) -> dict:
-    """The job in OpenAI's `fine_tuning.job` shape, plus brushpen's `progress`."""
+def get_job(store: JobStore, job_id: str) -> FinetuneJob:
+    """The job, read from the store; ModelNotFound for an unknown id."""
     rows = store.single(job_id, ENDPOINT)
     if rows is None:
         raise ModelNotFound(f"no fine-tuning job with id '{job_id}'")
-    row, line = rows
+    batch, line = rows
     body = json.loads(line["body"])
     response = json.loads(line["response"]) if line["response"] else {}
     last = events(store, job_id, limit=1)
-    status = STATUS[row["status"]]
-    if row["status"] == "completed" and line["status_code"] and line["status_code"] >= 300:
-        status = "failed"
-    finished = row["completed_at"] or row["failed_at"] or row["cancelled_at"] or row["expired_at"]
-    error = response.get("error") if status == "failed" else None
-    return {"id": job_id, "object": "fine_tuning.job", "model": body["model"], "family": body["family"],
-            "created_at": row["created_at"], "finished_at": finished, "status": status,
-            "training_file": body["training_file"], "validation_file": None, "suffix": body["suffix"],
-            "hyperparameters": body["hyperparameters"], "fine_tuned_model": response.get("fine_tuned_model"),
-            "metrics": response.get("metrics"), "error": error, "result_files": [], "seed": None,
-            "progress": (last[0]["data"] if last else None)}
+    status = batch.status
+    if status == "completed" and line["status_code"] and line["status_code"] >= 300:
+        status = "failed"   # the worker finished the job, but its training failed
+    finished = batch.completed_at or batch.failed_at or batch.cancelled_at or batch.expired_at
+    return FinetuneJob(id=job_id, model=body["model"], family=body["family"], training_file=body["training_file"],
+                       suffix=body["suffix"], hyperparameters=body["hyperparameters"], status=status,
+                       created_at=batch.created_at, finished_at=finished,
+                       fine_tuned_model=response.get("fine_tuned_model"), metrics=response.get("metrics"),
+                       error=response.get("error") if status in ("failed", "expired") else None,
+                       progress=last[0].data if last else None)
 
 
-def list_jobs(store: JobStore, limit: int = 20) -> list[dict]:
+def list_jobs(store: JobStore, limit: int = 20) -> list[FinetuneJob]:
     return [get_job(store, i) for i in store.job_ids(ENDPOINT, limit)]
 
 
-def cancel_job(store: JobStore, job_id: str) -> dict:
+def cancel_job(store: JobStore, job_id: str) -> FinetuneJob:
     get_job(store, job_id)   # a clear 404 for an unknown id
     store.cancel(job_id)
     return get_job(store, job_id)
@@ -135,11 +153,9 @@ def add_event(store: JobStore, job_id: str, message: str, data: dict | None = No
     store.add_event(job_id, level, message, data)
 
 
-def events(store: JobStore, job_id: str, limit: int = 1000, after: int | None = None) -> list[dict]:
+def events(store: JobStore, job_id: str, limit: int = 1000, after: int | None = None) -> list[JobEvent]:
     """The job's events, newest first (as OpenAI lists them); `after` = only those with a larger seq."""
-    return [{"object": "fine_tuning.job.event", "id": f"ftevent-{r['job_id'][6:]}-{r['seq']}", "seq": r["seq"],
-             "created_at": r["created_at"], "level": r["level"], "message": r["message"], "data": r["data"],
-             "type": "metrics" if r["data"] else "message"} for r in store.events(job_id, limit, after)]
+    return store.events(job_id, limit, after)
 
 
 def work_dir(job_id: str) -> Path:
@@ -188,7 +204,7 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
     # A job that gets further than any earlier attempt is not the kind that stops the server: its
     # attempts start over, so restarts during a long run do not fail it (one that dies at the same
     # point every time still is, after MAX_ATTEMPTS).
-    reached = max((e["data"].get("step", 0) for e in events(store, job_id) if e["data"]), default=0)
+    reached = max((e.data.get("step", 0) for e in events(store, job_id) if e.data), default=0)
     further = [False]
 
     def progress(ev: FinetuneEvent) -> None:

@@ -1,8 +1,9 @@
 """Batch jobs: uploaded JSONL files of requests, run by a worker thread, that survive crashes and restarts.
 
 Everything lives in one SQLite database under `$BRUSHPEN_HOME/jobs/` (WAL mode): uploaded files,
-batches and their lines. The shapes follow OpenAI's Files and Batch APIs, so `openai` clients work
-unchanged. Three rules make a job resumable with no lost and no duplicated output:
+batches and their lines, kept as brushpen's own records (`FileRecord`, `BatchRecord`, `JobEvent`);
+the API shows them in OpenAI's Files and Batch shapes, so `openai` clients work unchanged. Three
+rules make a job resumable with no lost and no duplicated output:
 - a line's result is written in the same transaction that marks it done, so after a kill a line is
   either done with its result or still pending, never half-way;
 - a line whose request names no seed gets one derived from the batch id and its index
@@ -27,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator
+from typing import Callable, Collection, Iterator
 
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
@@ -70,10 +71,6 @@ CREATE TABLE IF NOT EXISTS ft_events (
     message TEXT NOT NULL, data TEXT, PRIMARY KEY (job_id, seq));
 """
 
-_BATCH_TIMES = ("created_at", "expires_at", "in_progress_at", "finalizing_at", "completed_at",
-                "failed_at", "expired_at", "cancelling_at", "cancelled_at")
-
-
 @dataclass
 class FileRecord:
     id: str
@@ -82,9 +79,45 @@ class FileRecord:
     bytes: int
     created_at: int
 
-    def to_openai(self) -> dict:
-        return {"id": self.id, "object": "file", "bytes": self.bytes, "created_at": self.created_at,
-                "filename": self.filename, "purpose": self.purpose, "status": "processed"}
+
+@dataclass
+class BatchRecord:
+    """A batch, or a one-line job (fine-tuning), as its row in the store."""
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str           # "24h", or SINGLE_JOB_WINDOW for a one-line job
+    status: str                      # validating, in_progress, finalizing, cancelling, or one of FINISHED
+    metadata: dict | None
+    created_at: int                  # the times are unix seconds, None until the batch gets there
+    expires_at: int | None
+    in_progress_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int                       # lines: all of them, and those done and failed so far
+    completed: int
+    failed: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> BatchRecord:
+        return cls(**{**dict(row), "metadata": json.loads(row["metadata"]) if row["metadata"] else None})
+
+
+@dataclass
+class JobEvent:
+    """One progress event of a one-line job (a fine-tuning step, a message); `seq` counts from 0 per job."""
+    job_id: str
+    seq: int
+    created_at: int
+    level: str                       # info, warn, error
+    message: str
+    data: dict | None                # step, total_steps, train_loss, ...; None for a plain message
 
 
 def line_seed(batch_id: str, idx: int) -> int:
@@ -211,7 +244,7 @@ class JobStore:
     # ---- batches ---------------------------------------------------------------------------
 
     def create_batch(self, input_file_id: str, endpoint: str, completion_window: str = "24h",
-                     metadata: dict | None = None, endpoints: Collection[str] | None = None) -> dict:
+                     metadata: dict | None = None, endpoints: Collection[str] | None = None) -> BatchRecord:
         """A batch of an uploaded file's lines; `endpoints` are the ones the runner takes (None: any)."""
         if endpoints is not None and endpoint not in endpoints:
             raise BadParameter(f"endpoint '{endpoint}' cannot run in a batch: expected one of {', '.join(endpoints)}")
@@ -232,15 +265,14 @@ class JobStore:
                            [(batch_id, i, cid, json.dumps(body)) for i, (cid, body) in enumerate(lines)])
         return self.get_batch(batch_id)
 
-    def get_batch(self, batch_id: str) -> dict:
-        """The batch as OpenAI's Batch object."""
+    def get_batch(self, batch_id: str) -> BatchRecord:
         with self._connect() as db:
             row = db.execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
         if row is None:
             raise ModelNotFound(f"no batch with id '{batch_id}'")
-        return _batch_object(row)
+        return BatchRecord.from_row(row)
 
-    def list_batches(self, limit: int = 20, after: str | None = None) -> list[dict]:
+    def list_batches(self, limit: int = 20, after: str | None = None) -> list[BatchRecord]:
         with self._connect() as db:
             # One-line jobs (fine-tuning) share the table but list apart: they have no completion window.
             if after:
@@ -250,9 +282,9 @@ class JobStore:
             else:
                 rows = db.execute("SELECT * FROM batches WHERE completion_window != ? ORDER BY created_at DESC, "
                                   "id DESC LIMIT ?", (SINGLE_JOB_WINDOW, limit)).fetchall()
-        return [_batch_object(r) for r in rows]
+        return [BatchRecord.from_row(r) for r in rows]
 
-    def cancel(self, batch_id: str) -> dict:
+    def cancel(self, batch_id: str) -> BatchRecord:
         """Ask the worker to stop a batch; lines already done stay in its output file."""
         with self._write() as db:
             row = db.execute("SELECT status FROM batches WHERE id=?", (batch_id,)).fetchone()
@@ -341,15 +373,15 @@ class JobStore:
             db.execute("INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?,?,?,?)",
                        (job_id, 0, job_id, json.dumps(body)))
 
-    def single(self, job_id: str, endpoint: str) -> tuple[dict, dict] | None:
-        """(the batch row, its one line's row) of a one-line job, or None."""
+    def single(self, job_id: str, endpoint: str) -> tuple[BatchRecord, dict] | None:
+        """(the batch, its one line's row: body, status, status_code, response) of a one-line job, or None."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM batches WHERE id=? AND endpoint=?", (job_id, endpoint)).fetchone()
             if row is None:
                 return None
             line = db.execute("SELECT body, status, status_code, response FROM lines WHERE batch_id=? AND idx=0",
                               (job_id,)).fetchone()
-        return dict(row), dict(line)
+        return BatchRecord.from_row(row), dict(line)
 
     def job_ids(self, endpoint: str, limit: int) -> list[str]:
         """The newest jobs of one endpoint first."""
@@ -364,12 +396,12 @@ class JobStore:
             db.execute("INSERT INTO ft_events (job_id, seq, created_at, level, message, data) VALUES (?,?,?,?,?,?)",
                        (job_id, seq, int(time.time()), level, message, json.dumps(data) if data else None))
 
-    def events(self, job_id: str, limit: int, after: int | None = None) -> list[dict]:
-        """A job's events with a seq above `after`, newest first; `data` decoded."""
+    def events(self, job_id: str, limit: int, after: int | None = None) -> list[JobEvent]:
+        """A job's events with a seq above `after`, newest first."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM ft_events WHERE job_id=? AND seq > ? ORDER BY seq DESC LIMIT ?",
                               (job_id, -1 if after is None else after, limit)).fetchall()
-        return [{**dict(r), "data": json.loads(r["data"]) if r["data"] else None} for r in rows]
+        return [JobEvent(**{**dict(r), "data": json.loads(r["data"]) if r["data"] else None}) for r in rows]
 
     def count_as_first_attempt(self, batch_id: str, idx: int) -> None:
         """Forget a line's earlier attempts: a long line (a fine-tuning job) that got further than
@@ -382,17 +414,6 @@ class JobStore:
         with self._connect() as db:
             return {r["idx"]: r["attempts"] for r in
                     db.execute("SELECT idx, attempts FROM lines WHERE batch_id=?", (batch_id,))}
-
-
-def _batch_object(row: sqlite3.Row) -> dict:
-    out: dict[str, Any] = {"id": row["id"], "object": "batch", "endpoint": row["endpoint"], "errors": None,
-                           "input_file_id": row["input_file_id"], "completion_window": row["completion_window"],
-                           "status": row["status"], "output_file_id": row["output_file_id"],
-                           "error_file_id": row["error_file_id"]}
-    out.update({k: row[k] for k in _BATCH_TIMES})
-    out["request_counts"] = {"total": row["total"], "completed": row["completed"], "failed": row["failed"]}
-    out["metadata"] = json.loads(row["metadata"]) if row["metadata"] else None
-    return out
 
 
 class Worker:
@@ -432,7 +453,7 @@ class Worker:
 
     def run_batch(self, batch_id: str) -> None:
         """Run the pending lines of one batch, then finalize it (completed, cancelled or expired)."""
-        expires_at = self.store.get_batch(batch_id)["expires_at"]
+        expires_at = self.store.get_batch(batch_id).expires_at
         while not self._stop.is_set():
             status = self.store.status(batch_id)
             if status == "cancelling":
@@ -448,7 +469,7 @@ class Worker:
                     500, f"this request stopped the server {attempts} times; it was not retried again"))
                 continue
             body.setdefault("seed", line_seed(batch_id, idx))
-            endpoint = self.store.get_batch(batch_id)["endpoint"]
+            endpoint = self.store.get_batch(batch_id).endpoint
             _running.batch_id = batch_id
             try:
                 status_code, response = self._run_one(endpoint, body)

@@ -21,6 +21,11 @@ from brushpen.studio_ui.common import user_errors
 BASES = {f"{fam.label}: {fam.default_model} ({fam.data_help})": fam.default_model
          for fam in (families.family(name) for name in families.finetunable())}
 MAX_UPLOAD = 64 << 20
+# The words the tab shows for a job's status (the job store's), the same as the API's, so a job
+# reads alike in both.
+SHOWN_STATUS = {"validating": "validating_files", "in_progress": "running", "finalizing": "running",
+                "cancelling": "running", "completed": "succeeded", "failed": "failed", "cancelled": "cancelled",
+                "expired": "failed"}
 
 
 def _store() -> JobStore:
@@ -46,12 +51,12 @@ def start(base_label: str, upload: str | None, name: str, rank: float, length: f
     store = _store()
     record = store.add_file(path.name, FILE_PURPOSE, data)
     job = finetune_jobs.create_job(store, FinetuneJobRequest(model, record.id, name.strip(), hyper))
-    return job["id"], *poll(job["id"])
+    return job.id, *poll(job.id)
 
 
 def _plot(job_id: str) -> pd.DataFrame:
-    rows = [e["data"] for e in reversed(finetune_jobs.events(_store(), job_id, limit=5000))
-            if e["data"] and e["data"].get("train_loss") is not None]
+    rows = [e.data for e in reversed(finetune_jobs.events(_store(), job_id, limit=5000))
+            if e.data and e.data.get("train_loss") is not None]
     return pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["train_loss"] for r in rows]})
 
 
@@ -61,14 +66,14 @@ def poll(job_id: str | None):
         return "", pd.DataFrame({"step": [], "loss": []}), ""
     store = _store()
     job = finetune_jobs.get_job(store, job_id)
-    prog = job.get("progress") or {}
+    prog = job.progress or {}
     done = f" step {prog.get('step')}/{prog.get('total_steps')}" if prog.get("step") is not None else ""
-    status = f"**{job['id']}**: {job['status']}{done}"
-    if job["fine_tuned_model"]:
-        status += f". Adapter: `{job['fine_tuned_model']}`; use it as the model name anywhere."
-    if job["error"]:
-        status += f". Error: {job['error'].get('message')}"
-    log = "\n".join(e["message"] for e in reversed(finetune_jobs.events(store, job_id, limit=12)))
+    status = f"**{job.id}**: {SHOWN_STATUS[job.status]}{done}"
+    if job.fine_tuned_model:
+        status += f". Adapter: `{job.fine_tuned_model}`; use it as the model name anywhere."
+    if job.error:
+        status += f". Error: {job.error.get('message')}"
+    log = "\n".join(e.message for e in reversed(finetune_jobs.events(store, job_id, limit=12)))
     return status, _plot(job_id), log
 
 
