@@ -11,7 +11,7 @@ PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install chromium run test test-slow bench bench-copy-tune bench-edge bench-finetune data clean-venv
+.PHONY: install chromium run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 $(STAMP): pyproject.toml
@@ -55,6 +55,13 @@ bench: $(STAMP)
 # The copy defaults sweep: about 25 minutes on one thread (see BENCHMARKS.md).
 bench-copy-tune: $(STAMP)
 	$(PY) benchmarks/copy_tune.py --threads 1 --seeds 1000,2000,3000
+
+# The copywriter on the held-out panel, plain against deliberate, and the tagline wall time: about
+# 30 minutes on one thread (BENCHMARKS.md, "Copy on the held-out panel").
+bench-copy-panel: $(STAMP)
+	$(PY) benchmarks/copy_panel.py --threads 1 --seed 1 --no-deliberate
+	$(PY) benchmarks/copy_panel.py --threads 1 --seed 1
+	$(PY) benchmarks/copy_speed.py --threads 1
 
 # Edge variants (ONNX fp32 / int8 / students) of the three models, 1 thread; needs `brushpen export
 # MODEL --int8 [--student]` first (emoji64, fortunes-lm and detector ship theirs; SmolLM2's is built).

@@ -166,7 +166,8 @@ def score_setting(briefs: list[dict], texts: list[list[str]], notes: list[list[s
 def run_setting(setting: Setting, briefs: list[dict], n: int, seed: int, max_new_tokens: int) -> list[CopyResult]:
     reqs = [CopyRequest(b["brief"], b["kind"], b.get("tone"), b.get("audience"), n=n, seed=seed + 100 * k,
                         max_new_tokens=max_new_tokens, temperature=setting.temperature, top_p=setting.top_p,
-                        top_k=setting.top_k, repetition_penalty=setting.repetition_penalty)
+                        top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
+                        deliberate=False)   # this sweep tunes plain sampling
             for k, b in enumerate(briefs)]
     default_system = prompts.SYSTEM
     prompts.SYSTEM = setting.system or default_system  # read by build_messages at call time

@@ -52,7 +52,8 @@ def main() -> None:
     for e in held[:args.examples]:
         row = {"brief": e.brief, "kind": e.kind, "tone": e.tone, "reference": e.copy}
         for label, tm in models.items():
-            req = CopyRequest(brief=e.brief, kind=e.kind, tone=e.tone, n=1, seed=args.seed, model=tm.name)
+            req = CopyRequest(brief=e.brief, kind=e.kind, tone=e.tone, n=1, seed=args.seed, model=tm.name,
+                              deliberate=False)
             row[label] = (generate_copy(req).texts or [""])[0]
         report["examples"].append(row)
     print(f"\nadapter {ref}: {report['adapter_bytes']:,} bytes, {report['trainable_params']:,} trainable "

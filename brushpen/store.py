@@ -8,6 +8,7 @@ reads their cards and metrics, refuses pickle-based weights, and writes every fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -194,6 +195,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -123,7 +123,8 @@ def test_image_urls_serve_the_png_without_the_key(server: Server) -> None:
 
 def test_completions_same_seed_same_text_and_stream_spells_the_same(server: Server) -> None:
     client = server.client()
-    kw = dict(model="smollm2-135m", prompt=BRIEF, max_tokens=10, n=2, seed=7, extra_body={"kind": "headline"})
+    kw = dict(model="smollm2-135m", prompt=BRIEF, max_tokens=10, n=2, seed=7,
+              extra_body={"kind": "headline", "deliberate": False})   # 10 tokens: plain, every variant kept
     a = client.completions.create(**kw)
     b = client.completions.create(**kw)
     assert a.object == "text_completion" and a.id.startswith("cmpl-") and a.model == "smollm2-135m"
@@ -142,7 +143,7 @@ def test_completions_same_seed_same_text_and_stream_spells_the_same(server: Serv
 
 def test_stream_is_openai_sse_on_the_wire(server: Server) -> None:
     body = {"model": "smollm2-135m", "prompt": BRIEF, "max_tokens": 8, "seed": 1, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, "deliberate": False}   # token by token
     with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers(), timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -174,10 +175,42 @@ def test_chat_completions_stream_and_not(server: Server) -> None:
 
 def test_greedy_chat_with_list_content(server: Server) -> None:
     messages = [{"role": "user", "content": [{"type": "text", "text": BRIEF}]}]
-    a = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0)
+    plain = {"deliberate": False}   # 8 greedy tokens: the one answer, whatever the checks say
+    a = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0,
+                                                extra_body=plain)
     b = server.client().chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=8, temperature=0,
-                                                seed=99)
+                                                seed=99, extra_body=plain)
     assert a.choices[0].message.content and a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_deliberate_completions_carry_their_checks_and_best_of_drafts(server: Server) -> None:
+    """Deliberate mode is the default; OpenAI's best_of sets its drafts. Each choice carries the
+    checks it passed, and a run that comes up short says so in `notes` instead of padding."""
+    client = server.client()
+    kw = dict(model="smollm2-135m", prompt=BRIEF, max_tokens=24, n=2, seed=3, extra_body={"kind": "tagline"})
+    a = client.completions.create(**kw, best_of=6).model_dump()
+    assert a == {**client.completions.create(**kw, best_of=6).model_dump(), "id": a["id"], "created": a["created"]}
+    assert [c["index"] for c in a["choices"]] == list(range(len(a["choices"])))
+    for c in a["choices"]:
+        assert c["text"] and [k["name"] for k in c["checks"]][:2] == ["on_brief", "length"]
+        assert all(k["passed"] for k in c["checks"] if k["hard"])
+    if len(a["choices"]) < 2:
+        assert "passed the checks among 6 drafts" in a["notes"][0]
+    plain = client.completions.create(**{**kw, "extra_body": {"kind": "tagline", "deliberate": False}}).model_dump()
+    assert all("checks" not in c or c["checks"] is None for c in plain["choices"])
+    r = httpx.post(server.url + "/v1/completions", headers=server.headers(), timeout=30,
+                   json={"model": "smollm2-135m", "prompt": BRIEF, "n": 3, "best_of": 2})
+    assert r.status_code == 400 and "best_of (2) must be at least n (3)" in r.text
+    # Korean: `language` picks the Korean prompt and checks (length in characters).
+    ko = {"model": "smollm2-135m", "prompt": "48시간 안에 진료비를 지급하는 반려동물 보험", "kind": "tagline",
+          "language": "ko", "max_tokens": 24, "seed": 1, "draft": 3}
+    r = httpx.post(server.url + "/v1/completions", headers=server.headers(), timeout=60, json=ko)
+    assert r.status_code == 200, r.text
+    for c in r.json()["choices"]:
+        assert "characters" in next(k["detail"] for k in c["checks"] if k["name"] == "length")
+    assert r.json()["choices"] or "passed the checks among 3 drafts" in r.json()["notes"][0]
+    r = httpx.post(server.url + "/v1/completions", headers=server.headers(), timeout=30, json={**ko, "language": "fr"})
+    assert r.status_code == 400 and "language" in r.text
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -88,13 +88,19 @@ def test_studio_in_chromium(server: Server, tmp_path: Path) -> None:
         assert re.search(r"\b(real|uncertain|fake|out-of-scope)\b", page.locator("#checker-table").inner_text())
         page.screenshot(path=str(tmp_path / "2-checker.png"), full_page=True)
 
-        # Copy: the first variant's box fills while the model writes (seen at several lengths).
+        # Copy, deliberate (the default): the status says it is drafting, then the picks arrive.
         page.get_by_role("tab", name="Copy").click()
         page.locator("#copy-brief textarea").fill(BRIEF)
         # A fixed seed: a variant that repeats another is dropped by design, so a random seed could
         # return fewer than the 3 asked for.
         set_number(page, "copy-seed", 3)
         page.locator("#copy-write").click()
+        expect(page.locator("#copy-status")).to_contain_text("drafting 12 candidates", timeout=30_000)
+        expect(page.locator("#copy-status")).to_contain_text("variant(s), seed 3", timeout=180_000)
+        # Plain sampling: the first variant's box fills while the model writes (seen at several lengths).
+        page.locator("#copy-deliberate input").uncheck()
+        page.locator("#copy-write").click()
+        expect(page.locator("#copy-status")).to_contain_text("writing...", timeout=30_000)
         box, status, seen = page.locator("#copy-variant-0 textarea"), page.locator("#copy-status"), set()
         deadline = time.monotonic() + 180
         while not re.search(r"\d variant\(s\), seed \d+", status.inner_text()) and time.monotonic() < deadline:

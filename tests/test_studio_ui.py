@@ -23,7 +23,7 @@ from conftest import save_tiny_sd_pipeline
 # guidance, width, height, scheduler, backend. Every input is passed: the studio's events are
 # "undocumented" (kept out of the API info Gradio embeds in its pages), so the client knows no defaults.
 GAN = ("shapes", "flag", "", 5, 3, 0.7, -1, 4, 20, 7.5, 512, 512, "default", "torch")
-COPY_TAIL = ("torch", "smollm2-135m")   # the Copy tab's backend and model
+COPY_TAIL = ("torch", "smollm2-135m", False, 4, "en")   # the Copy tab's backend, model, deliberate, drafts, language
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,23 @@ def test_copy_streams_into_one_box_per_variant(client: Client) -> None:
     texts = [final[i]["value"] for i in range(2)]
     assert all(texts) and final[2]["visible"] is False and "seed 7" in final[-1]
     direct = generate_copy(CopyRequest(brief=BRIEF, kind="headline", n=2, max_new_tokens=12, seed=7,
-                                       repetition_penalty=1.1))   # as sent above
+                                       repetition_penalty=1.1, deliberate=False))   # as sent above
     assert texts == direct.texts
+
+
+def test_deliberate_copy_shows_the_picks_and_the_misses(client: Client) -> None:
+    from brushpen.generators.copy import CopyRequest, generate_copy
+
+    args = (BRIEF, "email-subject", "", "", 2, 0.7, 0.9, 50, 1.05, 24, 5, "torch", "smollm2-135m", True, 3, "en")
+    outputs = list(client.submit(*args, api_name="/write_copy"))
+    assert "drafting 6 candidates" in outputs[0][-1]
+    final = outputs[-1]
+    direct = generate_copy(CopyRequest(brief=BRIEF, kind="email-subject", n=2, temperature=0.7, max_new_tokens=24,
+                                       seed=5, draft=3))
+    assert [final[i]["value"] for i in range(len(direct.texts))] == direct.texts
+    assert f"{len(direct.variants)} variant(s), seed 5" in final[-1]
+    for v in direct.rejected:   # a run that came up short names each miss and the check it failed
+        assert f"rejected: {v.text!r}" in final[-1]
 
 
 def test_seed_walk_and_diffusers_model(client: Client, server: Server) -> None:

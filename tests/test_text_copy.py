@@ -40,7 +40,9 @@ def text_model(base_dir: Path):
 
 
 def small(**kw) -> CopyRequest:
-    return CopyRequest(**{"brief": BRIEF, "n": 3, "max_new_tokens": 12, "seed": 11, **kw})
+    """Plain sampling: these tests pin its seeds, redraws and token streaming (deliberate mode has
+    tests/test_copy_deliberate.py)."""
+    return CopyRequest(**{"brief": BRIEF, "n": 3, "max_new_tokens": 12, "seed": 11, "deliberate": False, **kw})
 
 
 def test_briefs_file_covers_every_kind() -> None:
@@ -165,8 +167,8 @@ def test_piped_stream_prints_the_final_list_when_the_filter_redraws(text_model, 
 
 
 def test_batch_of_briefs(text_model) -> None:
-    reqs = [CopyRequest(b["brief"], b["kind"], b["tone"], b["audience"], n=2, max_new_tokens=10, seed=3)
-            for b in BRIEFS[:3]]
+    reqs = [CopyRequest(b["brief"], b["kind"], b["tone"], b["audience"], n=2, max_new_tokens=10, seed=3,
+                        deliberate=False) for b in BRIEFS[:3]]
     results = generate_copy_batch(reqs)
     assert [len(r.variants) for r in results] == [2, 2, 2]
     assert [r.settings["brief"] for r in results] == [b["brief"] for b in BRIEFS[:3]]
@@ -257,7 +259,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_json(base_dir: Path) -> None:
     proc = run_cli(BRIEF, "--kind", "tagline", "--n", "2", "--seed", "5", "--max-new-tokens", "10",
-                   "--json", "--threads", "1")
+                   "--json", "--threads", "1", "--no-deliberate")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert [v["seed"] for v in out["variants"]] == [5, 6]
@@ -286,7 +288,8 @@ def test_cli_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_cli_stream_piped_prints_what_the_plain_command_prints(base_dir: Path) -> None:
-    args = (BRIEF, "--kind", "ad", "--n", "3", "--seed", "4", "--max-new-tokens", "24", "--threads", "1")
+    args = (BRIEF, "--kind", "ad", "--n", "3", "--seed", "4", "--max-new-tokens", "24", "--threads", "1",
+            "--no-deliberate")
     plain, streamed = run_cli(*args), run_cli(*args, "--stream")
     assert plain.returncode == streamed.returncode == 0, streamed.stderr
     assert plain.stdout.count("\n") >= 3 and "\x1b" not in streamed.stdout

@@ -147,7 +147,7 @@ def test_tiny_pretraining_beats_unigram_and_loads(corpus_file: Path, tmp_path: P
     # The copy service runs it too: its prompt (about 40 tokens) and 40 new tokens do not fit the
     # 32-token window, so the prompt is cut from the left and the budget shrinks to what fits.
     result = generate_copy(CopyRequest("The cat likes a green tree", kind="description", n=2,
-                                       max_new_tokens=40, seed=1, model=str(out)))
+                                       max_new_tokens=40, seed=1, model=str(out), deliberate=False))
     assert len(result.variants) == 2 and all(result.texts)
 
 

@@ -90,11 +90,22 @@ class Usage(Out):
 FinishReason = Literal["stop", "length", "content_filter"]
 
 
+class CheckVerdict(Out):
+    name: str
+    passed: bool
+    hard: bool
+    detail: str
+
+
+_CHECKS = "deliberate mode: each check's verdict on this variant (brushpen.text.checks)"
+
+
 class CompletionChoice(Out):
     index: int
     text: str
     logprobs: None = None
     finish_reason: FinishReason
+    checks: list[CheckVerdict] | None = Field(None, description=_CHECKS)
 
 
 class AssistantMessage(Out):
@@ -108,9 +119,10 @@ class ChatChoice(Out):
     message: AssistantMessage
     logprobs: None = None
     finish_reason: FinishReason
+    checks: list[CheckVerdict] | None = Field(None, description=_CHECKS)
 
 
-_NOTES = "variants dropped after redraws, and why"
+_NOTES = "variants dropped after redraws, or fewer picks than asked in deliberate mode, and why"
 
 
 class CompletionResponse(Out):

@@ -131,6 +131,10 @@ class CopyExtras(Strict):
     repetition_penalty: float | None = Field(None, gt=0.0, le=3.0)
     backend: str = Field("torch", max_length=32, description="torch, or onnx / onnx-int8 once the model was "
                          "exported with `brushpen export MODEL --int8`")
+    deliberate: StrictBool | None = Field(None, description="draft, check and pick the best (default true); "
+                                          "false: plain sampling")
+    draft: int | None = Field(None, ge=1, le=16, description="candidates drafted per variant (default 4)")
+    language: Literal["en", "ko"] = Field("en", description="the copy's language: en or ko")
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -158,8 +162,14 @@ class CompletionRequest(CopyExtras):
     @model_validator(mode="after")
     def _check(self) -> "CompletionRequest":
         self._check_common()
-        self._refuse_unless_neutral({"best_of": (None, 1), "echo": (None, False), "logprobs": (None, 0),
-                                     "suffix": (None, "")})
+        self._refuse_unless_neutral({"echo": (None, False), "logprobs": (None, 0), "suffix": (None, "")})
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.best_of is not None and self.best_of > 1:
+            # OpenAI's server-side best-of is deliberate mode: best_of drafts in all, the best n kept.
+            if self.draft is not None or self.deliberate is False:
+                raise ValueError("give best_of or draft, not both (best_of also needs deliberate mode)")
+            self.draft = -(-self.best_of // self.n)
         briefs = self.briefs()
         if not 1 <= len(briefs) <= MAX_PROMPTS:
             raise ValueError(f"prompt takes 1..{MAX_PROMPTS} briefs, got {len(briefs)}")

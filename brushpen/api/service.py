@@ -89,7 +89,8 @@ def copy_request(body: CompletionRequest | ChatCompletionRequest, brief: str, ma
 
     # Unset knobs (None) keep the copywriter's tuned defaults (docs/cli.md, "Copy"), not OpenAI's.
     return from_values(CopyRequest, {**body.model_dump(), "brief": brief, "model": copy_model(body.model),
-                                     "stop": body.stops(), "max_new_tokens": max_tokens}, skip_none=True)
+                                     "stop": body.stops(), "max_new_tokens": max_tokens, "lang": body.language},
+                       skip_none=True)
 
 
 def _choices(req: CopyRequest, result: CopyResult, offset: int, chat: bool) -> list[dict]:
@@ -97,10 +98,13 @@ def _choices(req: CopyRequest, result: CopyResult, offset: int, chat: bool) -> l
 
     base = result.settings["seed"]
     out = []
-    for v in result.variants:
-        index = offset + (v.seed - base) % req.n   # the variant's slot, also after a redraw
+    for position, v in enumerate(result.variants):
+        # The variant's slot, also after a redraw; deliberate mode returns its picks best first.
+        index = offset + (position if req.deliberate else (v.seed - base) % req.n)
         finish = "length" if hit_token_cap(req, v.text) else "stop"
         choice = {"index": index, "logprobs": None, "finish_reason": finish}
+        if v.checks is not None:
+            choice["checks"] = v.checks   # our extension: each check's verdict, as `brushpen copy --json`
         if chat:
             choice["message"] = {"role": "assistant", "content": v.text, "refusal": None}
         else:

@@ -31,8 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--adapter", default=None, help="a LoRA adapter of the model, from `brushpen finetune text --out NAME`")
     c.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                    help="onnx / onnx-int8 run the graphs of `brushpen export MODEL --int8` under onnxruntime")
-    c.add_argument("--stream", action="store_true", help="print tokens as they come")
-    c.add_argument("--json", action="store_true", help="print the variants with their settings and seeds")
+    c.add_argument("--lang", choices=("en", "ko"), default="en",
+                   help="the copy's language: Korean prompts, and checks that count Korean length in characters")
+    c.add_argument("--draft", type=int, default=None,
+                   help="candidates drafted per variant, checked, the best kept (default 4)")
+    c.add_argument("--no-deliberate", dest="deliberate", action="store_false",
+                   help="plain sampling: no drafts, no checks (streams token by token)")
+    c.add_argument("--stream", action="store_true",
+                   help="print tokens as they come (with --no-deliberate; deliberate mode prints its picks at the end)")
+    c.add_argument("--json", action="store_true",
+                   help="print the variants with their settings, seeds and checks, and the rejected drafts")
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=run_copy)
 
@@ -42,8 +50,9 @@ def _request(args: argparse.Namespace):
 
     req = CopyRequest(brief=args.brief, kind=args.kind, tone=args.tone, audience=args.audience,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model, stop=args.stop,
-                      backend=args.backend, adapter=args.adapter)
-    for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+                      backend=args.backend, adapter=args.adapter, deliberate=args.deliberate,
+                      lang=args.lang)
+    for name in ("temperature", "top_p", "top_k", "repetition_penalty", "draft"):
         if getattr(args, name) is not None:
             setattr(req, name, getattr(args, name))
     req.n = args.n if args.n is not None else (1 if req.temperature == 0 else 3)
@@ -56,7 +65,7 @@ def run_copy(args: argparse.Namespace) -> int:
     req = _request(args)
     req.validate()  # before the model loads, so typos fail fast
     apply_threads(args.threads)
-    if args.stream and not args.json:
+    if args.stream and not args.json and not req.deliberate:  # deliberate mode shows nothing before its picks
         return _print_stream(stream_copy(req))
     result = generate_copy(req)
     if args.json:

