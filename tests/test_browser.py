@@ -159,9 +159,18 @@ def test_studio_in_chromium(server: Server, tmp_path: Path) -> None:
         while len(history_pngs(server)) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
         page.screenshot(path=str(tmp_path / "5-rerun.png"), full_page=True)
+
+        # A Korean browser gets the Korean labels (Gradio's i18n; its Settings panel switches).
+        ko = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="ko-KR").new_page()
+        ko.goto(server.url + "/")
+        ko.get_by_role("tab", name="카피").click()
+        expect(ko.get_by_text("브리프", exact=True)).to_be_visible()
+        expect(ko.get_by_text("숙고: 초안, 검사, 선택", exact=True)).to_be_visible()
+        ko.screenshot(path=str(tmp_path / "6-korean.png"), full_page=True)
         browser.close()
     again = history_pngs(server)[-1]
     with Image.open(again) as a, Image.open(sd_png) as b:
         assert again != sd_png and a.tobytes() == b.tobytes()
     assert all((tmp_path / f).stat().st_size > 10_000
-               for f in ("1-images.png", "2-checker.png", "3-copy.png", "4-pnginfo.png", "5-rerun.png"))
+               for f in ("1-images.png", "2-checker.png", "3-copy.png", "4-pnginfo.png", "5-rerun.png",
+                         "6-korean.png"))

@@ -57,13 +57,16 @@ def build_server_app(api_key: str | None, ui: bool = True):
         return app
     import gradio as gr
 
+    from brushpen.studio_ui.i18n import I18N
+
     def login(_user: str, password: str) -> bool:
         return key_matches(password, api_key or "")
 
-    # Routes added before the mount win over it, so /v1, /health and /docs stay the API's.
+    # Routes added before the mount win over it, so /v1, /health and /docs stay the API's. I18N: the
+    # labels in Korean too (Gradio's Settings panel picks the language).
     app = gr.mount_gradio_app(app, blocks, path="/", auth=login if api_key else None,
                               auth_message="Enter the studio's API key as the password (any user name).",
-                              max_file_size=settings.max_upload_bytes)
+                              max_file_size=settings.max_upload_bytes, i18n=I18N)
     app.add_middleware(NoAllEndpoints)
     if api_key:   # a wrong login counts with the wrong keys, and a limited address gets a 429
         app.add_middleware(LoginLimit, limiter=app.state.failed_auth)

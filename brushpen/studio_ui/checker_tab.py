@@ -14,6 +14,7 @@ from brushpen.families import default_model
 from brushpen.generators.history import history_dir
 from brushpen.store import resolve_model
 from brushpen.studio_ui.common import user_errors
+from brushpen.studio_ui.i18n import t
 
 COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error", "why out of scope"]
 
@@ -61,24 +62,24 @@ def _backends() -> list[str]:
 
 
 def build() -> gr.File:
-    with gr.Tab("Checker", id="checker"):
+    with gr.Tab(t("Checker"), id="checker"):
         with gr.Row():
             with gr.Column(scale=2):
-                files = gr.File(label="Images or a zip", file_count="multiple", type="filepath",
+                files = gr.File(label=t("Images or a zip"), file_count="multiple", type="filepath",
                                 elem_id="checker-files")
-                heatmaps = gr.Checkbox(value=True, label="Heatmaps")
-                scope_gate = gr.Checkbox(value=True, label="Answer out-of-scope for non-photos",
+                heatmaps = gr.Checkbox(value=True, label=t("Heatmaps"))
+                scope_gate = gr.Checkbox(value=True, label=t("Answer out-of-scope for non-photos"),
                                          info="emoji, drawings and text get no score the detector cannot back; "
                                               "untick to score them anyway", elem_id="checker-scope-gate")
-                backend = gr.Dropdown(_backends(), value="torch", label="Backend", elem_id="checker-backend",
+                backend = gr.Dropdown(_backends(), value="torch", label=t("Backend"), elem_id="checker-backend",
                                       info="onnx, onnx-int8 and student run the variants `brushpen export detector` made")
-                go = gr.Button("Check", variant="primary", elem_id="checker-go")
+                go = gr.Button(t("Check"), variant="primary", elem_id="checker-go")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="checker-status")
-                table = gr.Dataframe(headers=COLUMNS, interactive=False, label="Verdicts (click a header to sort)",
+                table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("Verdicts (click a header to sort)"),
                                      elem_id="checker-table")
-                csv_file = gr.File(label="Report (CSV)")
-                maps = gr.Gallery(label="Heatmaps", format="png", columns=6)
+                csv_file = gr.File(label=t("Report (CSV)"))
+                maps = gr.Gallery(label=t("Heatmaps"), format="png", columns=6)
     go.click(_check, [files, heatmaps, backend, scope_gate], [table, csv_file, maps, status], concurrency_id="checker",
              concurrency_limit=1, api_name="check_images")
     return files

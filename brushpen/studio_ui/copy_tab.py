@@ -17,6 +17,7 @@ from brushpen.generators.copy import (DELIBERATE_TEMPERATURE, MAX_VARIANTS, PLAI
 from brushpen.generators.history import record_copy
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors
 from brushpen.text.prompts import KINDS
+from brushpen.studio_ui.i18n import t
 
 DEFAULTS = CopyRequest(brief="-")
 
@@ -66,41 +67,42 @@ def _failures(result) -> str:
 
 
 def build() -> None:
-    with gr.Tab("Copy", id="copy"):
+    with gr.Tab(t("Copy"), id="copy"):
         with gr.Row():
             with gr.Column(scale=2):
-                brief = gr.Textbox(label="Brief", lines=3, elem_id="copy-brief",
+                brief = gr.Textbox(label=t("Brief"), lines=3, elem_id="copy-brief",
                                    placeholder="Reusable steel bottle that keeps drinks cold for 24 hours")
                 with gr.Row():
-                    kind = gr.Dropdown(list(KINDS), value=DEFAULTS.kind, label="Kind")
+                    kind = gr.Dropdown(list(KINDS), value=DEFAULTS.kind, label=t("Kind"))
                     lang = gr.Dropdown([("English", "en"), ("한국어 (Korean)", "ko")], value=DEFAULTS.lang,
-                                       label="Language", elem_id="copy-lang")
+                                       label=t("Language"), elem_id="copy-lang")
                 # BASE:NAME entries are LoRA adapters (brand voices) made by `brushpen finetune text`.
-                model = gr.Dropdown(copy_models(), value=copy_models()[0], label="Model", elem_id="copy-model")
+                model = gr.Dropdown(copy_models(), value=copy_models()[0], label=t("Model"), elem_id="copy-model")
                 with gr.Row():
-                    tone = gr.Textbox(label="Tone", placeholder="friendly")
-                    audience = gr.Textbox(label="Audience", placeholder="hikers")
-                n = gr.Slider(1, MAX_VARIANTS, value=DEFAULTS.n, step=1, label="Variants")
+                    tone = gr.Textbox(label=t("Tone"), placeholder="friendly")
+                    audience = gr.Textbox(label=t("Audience"), placeholder="hikers")
+                n = gr.Slider(1, MAX_VARIANTS, value=DEFAULTS.n, step=1, label=t("Variants"))
                 with gr.Row():
-                    deliberate = gr.Checkbox(value=DEFAULTS.deliberate, label="Deliberate: draft, check, pick",
-                                             info="off: plain sampling, streamed token by token",
+                    deliberate = gr.Checkbox(value=DEFAULTS.deliberate, label=t("Deliberate: draft, check, pick"),
+                                             info=t("off: plain sampling, streamed token by token"),
                                              elem_id="copy-deliberate")
-                    draft = gr.Slider(1, 16, value=DEFAULTS.draft, step=1, label="Drafts per variant",
+                    draft = gr.Slider(1, 16, value=DEFAULTS.draft, step=1, label=t("Drafts per variant"),
                                       elem_id="copy-draft")
-                with gr.Accordion("Sampling", open=False):
-                    temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="Temperature (0: greedy)")
-                    top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label="Top-p")
-                    top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label="Top-k (0: off)")
-                    rep = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.01, label="Repetition penalty")
-                    max_new = gr.Slider(8, 512, value=DEFAULTS.max_new_tokens, step=8, label="Max new tokens")
-                backend = gr.Dropdown(["torch", "onnx", "onnx-int8"], value=DEFAULTS.backend, label="Backend",
+                with gr.Accordion(t("Sampling"), open=False):
+                    temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05,
+                                            label=t("Temperature (0: greedy)"))
+                    top_p = gr.Slider(0.05, 1, value=DEFAULTS.top_p, step=0.05, label=t("Top-p"))
+                    top_k = gr.Slider(0, 200, value=DEFAULTS.top_k, step=1, label=t("Top-k (0: off)"))
+                    rep = gr.Slider(1, 2, value=DEFAULTS.repetition_penalty, step=0.01, label=t("Repetition penalty"))
+                    max_new = gr.Slider(8, 512, value=DEFAULTS.max_new_tokens, step=8, label=t("Max new tokens"))
+                backend = gr.Dropdown(["torch", "onnx", "onnx-int8"], value=DEFAULTS.backend, label=t("Backend"),
                                       info="onnx / onnx-int8: onnxruntime, after `brushpen export smollm2-135m --int8`",
                                       elem_id="copy-backend")
                 with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1,
+                    seed = gr.Number(value=-1, precision=0, label=t("Seed (-1: random)"), minimum=-1,
                                      elem_id="copy-seed")
-                    dice = gr.Button("🎲 Random", size="sm", min_width=40)
-                go = gr.Button("Write", variant="primary", elem_id="copy-write")
+                    dice = gr.Button(t("🎲 Random"), size="sm", min_width=40)
+                go = gr.Button(t("Write"), variant="primary", elem_id="copy-write")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="copy-status")
                 boxes = [gr.Textbox(label=f"Variant {i + 1}", buttons=["copy"], visible=i < DEFAULTS.n,

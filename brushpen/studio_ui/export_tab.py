@@ -13,6 +13,7 @@ from brushpen.edge.common import available_backends, find_edge_dir
 from brushpen.edge.export import ExportRequest, export_model, model_family
 from brushpen.store import list_models
 from brushpen.studio_ui.common import user_errors
+from brushpen.studio_ui.i18n import t
 
 def exportable() -> list[str]:
     """Store models of the families that export, plus the text base (which lives in the cache)."""
@@ -48,18 +49,18 @@ def show(model: str):
 
 
 def build() -> None:
-    with gr.Tab("Export", id="export"):
+    with gr.Tab(t("Export"), id="export"):
         gr.Markdown("Export a model to ONNX for onnxruntime: fp32, optionally int8 and a distilled student. "
                     "The Images, Copy and Checker tabs can then run it with their Backend picker. "
                     "A student distils for several minutes on the CPU.")
         models = exportable()
         with gr.Row():
-            model = gr.Dropdown(models, value=models[0] if models else None, label="Model")
-            int8 = gr.Checkbox(True, label="int8 (static QDQ for convnets, blockwise int8 MatMul for the LM)")
-            student = gr.Checkbox(False, label="distil a student (GAN, detector)")
-            go = gr.Button("Export", variant="primary")
+            model = gr.Dropdown(models, value=models[0] if models else None, label=t("Model"))
+            int8 = gr.Checkbox(True, label=t("int8 (static QDQ for convnets, blockwise int8 MatMul for the LM)"))
+            student = gr.Checkbox(False, label=t("distil a student (GAN, detector)"))
+            go = gr.Button(t("Export"), variant="primary")
         summary = gr.Markdown()
-        table = gr.Dataframe(headers=["variant", "figure", "value"], interactive=False, label="Report")
+        table = gr.Dataframe(headers=["variant", "figure", "value"], interactive=False, label=t("Report"))
         go.click(run_export, [model, int8, student], [table, summary], concurrency_id="export",
                  api_name="export")
         model.change(show, model, [table, summary], concurrency_id="light")

@@ -16,6 +16,7 @@ from brushpen.generators import finetune_jobs
 from brushpen.generators.finetune_jobs import FILE_PURPOSE, FinetuneJobRequest
 from brushpen.generators.jobs import JobStore
 from brushpen.studio_ui.common import user_errors
+from brushpen.studio_ui.i18n import t
 
 # The base each fine-tunable family ships, by its label in the dropdown.
 BASES = {f"{fam.label}: {fam.default_model} ({fam.data_help})": fam.default_model
@@ -95,26 +96,26 @@ def adapters_table() -> list[list[str]]:
 
 
 def build() -> None:
-    with gr.Tab("Fine-tune", id="finetune"):
+    with gr.Tab(t("Fine-tune"), id="finetune"):
         gr.Markdown("Train a small LoRA adapter on your own data. GAN: a zip of 50-200 images. Copywriter: a "
                     "JSONL of `{\"brief\", \"kind\", \"copy\"}` or `{\"text\"}` rows. Detector: a zip with "
                     "`fake/` and `real/` folders. The job runs in the background; this tab follows it.")
         with gr.Row():
-            base = gr.Dropdown(list(BASES), value=list(BASES)[0], label="Base model")
-            upload = gr.File(label="Training data (.zip or .jsonl)", file_types=[".zip", ".jsonl"], type="filepath")
+            base = gr.Dropdown(list(BASES), value=list(BASES)[0], label=t("Base model"))
+            upload = gr.File(label=t("Training data (.zip or .jsonl)"), file_types=[".zip", ".jsonl"], type="filepath")
         with gr.Row():
-            name = gr.Textbox("my-adapter", label="Adapter name", max_lines=1)
-            rank = gr.Number(4, label="LoRA rank", precision=0, minimum=1, maximum=64)
-            length = gr.Number(0, label="Length (GAN kimg / copy steps / detector steps; 0 = default)", minimum=0)
+            name = gr.Textbox("my-adapter", label=t("Adapter name"), max_lines=1)
+            rank = gr.Number(4, label=t("LoRA rank"), precision=0, minimum=1, maximum=64)
+            length = gr.Number(0, label=t("Length (GAN kimg / copy steps / detector steps; 0 = default)"), minimum=0)
         with gr.Row():
-            go = gr.Button("Start fine-tune", variant="primary")
-            stop = gr.Button("Cancel")
-        job_id = gr.Textbox(label="Job", interactive=False)
+            go = gr.Button(t("Start fine-tune"), variant="primary")
+            stop = gr.Button(t("Cancel"))
+        job_id = gr.Textbox(label=t("Job"), interactive=False)
         status = gr.Markdown()
         plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
-        log = gr.Textbox(label="Events", lines=6, interactive=False)
+        log = gr.Textbox(label=t("Events"), lines=6, interactive=False)
         adapters = gr.Dataframe(value=adapters_table, headers=["base", "adapter"], interactive=False,
-                                label="Adapters in the store")
+                                label=t("Adapters in the store"))
         timer = gr.Timer(2.0)
         go.click(start, [base, upload, name, rank, length], [job_id, status, plot, log], concurrency_id="light",
                  api_name="start_finetune")

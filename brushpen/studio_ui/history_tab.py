@@ -11,6 +11,7 @@ from brushpen.generators.history import HistoryItem, list_history
 from brushpen.generators.images import format_parameters, read_png_settings
 from brushpen.studio_ui.common import user_errors
 from brushpen.studio_ui.images_tab import ImagesTab, settings_updates
+from brushpen.studio_ui.i18n import t
 
 
 def _caption(it: HistoryItem) -> str:
@@ -48,20 +49,20 @@ def _rerun(settings: dict) -> list:
 
 
 def build(images: ImagesTab, tabs: gr.Tabs) -> None:
-    with gr.Tab("History", id="history") as tab:
-        refresh = gr.Button("Refresh", size="sm")
-        gallery = gr.Gallery(label="Recent images and walks", format="png", columns=8, elem_id="history-gallery",
+    with gr.Tab(t("History"), id="history") as tab:
+        refresh = gr.Button(t("Refresh"), size="sm")
+        gallery = gr.Gallery(label=t("Recent images and walks"), format="png", columns=8, elem_id="history-gallery",
                              value=lambda: _recent()[0])
         table = gr.Dataframe(headers=["id", "brief", "kind", "seed", "variants"], interactive=False,
-                             value=lambda: _recent()[1], label="Recent copy", elem_id="history-copy")
-        with gr.Accordion("PNG info", open=True):
+                             value=lambda: _recent()[1], label=t("Recent copy"), elem_id="history-copy")
+        with gr.Accordion(t("PNG info"), open=True):
             with gr.Row():
-                drop = gr.File(label="Drop an image made here", file_types=["image"], type="filepath",
+                drop = gr.File(label=t("Drop an image made here"), file_types=["image"], type="filepath",
                                elem_id="pnginfo-file")
                 with gr.Column():
                     text = gr.Markdown(elem_id="pnginfo-text")
-                    settings = gr.JSON(label="settings")
-                    rerun = gr.Button("Send to Images", elem_id="pnginfo-rerun")
+                    settings = gr.JSON(label=t("settings"))
+                    rerun = gr.Button(t("Send to Images"), elem_id="pnginfo-rerun")
     refresh.click(_recent, None, [gallery, table], concurrency_id="light")
     tab.select(_recent, None, [gallery, table], concurrency_id="light", api_name=False)
     drop.change(_png_info, drop, [text, settings], concurrency_id="light", api_name="png_info")

@@ -17,6 +17,7 @@ from brushpen.generators.images import (ImageModelInfo, ImageRequest, WalkReques
                                         image_models, seed_walk)
 from brushpen.generators.requests import from_values
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors, zip_files
+from brushpen.studio_ui.i18n import t
 
 
 @dataclass
@@ -138,47 +139,48 @@ def build() -> ImagesTab:
     info = models.get(first)
     is_gan = info is None or info.kind == "gan"   # the first model's controls show from the start
     side = info.resolution if info else 512
-    with gr.Tab("Images", id="images"):
+    with gr.Tab(t("Images"), id="images"):
         with gr.Row():
             with gr.Column(scale=2):
-                model = gr.Dropdown(names, value=first, label="Model", elem_id="images-model")
+                model = gr.Dropdown(names, value=first, label=t("Model"), elem_id="images-model")
                 prompt = gr.Textbox(lines=2, elem_id="images-prompt", **_prompt_look(info))
-                negative = gr.Textbox(label="Negative prompt", visible=not is_gan, elem_id="images-negative")
+                negative = gr.Textbox(label=t("Negative prompt"), visible=not is_gan, elem_id="images-negative")
                 with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1, elem_id="images-seed")
-                    dice = gr.Button("🎲 Random", size="sm", min_width=40, elem_id="images-dice")
-                n = gr.Slider(1, 64, value=8, step=1, label="Number of images", elem_id="images-n")
+                    seed = gr.Number(value=-1, precision=0, label=t("Seed (-1: random)"), minimum=-1,
+                                     elem_id="images-seed")
+                    dice = gr.Button(t("🎲 Random"), size="sm", min_width=40, elem_id="images-dice")
+                n = gr.Slider(1, 64, value=8, step=1, label=t("Number of images"), elem_id="images-n")
                 with gr.Group(visible=is_gan) as gan_box:
-                    psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label="Truncation ψ", elem_id="images-psi")
-                    mix_seed = gr.Number(value=-1, precision=0, label="Style-mix seed (-1: off)", minimum=-1)
-                    crossover = gr.Slider(1, 9, value=4, step=1, label="Style-mix crossover layer")
+                    psi = gr.Slider(0, 1.5, value=0.7, step=0.05, label=t("Truncation ψ"), elem_id="images-psi")
+                    mix_seed = gr.Number(value=-1, precision=0, label=t("Style-mix seed (-1: off)"), minimum=-1)
+                    crossover = gr.Slider(1, 9, value=4, step=1, label=t("Style-mix crossover layer"))
                     backends = info.backends if info is not None else ["torch"]
-                    backend = gr.Dropdown(backends, value="torch", label="Backend (onnx: noise off, no style mix)",
+                    backend = gr.Dropdown(backends, value="torch", label=t("Backend (onnx: noise off, no style mix)"),
                                           interactive=len(backends) > 1, elem_id="images-backend")
                 with gr.Group(visible=not is_gan) as sd_box:
-                    steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="images-steps")
-                    guidance = gr.Slider(0, 30, value=7.5, step=0.5, label="Guidance (CFG scale)")
+                    steps = gr.Slider(1, 150, value=20, step=1, label=t("Steps"), elem_id="images-steps")
+                    guidance = gr.Slider(0, 30, value=7.5, step=0.5, label=t("Guidance (CFG scale)"))
                     with gr.Row():
-                        width = gr.Number(value=side, precision=0, label="Width", elem_id="images-width")
-                        height = gr.Number(value=side, precision=0, label="Height", elem_id="images-height")
+                        width = gr.Number(value=side, precision=0, label=t("Width"), elem_id="images-width")
+                        height = gr.Number(value=side, precision=0, label=t("Height"), elem_id="images-height")
                     scheduler = gr.Dropdown(["default", *SCHEDULERS], value="default",
-                                            label="Scheduler (default: the pipeline's own)")
-                go = gr.Button("Generate", variant="primary", elem_id="images-generate")
+                                            label=t("Scheduler (default: the pipeline's own)"))
+                go = gr.Button(t("Generate"), variant="primary", elem_id="images-generate")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="images-gallery")
+                gallery = gr.Gallery(label=t("Images"), format="png", columns=4, elem_id="images-gallery")
                 status = gr.Markdown(elem_id="images-status")
                 with gr.Row():
-                    zipped = gr.File(label="Download all (zip)")
-                    to_checker = gr.Button("Send to checker", elem_id="images-to-checker")
-        with gr.Accordion("Seed walk", open=False):
+                    zipped = gr.File(label=t("Download all (zip)"))
+                    to_checker = gr.Button(t("Send to checker"), elem_id="images-to-checker")
+        with gr.Accordion(t("Seed walk"), open=False):
             with gr.Row():
-                seed_a = gr.Number(value=0, precision=0, label="From seed")
-                seed_b = gr.Number(value=1, precision=0, label="To seed")
-                frames = gr.Slider(2, 60, value=16, step=1, label="Frames")
+                seed_a = gr.Number(value=0, precision=0, label=t("From seed"))
+                seed_b = gr.Number(value=1, precision=0, label=t("To seed"))
+                frames = gr.Slider(2, 60, value=16, step=1, label=t("Frames"))
                 # Lossless WebP keeps the provenance watermark; GIF's palette loses it but plays anywhere.
-                fmt = gr.Radio(["WebP", "GIF"], value="WebP", label="Format")
-                walk_go = gr.Button("Walk", elem_id="images-walk-go")
-            walk_out = gr.Image(label="Seed walk (animated)", type="filepath", elem_id="images-walk")
+                fmt = gr.Radio(["WebP", "GIF"], value="WebP", label=t("Format"))
+                walk_go = gr.Button(t("Walk"), elem_id="images-walk-go")
+            walk_out = gr.Image(label=t("Seed walk (animated)"), type="filepath", elem_id="images-walk")
         paths = gr.State([])
 
     # .input (the user picked a model), not .change: a PNG-info re-run sets the model and the size

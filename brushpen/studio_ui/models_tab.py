@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from brushpen.store import list_models
+from brushpen.studio_ui.i18n import t
 
 
 def _rows() -> list[list[str]]:
@@ -20,15 +21,15 @@ def _show(ref: str | None) -> tuple[str, dict]:
 
 
 def build() -> None:
-    with gr.Tab("Models", id="models"):
+    with gr.Tab(t("Models"), id="models"):
         table = gr.Dataframe(value=_rows, headers=["family", "name", "size", "key metric", "adapters"],
-                             interactive=False, label="Models in the store")
+                             interactive=False, label=t("Models in the store"))
         refs = [m.ref for m in list_models()]
-        pick = gr.Dropdown(refs, value=refs[0] if refs else None, label="Model")
+        pick = gr.Dropdown(refs, value=refs[0] if refs else None, label=t("Model"))
         with gr.Row():
             card = gr.Markdown(value=lambda: _show(refs[0])[0] if refs else "")
-            metrics = gr.JSON(value=lambda: _show(refs[0])[1] if refs else {}, label="metrics.json")
-        refresh = gr.Button("Refresh")
+            metrics = gr.JSON(value=lambda: _show(refs[0])[1] if refs else {}, label=t("metrics.json"))
+        refresh = gr.Button(t("Refresh"))
         pick.change(_show, pick, [card, metrics], concurrency_id="models", api_name="model_card")
         refresh.click(lambda: (_rows(), gr.update(choices=[m.ref for m in list_models()])),
                       None, [table, pick], concurrency_id="models")
