@@ -46,7 +46,7 @@ DEFAULT_DRAFT = 4
 MAX_DRAFT = 16
 MAX_DRAFTS = 64     # n × draft: the candidates of one request
 ROWS_PER_CALL = 64  # rows of one generate call when a batch of briefs drafts together
-DRAFT_TOKENS_PER_WORD = 4
+DRAFT_TOKENS_PER_WORD = 3
 # Sampling temperatures, each tuned on tests/data/briefs.json (never on the held-out panel). Plain:
 # benchmarks/copy_tune.py, 3 seeds pooled: the issue's 0.8 / 0.95 / 1.15 scored lowest (0.82), 0.3 /
 # 0.9 / 50 / 1.05 highest (0.89). Deliberate: benchmarks/copy_panel.py --panel tests/data/briefs.json,
@@ -256,12 +256,13 @@ def _sampling(req: CopyRequest) -> Sampling:
 
 
 def _token_budget(req: CopyRequest) -> int:
-    """`max_new_tokens`; in deliberate mode a word-limited kind's drafts stop at 4 tokens a word plus
-    8, past which no draft can fit the length check: one rambling draft no longer holds up the batch."""
+    """`max_new_tokens`; in deliberate mode a word-limited kind's drafts stop at 3 tokens a word plus
+    4 (an English word averages under 1.5), past which no draft fits the length check: one rambling
+    draft no longer holds up the batch."""
     spec = checks.length_spec(req.kind)
     if req.deliberate and spec.unit == "words":
         # Korean: a word's worth of characters (3) takes about as many tokens as an English word.
-        return min(req.max_new_tokens, DRAFT_TOKENS_PER_WORD * spec.hi + 8)
+        return min(req.max_new_tokens, DRAFT_TOKENS_PER_WORD * spec.hi + 4)
     return req.max_new_tokens
 
 
