@@ -5,7 +5,8 @@ top-k, top-p) and draws the next token from that row's own `torch.Generator`, th
 `generate` a one-hot score, so the greedy step picks exactly the drawn token. The global torch RNG
 is never touched, and a row's tokens depend on its prompt, seed and settings rather than on the
 order in which rows were sampled. Many prompts run as one left-padded `generate` call, with the KV
-cache on, under `torch.inference_mode`. Streaming observes that same call through a batch-aware
+cache on, under `torch.inference_mode`; rows that share one prompt (the variants or drafts of a
+brief) run it once and copy its cache. Streaming observes that same call through a batch-aware
 `TextIteratorStreamer`, so streamed and non-streamed text for one seed are the same tokens.
 """
 
@@ -168,8 +169,9 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
     prompt_len = enc["input_ids"].shape[1]
     eos = tok.eos_token_id
     with _GENERATE_LOCK, torch.inference_mode():
+        shared = _shared_prompt_cache(model, rows, enc)
         out = model.generate(
-            **enc, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
+            **enc, **shared, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
             repetition_penalty=s.repetition_penalty if s.repetition_penalty != 1.0 else None,
             logits_processor=LogitsProcessorList([SeededSampler([r.seed for r in rows], s)]),
             stopping_criteria=StoppingCriteriaList([StopOnStrings(tok, rows, prompt_len)]
@@ -186,6 +188,23 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
         cut = _stop_index(text, row)
         results.append(RawText(text[:cut] if cut is not None else text, hit_eos or cut is not None))
     return results
+
+
+def _shared_prompt_cache(model: Any, rows: list[Row], enc: dict) -> dict:
+    """When every row has the same prompt (the drafts or variants of one brief), run the prompt once
+    and hand `generate` its KV cache copied for every row, so only the last prompt token runs per
+    row: prefill is most of a draft batch's time. Torch models only (the ONNX runtime keeps its own
+    cache); `{}` otherwise."""
+    from transformers import DynamicCache, PreTrainedModel
+
+    ids = enc["input_ids"]
+    if len(rows) < 2 or ids.shape[1] < 2 or not isinstance(model, PreTrainedModel) \
+            or any(r.prompt != rows[0].prompt for r in rows):
+        return {}
+    cache = DynamicCache()
+    model(input_ids=ids[:1, :-1], attention_mask=enc["attention_mask"][:1, :-1], cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(len(rows))
+    return {"cache": cache}
 
 
 def fit_context(enc: dict, max_new_tokens: int, limit: int | None) -> tuple[dict, int]:
