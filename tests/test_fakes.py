@@ -1,5 +1,6 @@
-"""`brushpen detect build-fakes` on a tiny synthetic real set: every family, splits, masks,
-re-encoding, manifest schema, resume, and the fake generators' trainers (a few steps each)."""
+"""`brushpen detect build-fakes` on a tiny synthetic real set: the first four families (stylegan,
+diffusion, decoder, splice), splits, masks, re-encoding, manifest schema, resume, and the fake
+generators' trainers (a few steps each). The issue-16 families: test_fake_families.py."""
 
 from __future__ import annotations
 
@@ -33,11 +34,15 @@ def _real_set(root: Path) -> Path:
     return root
 
 
-def _cfg(tmp: Path, **kw) -> FakesConfig:
-    return FakesConfig(real=tmp / "real", out=tmp / "fakes", models=tmp / "models", count=6, seed=3,
-                       stylegan_kimg=0.016, stylegan_channels=(32, 16, 16, 8), diffusion_steps=2,
-                       diffusion_resolution=16, ddim_steps=2, decoder_steps=2, train_batch=8, batch=4,
-                       threads=1, progress=False, **kw)
+ORIGINAL = ("stylegan", "diffusion", "decoder", "splice")  # the issue-16 families: test_fake_families.py
+
+
+def _cfg(tmp: Path, families: tuple[str, ...] = ORIGINAL, **kw) -> FakesConfig:
+    settings = dict(count=6, seed=3, stylegan_kimg=0.016, stylegan_channels=(32, 16, 16, 8), diffusion_steps=2,
+                    diffusion_resolution=16, ddim_steps=2, decoder_steps=2, dcgan_steps=2, vae_steps=2,
+                    sr_steps=2, ddpm_steps=3, train_batch=8, batch=4, threads=1, progress=False)
+    return FakesConfig(real=tmp / "real", out=tmp / "fakes", models=tmp / "models", families=families,
+                       **{**settings, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from brushpen.config import apply_threads, get_settings
 from brushpen.edge.common import BACKENDS
+from brushpen.errors import BadParameter
 from brushpen.families import default_model
 from brushpen.store import resolve_model
 
@@ -53,6 +54,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--out", type=Path, required=True, help="model folder, e.g. weights/safety/detector")
     t.add_argument("--families", default=None, help="comma list of fake families to use (default: all)")
     t.add_argument("--exclude", default="", help="comma list of families to leave out (LOFO)")
+    t.add_argument("--exclude-sources", default="",
+                   help="comma list of photo sources to leave out, reals and the fakes made from them (LOSO)")
+    t.add_argument("--augment", default="chain", choices=("chain", "basic"),
+                   help="post-processing augmentation: chains of JPEG/blur/noise/sharpen (default) or the basic recipe")
+    t.add_argument("--widths", default=None, help="the CNN's five stage widths, e.g. 32,48,48,96,96 "
+                                                  "(default 24,32,32,64,64)")
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -70,7 +77,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     e.add_argument("--fake", type=Path, action="append", required=True)
     e.add_argument("--lofo-steps", type=int, default=0,
                    help="also train one model per left-out family with this budget (0: evaluate existing only)")
-    e.add_argument("--lofo-dir", type=Path, default=None, help="default: $BRUSHPEN_HOME/detector-lofo/MODEL")
+    e.add_argument("--loso-steps", type=int, default=0,
+                   help="also train one model per left-out photo source with this budget (0: evaluate existing only)")
+    e.add_argument("--held-out-dir", "--lofo-dir", dest="held_out_dir", type=Path, default=None,
+                   help="the held-out models' folder (default: $BRUSHPEN_HOME/detector-heldout/MODEL)")
     e.add_argument("--threads", type=int, default=1)
     e.set_defaults(func=run_eval)
 
@@ -106,15 +116,29 @@ def run_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    from brushpen.safety.detector import DetectorConfig
+
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise BadParameter(f"--widths takes comma-separated integers, not '{text}'") from None
+    if len(widths) != len(DetectorConfig().strides) or min(widths) < 1:
+        raise BadParameter(f"--widths takes {len(DetectorConfig().strides)} positive integers")
+    return widths
+
+
 def run_train(args: argparse.Namespace) -> int:
     from brushpen.safety.detector import DetectorConfig
     from brushpen.safety.detector_train import TrainConfig, train_detector
 
     apply_threads(args.threads)
     split = lambda text: tuple(f.strip() for f in (text or "").split(",") if f.strip())
+    arch = {"widths": parse_widths(args.widths)} if args.widths else {}
     cfg = TrainConfig(out=args.out, real=args.real, fake=args.fake, families=split(args.families) or None,
-                      exclude=split(args.exclude), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                      snap=args.snap, resume=args.resume, model=DetectorConfig(region_max=args.region_max))
+                      exclude=split(args.exclude), exclude_sources=split(args.exclude_sources), augment=args.augment,
+                      steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, snap=args.snap,
+                      resume=args.resume, model=DetectorConfig(region_max=args.region_max, **arch))
     model = train_detector(cfg, command=_command(), log=lambda m: print(m, flush=True))
     c = model.calibration
     print(json.dumps({"out": str(args.out), "temperature": c.temperature, "t_real": c.t_real, "t_fake": c.t_fake}))
@@ -124,8 +148,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from brushpen.safety.detector import load_detector
     from brushpen.safety.detector_data import gather
-    from brushpen.safety.detector_eval import (evaluate, evaluate_lofo, splice_localisation, table_markdown, train_lofo,
-                                               write_card, write_eval)
+    from brushpen.safety.detector_eval import base_config, evaluate, splice_localisation, table_markdown, write_card, \
+        write_eval
+    from brushpen.safety.detector_heldout import evaluate_held_out, held_out_markdown, train_held_out
 
     apply_threads(args.threads)
     folder = resolve_model(args.model, family="safety")
@@ -133,14 +158,17 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_detector(folder)
     rows = evaluate(model, samples, progress=sys.stderr.isatty())
     localisation = splice_localisation(model, samples)
-    lofo_dir = args.lofo_dir or get_settings().home / "detector-lofo" / folder.name
-    if args.lofo_steps:
-        train_lofo(lofo_dir, args.real, args.fake, args.lofo_steps, log=lambda m: print(m, flush=True))
-    if lofo_dir.is_dir():
-        rows += evaluate_lofo(lofo_dir, args.real, args.fake)
-    write_eval(folder, rows, _command(), localisation)
+    held_dir = args.held_out_dir or get_settings().home / "detector-heldout" / folder.name
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    for kind, steps in (("family", args.lofo_steps), ("source", args.loso_steps)):
+        if steps:
+            train_held_out(held_dir, base_config(folder, args.real, args.fake, steps), kind, log=log)
+    held_out = evaluate_held_out(held_dir, args.real, args.fake) if held_dir.is_dir() else []
+    write_eval(folder, rows, _command(), localisation, held_out)
     write_card(folder)
     print(table_markdown(rows))
+    if held_out:
+        print(held_out_markdown(held_out))
     if localisation:
         print(f"splice localisation: pixel AUC {localisation['pixel_auc']:.4f} over {localisation['n_images']} test splices")
     return 0

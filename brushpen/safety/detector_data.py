@@ -11,10 +11,18 @@ Reals must be encoded like the fakes (e.g. `build-fakes`' OUT/real, or the real 
 manifest, which `train` uses when no `--real` is given): the trainer does not re-encode on its own,
 so a lossless real set against JPEG'd fakes would teach the file format.
 
-**Augmentation** (`augment`), applied alike to real and fake training images (CNNDetection's
-recipe plus resizing, since NPR residuals are scale-sensitive): resize 0.5-1.5x (p 0.3, bicubic or
-bilinear) then a random 64-crop, or an enlargement back to 64 as a scan does for small images;
-Gaussian blur sigma 0.1-1.5 (p 0.1); JPEG quality 60-100 (p 0.3); horizontal flip (p 0.5).
+**Augmentation** (`augment`), applied alike to real and fake training images, so the detector
+cannot learn the processing as the cue: resize 0.5-1.5x (p 0.3, bicubic or bilinear) then a random
+64-crop, or an enlargement back to 64 as a scan does for small images; then the post-processing an
+image meets after it is made (`recipe="chain"`, the default): none (p 0.4), one (p 0.35) or a chain
+of two (p 0.25) of JPEG 60-95, Gaussian blur sigma 0.2-1.2, Gaussian noise sigma 1-5 (of 255) and an
+unsharp mask, in random order; horizontal flip (p 0.5). `recipe="basic"` is the earlier recipe
+(CNNDetection's: blur sigma 0.1-1.5 p 0.1, then JPEG 60-100 p 0.3), kept for the ablation.
+
+**Photo sources** (`photo_source`): the package a real patch was cut from, grouped as the held-out
+protocol leaves them out (the two lomiri packages are one source, the PyPI sample images another).
+Fakes made from a real patch (decoder, SR, splices) carry its source too; fakes drawn from noise
+have none.
 
 **Batches** (`BalancedSampler`): half real, half fake, and the fake half spread evenly over the
 generator families, so a family with more images does not dominate.
@@ -43,6 +51,7 @@ class Sample:
     family: str             # "real", "stylegan", "diffusion", "decoder", "splice", ...
     split: str
     mask: Path | None = None  # splices: 255 where generated
+    source: str | None = None  # the real patch shown or changed (manifest `source`); None: drawn from noise
 
 
 def _rows(manifest: Path) -> list[dict]:
@@ -62,10 +71,10 @@ def read_set(folder: Path, label: int) -> list[Sample]:
         rows = _rows(manifest)
         if rows and "label" in rows[0]:
             return [Sample(folder / r["path"], int(r["label"]), r["family"], r["split"],
-                           folder / r["mask"] if r.get("mask") else None)
+                           folder / r["mask"] if r.get("mask") else None, r.get("source"))
                     for r in rows if int(r["label"]) == label]
         if rows and "file" in rows[0] and label == 0:
-            return [Sample(folder / r["file"], 0, "real", r["split"]) for r in rows]
+            return [Sample(folder / r["file"], 0, "real", r["split"], source=r["file"]) for r in rows]
     out = []
     for split in SPLITS:
         for f in sorted((folder / split).glob("*.png")):
@@ -101,14 +110,31 @@ def read_any(folder: Path, label: int, val_fraction: float = 0.2) -> list[Sample
     return [Sample(f, label, family, "val" if i in val else "train") for i, f in enumerate(files)]
 
 
+# Packages that are one photo source to the held-out protocol (the rest are their own).
+SOURCE_GROUPS = {"lomiri-wallpapers-16.04": "lomiri-wallpapers", "lomiri-wallpapers-20.04": "lomiri-wallpapers",
+                 "scikit-image": "pypi-samples", "scikit-learn": "pypi-samples"}
+
+
+def photo_source(sample: Sample) -> str | None:
+    """The photo source behind a sample (`data photos` names patches PACKAGE__PHOTO-NNN.png), or
+    None for fakes drawn from noise and for patches named otherwise."""
+    if not sample.source or "__" not in Path(sample.source).name:
+        return None
+    package = Path(sample.source).name.split("__", 1)[0]
+    return SOURCE_GROUPS.get(package, package)
+
+
 def gather(real: list[Path], fake: list[Path], families: tuple[str, ...] | None = None,
-           exclude: tuple[str, ...] = ()) -> list[Sample]:
-    """All samples of the given folders, fakes restricted to `families` and without `exclude`.
+           exclude: tuple[str, ...] = (), exclude_sources: tuple[str, ...] = ()) -> list[Sample]:
+    """All samples of the given folders, fakes restricted to `families` and without `exclude`;
+    without any sample from the photo sources in `exclude_sources` (reals, and fakes made from them).
     With no real folder, the label-0 rows of the fake folders' manifests are the reals."""
     samples = [s for d in (real or fake) for s in read_set(d, 0)]
     for d in fake:
         samples += [s for s in read_set(d, 1)
                     if (families is None or s.family in families) and s.family not in exclude]
+    if exclude_sources:
+        samples = [s for s in samples if photo_source(s) not in exclude_sources]
     if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
         raise BadInput("training needs both real and fake images (check --real/--fake/--families)")
     return samples
@@ -138,8 +164,36 @@ def load_arrays(samples: list[Sample], tile: int = TILE) -> tuple[np.ndarray, np
     return images, masks
 
 
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile: int = TILE
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _noise(im: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
+    a = np.asarray(im, np.float32) + rng.normal(0, sigma, (im.height, im.width, 3))
+    return Image.fromarray(a.round().clip(0, 255).astype(np.uint8))
+
+
+# One post-processing step each: (image, rng) -> image. The chain draws from these.
+POST_OPS = {
+    "jpeg": lambda im, rng: jpeg(im, int(rng.integers(60, 96))),
+    "blur": lambda im, rng: im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.2, 1.2)))),
+    "noise": lambda im, rng: _noise(im, float(rng.uniform(1, 5)), rng),
+    "sharpen": lambda im, rng: im.filter(ImageFilter.UnsharpMask(radius=float(rng.uniform(0.5, 2)),
+                                                                 percent=int(rng.integers(50, 151)), threshold=0)),
+}
+RECIPES = ("chain", "basic")
+
+
+def post_process(im: Image.Image, rng: np.random.Generator, recipe: str = "chain") -> Image.Image:
+    """The processing an image meets after it is made (module docstring has both recipes)."""
+    if recipe == "basic":
+        if rng.random() < 0.1:
+            im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 1.5))))
+        return jpeg(im, int(rng.integers(60, 101))) if rng.random() < 0.3 else im
+    k = int(rng.choice(3, p=(0.4, 0.35, 0.25)))
+    for name in rng.permutation(sorted(POST_OPS))[:k]:
+        im = POST_OPS[str(name)](im, rng)
+    return im
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile: int = TILE,
+            recipe: str = "chain") -> tuple[np.ndarray, np.ndarray]:
     """One augmented copy of a training image and its mask (module docstring has the recipe)."""
     im, m = Image.fromarray(image), Image.fromarray(mask)
     if rng.random() < 0.3:
@@ -151,10 +205,7 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile:
         elif side > tile:
             x, y = (int(v) for v in rng.integers(0, side - tile + 1, 2))
             im, m = im.crop((x, y, x + tile, y + tile)), m.crop((x, y, x + tile, y + tile))
-    if rng.random() < 0.1:
-        im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.1, 1.5))))
-    if rng.random() < 0.3:
-        im = jpeg(im, int(rng.integers(60, 101)))
+    im = post_process(im, rng, recipe)
     out, mout = np.asarray(im, np.uint8), np.asarray(m, np.uint8)
     if rng.random() < 0.5:
         out, mout = out[:, ::-1], mout[:, ::-1]

@@ -7,8 +7,8 @@ Protocol (every figure in the table carries its setting's name):
 - `in-distribution`: the model trained on every family, on the clean test images.
 - `jpeg75`, `resize0.5`, `resize0.5+jpeg75`: the same test images, real and fake alike, through
   `brushpen.safety.perturb` first, then scored as a scan would (a 32 px image is enlarged to 64).
-- `lofo`: for each family F, a model trained without F (its own, usually shorter, budget: the
-  row's `steps`), tested on F's test fakes; its thresholds come from its own validation split.
+- Held out (`brushpen.safety.detector_heldout`, which the card leads with): LOFO and LOSO models,
+  each trained without one family or one photo source, scored clean and after JPEG 75.
 Metrics per row (`calibrate.family_metrics`): AUC, AP, balanced accuracy at the model's `t_fake`,
 TPR at 1% FPR, counts.
 - `splice_localisation`: pixel AUC of the region map (bilinear to the tile) against the splice masks,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,13 +27,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from brushpen.safety.calibrate import family_metrics, roc_auc
-from brushpen.safety.detector import Detector, load_detector, tile_image, to_tensor
-from brushpen.safety.detector_data import Sample, gather, load_arrays, load_rgb
-from brushpen.safety.detector_train import TrainConfig, logits_of, train_detector
+from brushpen.safety.detector import Detector, DetectorConfig, tile_image, to_tensor
+from brushpen.safety.detector_data import Sample, load_arrays, load_rgb
+from brushpen.safety.detector_heldout import headline, held_out_markdown, summarise
+from brushpen.safety.detector_train import TrainConfig, logits_of
 from brushpen.safety.perturb import PERTURBATIONS
 from brushpen.store import atomic_write_json, atomic_write_text
 
 SETTINGS = ("in-distribution", "jpeg75", "resize0.5", "resize0.5+jpeg75")
+AUGMENT_NOTES = {"basic": "JPEG 60-100, blur, resize 0.5-1.5x, crops, flips",
+                 "chain": "resize 0.5-1.5x and crops, then none, one or a chain of two of JPEG 60-95, blur, noise "
+                          "and sharpening; flips"}
 
 
 def _perturbed_logits(model: Detector, samples: list[Sample], setting: str, progress: bool) -> np.ndarray:
@@ -80,21 +83,6 @@ def splice_localisation(model: Detector, samples: list[Sample], batch: int = 256
     return {"pixel_auc": round(roc_auc(heat.ravel(), (masks.ravel() >= 128).astype(int)), 4), "n_images": len(test)}
 
 
-def evaluate_lofo(lofo_dir: Path, real: list[Path], fake: list[Path]) -> list[dict]:
-    """Rows for each `lofo_dir/<family>` model, tested on that held-out family only."""
-    rows = []
-    for folder in sorted(p for p in Path(lofo_dir).iterdir() if (p / "config.json").exists()):
-        family = folder.name
-        model = load_detector(folder)
-        test = [s for s in gather(real, fake, (family,)) if s.split == "test"]
-        logits = logits_of(model, np.stack([load_rgb(s.path, model.config.tile) for s in test]))
-        labels = np.array([s.label for s in test])
-        steps = json.loads((folder / "train.json").read_text())["steps"] if (folder / "train.json").exists() else None
-        rows.append({"setting": "lofo", "family": family, "steps": steps,
-                     **family_metrics(model.calibration.probability(logits), labels, model.calibration.t_fake)})
-    return rows
-
-
 def table_markdown(rows: list[dict]) -> str:
     lines = ["| setting | family | AUC | AP | bal. acc @ t_fake | TPR @ 1% FPR | real | fake |",
              "|---|---|---|---|---|---|---|---|"]
@@ -105,13 +93,17 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_eval(model_dir: Path, rows: list[dict], command: str, localisation: dict | None = None) -> dict:
-    """Merge the rows into metrics.json (key `auc`: in-distribution, all families) and the card."""
+def write_eval(model_dir: Path, rows: list[dict], command: str, localisation: dict | None = None,
+               held_out: list[dict] | None = None) -> dict:
+    """Merge the rows into metrics.json (key `auc`: in-distribution, all families; `held_out` and
+    its `held_out_summary`, replaced when given) and the card."""
     model_dir = Path(model_dir)
     path = model_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     if localisation:
         metrics["splice_localisation"] = localisation
+    if held_out:
+        metrics["held_out"], metrics["held_out_summary"] = held_out, summarise(held_out)
     old = [r for r in metrics.get("eval", []) if (r["setting"], r["family"]) not in
            {(n["setting"], n["family"]) for n in rows}]
     metrics["eval"] = old + rows
@@ -125,17 +117,17 @@ def write_eval(model_dir: Path, rows: list[dict], command: str, localisation: di
 
 
 
-def train_lofo(lofo_dir: Path, real: list[Path], fake: list[Path], steps: int,
-               log: Callable[[str], None] = print) -> None:
-    """One model per family F, trained on every other family for `steps` (resumable, each in its folder)."""
-    families = sorted({s.family for s in gather(real, fake) if s.label == 1})
-    for family in families:
-        out = Path(lofo_dir) / family
-        if (out / "config.json").exists() and json.loads((out / "train.json").read_text())["steps"] >= steps:
-            continue
-        log(f"LOFO: training without {family} for {steps} steps -> {out}")
-        train_detector(TrainConfig(out=out, real=real, fake=fake, exclude=(family,), steps=steps, resume=True,
-                                   progress=False), command=f"lofo without {family}", log=log)
+def base_config(model_dir: Path, real: list[Path], fake: list[Path], steps: int) -> TrainConfig:
+    """The recipe `model_dir` was trained with (its train.json), on these folders, for `steps`:
+    what its held-out stand-ins train with."""
+    train = json.loads((Path(model_dir) / "train.json").read_text())
+    cfg, arch = train["config"], json.loads((Path(model_dir) / "config.json").read_text())["architecture"]
+    model = DetectorConfig(**{k: arch[k] for k in ("widths", "strides", "npr", "npr_gain", "region_max", "tile")
+                              if k in arch})
+    return TrainConfig(out=Path(model_dir), real=list(real), fake=list(fake), steps=steps, batch=cfg["batch"],
+                       lr=cfg["lr"], weight_decay=cfg["weight_decay"], loc_weight=cfg["loc_weight"],
+                       seed=cfg["seed"], augment=cfg.get("augment", "basic"), model=model,
+                       families=tuple(cfg["families"]) if cfg.get("families") else None)
 
 
 def _sources_md(train: dict) -> str:
@@ -190,13 +182,25 @@ classification head (global average pool + 1x1) and a localisation head (per-reg
 trained on the splice masks; the scan's heatmap). Conv/BN/ReLU only: int8-friendly (static QDQ).
 Widths {arch['widths']}, strides {arch['strides']}. See `brushpen/safety/detector.py`.
 {gap}
+## Held out: generators and cameras it never saw
+
+Headline: {headline(metrics.get('held_out_summary', {}))}.
+
+{held_out_markdown(metrics.get('held_out', [])) or '(no held-out models evaluated yet)'}
+
+Protocol: `brushpen/safety/detector_heldout.py`. LOFO: a model trained without one fake family, on
+that family's test fakes against all test reals. LOSO: a model trained without one photo source's
+reals and the fakes made from them, on that source's patches (every split) against the other test
+fakes. Each with this model's recipe at the steps shown and its own validation thresholds; JPEG 75
+hits real and fake alike. FPR@t_fake: the share of the held-out reals at or above its `fake` band.
+
 ## Training
 
     {train['command']}
 
 {train['steps']} steps of batch {train['config']['batch']} (half real, half fake spread evenly over the
 families {', '.join(train['families'])}), AdamW lr {train['config']['lr']} cosine, augmentation
-(JPEG 60-100, blur, resize 0.5-1.5x, crops, flips) alike for both classes, {train['threads']} CPU thread.
+({AUGMENT_NOTES[train['config'].get('augment', 'basic')]}) alike for both classes, {train['threads']} CPU thread.
 Images per split: {json.dumps(train['counts'])}.
 
 ## Calibration
@@ -204,7 +208,7 @@ Images per split: {json.dumps(train['counts'])}.
 Temperature T = {cal['temperature']:.4f}; verdict `fake` if p >= {cal['t_fake']:.4f}, `real` if
 p < {cal['t_real']:.4f}, else `uncertain`. Rule: {cal['rule']}. Fitted on {json.dumps(cal['fitted_on'])}.
 
-## Evaluation (test split, disjoint by source photo)
+## In distribution (test split, disjoint by source photo)
 
     {metrics.get('eval_command', '(not evaluated yet)')}
 
@@ -212,8 +216,7 @@ p < {cal['t_real']:.4f}, else `uncertain`. Rule: {cal['rule']}. Fitted on {json.
 {_localisation_md(metrics.get('splice_localisation'))}
 Protocol: `brushpen/safety/detector_eval.py`. Each family's test fakes against all test reals;
 perturbations (`brushpen.safety.perturb`) hit real and fake alike; 32 px results are enlarged to
-64 as a scan does. LOFO rows: a model trained without that family, with the shorter budget shown,
-and its own validation thresholds. Balanced accuracy = (TPR + TNR) / 2 at t_fake.
+64 as a scan does. Balanced accuracy = (TPR + TNR) / 2 at t_fake.
 
 ## Data
 

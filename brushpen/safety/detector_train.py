@@ -31,7 +31,7 @@ from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoin
 from brushpen.errors import BadParameter
 from brushpen.safety.calibrate import calibrate
 from brushpen.safety.detector import Detector, DetectorConfig, save_detector, to_tensor
-from brushpen.safety.detector_data import BalancedSampler, Sample, augment, gather, load_arrays
+from brushpen.safety.detector_data import RECIPES, BalancedSampler, Sample, augment, gather, load_arrays
 from brushpen.store import atomic_write_json
 
 
@@ -44,6 +44,8 @@ class TrainConfig:
     fake: list[Path] = field(default_factory=list)
     families: tuple[str, ...] | None = None      # None = every family found
     exclude: tuple[str, ...] = ()                # leave-one-family-out runs
+    exclude_sources: tuple[str, ...] = ()        # leave-one-source-out runs (detector_data.photo_source)
+    augment: str = "chain"                       # detector_data.RECIPES: post-processing chains, or "basic"
     steps: int = 3000
     batch: int = 32
     lr: float = 2e-3
@@ -62,6 +64,8 @@ class TrainConfig:
             raise BadParameter("--steps must be >= 1 and --batch >= 2")
         if not self.fake:
             raise BadParameter("give at least one --fake folder")
+        if self.augment not in RECIPES:
+            raise BadParameter(f"unknown augmentation recipe '{self.augment}': pick one of {', '.join(RECIPES)}")
 
 
 def split_of(samples: list[Sample], split: str) -> list[Sample]:
@@ -69,11 +73,11 @@ def split_of(samples: list[Sample], split: str) -> list[Sample]:
 
 
 def make_batch(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, idx: np.ndarray,
-               rng: np.random.Generator, tile: int, device: torch.device | str = "cpu"
+               rng: np.random.Generator, tile: int, device: torch.device | str = "cpu", recipe: str = "chain"
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, masks in [0, 1], labels) of the augmented images at `idx`: one training batch.
     Shared with LoRA fine-tuning (`brushpen.safety.lora`), so both see the same augmentation."""
-    pairs = [augment(images[i], masks[i], rng, tile) for i in idx]
+    pairs = [augment(images[i], masks[i], rng, tile, recipe) for i in idx]
     x = to_tensor(np.stack([p[0] for p in pairs])).to(device)
     m = torch.from_numpy(np.stack([p[1] for p in pairs])).float().div(255).unsqueeze(1).to(device)
     y = torch.as_tensor(np.asarray(labels)[idx], dtype=torch.float32, device=device)
@@ -100,7 +104,7 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
     from accelerate import Accelerator
 
     cfg.check()
-    samples = gather(cfg.real, cfg.fake, cfg.families, cfg.exclude)
+    samples = gather(cfg.real, cfg.fake, cfg.families, cfg.exclude, cfg.exclude_sources)
     train, val = split_of(samples, "train"), split_of(samples, "val")
     if not val:
         raise BadParameter("the data has no 'val' split to calibrate on")
@@ -136,7 +140,7 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])
         idx = sampler.batch(cfg.batch, rng)
-        x, m, y = make_batch(images, masks, labels, idx, rng, cfg.model.tile, acc.device)
+        x, m, y = make_batch(images, masks, labels, idx, rng, cfg.model.tile, acc.device, cfg.augment)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = detector_loss(model, x, m, y, cfg.loc_weight)

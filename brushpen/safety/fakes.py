@@ -1,17 +1,30 @@
 """The detector's **fake** set, built from the same real photo patches (`brushpen detect build-fakes`).
 
-Families (each a folder `OUT/<family>/<split>/*.png`):
+Families (each a folder `OUT/<family>/<split>/*.png`), in build order:
 - `stylegan`: samples of our StyleGAN2 (`brushpen.gan`) trained on the real TRAIN patches only.
 - `diffusion`: DDIM samples of a small pixel DDPM (`fake_models.small_unet`, x0-prediction)
-  trained on the real TRAIN patches at 32x32, resized to the patch size with Lanczos (in the card).
+  trained on the real TRAIN patches at `diffusion_resolution`, resized to the patch size with
+  Lanczos when that differs (in the card).
 - `decoder`: real patches passed through a small autoencoder with a transposed-conv decoder
   (`ae-tconv`) or a nearest-upsample + conv decoder (`ae-upsample`); trained on TRAIN patches.
+- `dcgan`: samples of a DCGAN whose generator up-samples only with transposed convolutions.
+- `ddpm`: the diffusion family's model under DDPM's stochastic ancestral sampler.
+- `vae`: real patches encoded by a convolutional VAE, a latent drawn from the posterior and
+  decoded by its bilinear-upsample + conv decoder.
+- `sr-shuffle`, `sr-interp`: real patches bicubic-down-sampled by 2 or 4 and restored by a
+  pixel-shuffle SR network or an interpolate-then-convolve one (`brushpen.safety.fake_nets`).
 - `splice`: a generated region (a StyleGAN or diffusion sample, or the autoencoder's version of
   the same patch) pasted into a real patch through a mask (`brushpen.safety.splice`).
-Splits: decoder and splice fakes inherit the split of the real patch they were made from;
-StyleGAN and diffusion samples get theirs from a seeded shuffle. Per family, the train split
-gets `count` fakes and val/test the same share of their real size, so real and fake stay
-roughly balanced per split.
+- `inpaint`: a feathered mask over 5-40% of a real patch, filled by the diffusion model
+  conditioned on the rest of the patch (RePaint-style DDIM), pasted back.
+- `emoji`: a sample of our emoji64 StyleGAN, scaled and pasted into a real patch through its own
+  foreground mask.
+`fake_generators` trains or reuses each generator; `fake_families` builds the families added
+for issue 16 that remake or paste into real patches (vae, sr-*, inpaint, emoji).
+Splits: fakes made from a real patch (decoder, vae, sr-*, splice, inpaint, emoji) inherit its
+split; samples from noise (stylegan, diffusion, dcgan, ddpm) get theirs from a seeded shuffle.
+Per family, the train split gets `count` fakes and val/test the same share of their real size,
+so real and fake stay roughly balanced per split.
 
 **Re-encoding.** Every fake, and a copy of every real patch (`OUT/real/<split>/`), is passed
 through `photos.apply_encoding` with an encoding drawn by `photos.draw_encoding` from a
@@ -20,11 +33,11 @@ one JPEG/PNG mix and one file format; the detector trainer reads `OUT/real` for 
 does not re-encode again (its own augmentation aside).
 
 **Manifest** (`OUT/manifest.jsonl`, one JSON object per line, every key always present):
-`path` (relative to OUT), `family` (`real`, `stylegan`, `diffusion`, `decoder`, `splice`),
-`label` (0 real, 1 fake), `generator` (e.g. `ae-tconv`, `splice:stylegan`), `split`,
-`encoding` (`jpeg` or `png`), `quality` (JPEG quality or null), `source` (the real patch it was
-made from, relative to the real set, or null), `mask` (splices: the mask PNG relative to OUT,
-255 = generated, in `<split>/masks/`; else null), `mask_area` (mean of mask/255, or null).
+`path` (relative to OUT), `family` (`real` or a family above), `label` (0 real, 1 fake),
+`generator` (e.g. `ae-tconv`, `splice:stylegan`, `inpaint:ddim`), `split`, `encoding` (`jpeg` or
+`png`), `quality` (JPEG quality or null), `source` (the real patch it was made from, relative to
+the real set, or null), `mask` (splice, inpaint and emoji: the mask PNG relative to OUT, 255 =
+generated, in `<family>/<split>/masks/`; else null), `mask_area` (mean of mask/255, or null).
 `OUT/card.json` and `card.md` record per family the counts, the generator's training command,
 its state (kimg or steps) and the time taken. Finished families are recorded in
 `OUT/.work/<family>.json` and finished files are skipped, so a re-run resumes.
@@ -32,122 +45,32 @@ its state (kimg or steps) and the time taken. Finished families are recorded in
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from brushpen.errors import BadInput, BadParameter
+from brushpen.errors import BadInput
 from brushpen.gan.pipeline import to_uint8
 from brushpen.safety import fake_generators as gens
+from brushpen.safety.fake_common import FAMILIES, ROW_KEYS, FakesConfig, RealPatch, draw_hosts, encoding_for, \
+    load_chw, load_rgb, png_bytes, read_real, row, split_counts, write_encoded
+from brushpen.safety.fake_families import build_local, build_remade
 from brushpen.safety.fake_models import reconstruct
-from brushpen.safety.photos import SPLITS, Encoding, apply_encoding, draw_encoding
+from brushpen.safety.photos import SPLITS
 from brushpen.safety.splice import draw_mask, paste
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-FAMILIES = ("stylegan", "diffusion", "decoder", "splice")
-ROW_KEYS = ("path", "family", "label", "generator", "split", "encoding", "quality", "source", "mask",
-            "mask_area")
 ENCODING_NOTE = ("every real and fake patch re-encoded once with brushpen.safety.photos.draw_encoding/"
                  "apply_encoding (50% JPEG q70-95 4:2:0, else PNG round trip), seeded by its path, "
                  "stored as PNG; reals in OUT/real")
-
-
-@dataclass
-class FakesConfig:
-    """Every knob of a build; tests shrink the generators and budgets."""
-
-    real: Path
-    out: Path
-    families: tuple[str, ...] = FAMILIES
-    count: int = 1100                   # fakes per family in the train split
-    seed: int = 0
-    models: Path | None = None          # where generators train; None = OUT/.models
-    stylegan_kimg: float = 40.0         # the budgets of the shipped detector's fake set
-    stylegan_channels: tuple[int, ...] = (128, 96, 64, 32, 16)
-    diffusion_steps: int = 1500
-    diffusion_resolution: int = 32
-    ddim_steps: int = 20
-    decoder_steps: int = 200
-    train_batch: int = 32
-    batch: int = 64                     # generation batch
-    real_copy: bool = True
-    threads: int | None = 1
-    progress: bool = True
-
-    def validate(self) -> None:
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown or not self.families:
-            raise BadParameter(f"unknown families {unknown}: pick from {', '.join(FAMILIES)}")
-        if self.count < 1:
-            raise BadParameter("--count must be at least 1")
-
-    def models_dir(self) -> Path:
-        return Path(self.models) if self.models else Path(self.out) / ".models"
-
-
-@dataclass(frozen=True)
-class RealPatch:
-    file: str   # relative to the real set, e.g. "train/x-001.png"
-    split: str
-
-
-def read_real(real: Path) -> list[RealPatch]:
-    """The real set's patches, from its manifest.jsonl or, failing that, its split folders."""
-    real = Path(real)
-    manifest = real / "manifest.jsonl"
-    if manifest.is_file():
-        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-        patches = [RealPatch(r["file"], r["split"]) for r in rows]
-    else:
-        patches = [RealPatch(p.relative_to(real).as_posix(), s) for s in SPLITS
-                   for p in sorted((real / s).glob("*.png"))]
-    if not any(p.split == "train" for p in patches):
-        raise BadInput(f"{real} has no train patches (expected {real}/train/*.png or a manifest.jsonl)")
-    return patches
-
-
-def split_counts(cfg: FakesConfig, real: list[RealPatch]) -> dict[str, int]:
-    n = {s: sum(p.split == s for p in real) for s in SPLITS}
-    return {s: cfg.count if s == "train" else round(cfg.count * n[s] / n["train"]) for s in SPLITS}
-
-
-def row(path: str, family: str, generator: str, split: str, encoding: dict, source: str | None = None,
-        mask: str | None = None, mask_area: float | None = None) -> dict:
-    return {"path": path, "family": family, "label": int(family != "real"), "generator": generator,
-            "split": split, **encoding, "source": source, "mask": mask, "mask_area": mask_area}
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def encoding_for(rel: str, seed: int) -> dict:
-    enc = draw_encoding(random.Random(f"{seed}:encode:{rel}"))
-    return {"encoding": enc.format, "quality": enc.quality}
-
-
-def write_encoded(out: Path, rel: str, image: Image.Image, seed: int) -> dict:
-    """Re-encode `image` with the path's encoding, write it as PNG; returns the encoding fields."""
-    enc = encoding_for(rel, seed)
-    atomic_write_bytes(out / rel, png_bytes(apply_encoding(image, Encoding(enc["encoding"], enc["quality"]))))
-    return enc
-
-
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 # ---- the families ---------------------------------------------------------------------------
@@ -182,17 +105,10 @@ def build_sampled(cfg: FakesConfig, family: str, real: list[RealPatch], sample: 
     return [row(r, family, generator, s, encoding_for(r, cfg.seed)) for r, s in zip(rels, plan)]
 
 
-def _hosts(cfg: FakesConfig, family: str, real: list[RealPatch], split: str) -> list[RealPatch]:
-    pool = [p for p in real if p.split == split]
-    n = split_counts(cfg, real)[split]
-    rng = random.Random(f"{cfg.seed}:{family}:{split}:hosts")
-    return rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
-
-
 def build_decoder(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
     rows = []
     for split in SPLITS:
-        hosts = _hosts(cfg, "decoder", real, split)
+        hosts = draw_hosts(cfg, "decoder", real, split)
         for kind in ("tconv", "upsample"):
             todo = [(i, p) for i, p in enumerate(hosts) if i % 2 == (kind == "upsample")]
             rels = [f"decoder/{split}/decoder-{i:05d}-{kind}.png" for i, _ in todo]
@@ -201,17 +117,12 @@ def build_decoder(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[di
                 chunk = list(zip(rels[b:b + cfg.batch], todo[b:b + cfg.batch]))
                 if all((cfg.out / r).is_file() for r, _ in chunk):
                     continue
-                x = torch.stack([torch.from_numpy(_array(cfg.real / p.file)) for _, (_, p) in chunk])
+                x = torch.stack([torch.from_numpy(load_chw(cfg.real / p.file)) for _, (_, p) in chunk])
                 for (rel, _), a in zip(chunk, to_uint8(reconstruct(ctx[f"ae-{kind}"], x))):
                     write_encoded(cfg.out, rel, Image.fromarray(a), cfg.seed)
             rows += [row(r, "decoder", f"ae-{kind}", split, encoding_for(r, cfg.seed), source=p.file)
                      for r, (_, p) in zip(rels, todo)]
     return sorted(rows, key=lambda r: r["path"])
-
-
-def _array(path: Path) -> np.ndarray:
-    """uint8 CHW, the layout the autoencoders take."""
-    return np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8).transpose(2, 0, 1))
 
 
 def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dict]:
@@ -223,7 +134,7 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
         raise BadInput("splices need generated regions: build stylegan, diffusion or decoder first")
     rows = []
     for split in SPLITS:
-        hosts = _hosts(cfg, "splice", real, split)
+        hosts = draw_hosts(cfg, "splice", real, split)
         for i, host in enumerate(tqdm(hosts, desc=f"splice {split}", unit="img", disable=not cfg.progress)):
             rng = random.Random(f"{cfg.seed}:splice:{split}:{i}")
             kind = rng.choice([k for k in kinds if k == "decoder" or donors[split][k]])
@@ -236,7 +147,7 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
             if not ((cfg.out / rel).is_file() and (cfg.out / mask_rel).is_file()):
                 host_im = load_rgb(cfg.real / host.file)
                 if kind == "decoder":
-                    x = torch.from_numpy(_array(cfg.real / host.file))[None]
+                    x = torch.from_numpy(load_chw(cfg.real / host.file))[None]
                     donor = Image.fromarray(to_uint8(reconstruct(ctx[f"ae-{upsampler}"], x))[0])
                 else:
                     donor = load_rgb(donor_file)
@@ -249,49 +160,73 @@ def build_splice(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> list[dic
 
 # ---- the build ------------------------------------------------------------------------------
 
+def _builders(cfg: FakesConfig, real: list[RealPatch], ctx: dict) -> dict[str, Callable[[], list[dict]]]:
+    """Each family's build: train or reuse its generator (recording `ctx["training"]`), make its fakes."""
+    size = ctx["size"]
+
+    def sampled(family: str, sampler: Callable) -> Callable[[], list[dict]]:
+        return lambda: build_sampled(cfg, family, real, *sampler(cfg, size, ctx))
+
+    def remade(family: str) -> Callable[[], list[dict]]:
+        return lambda: build_remade(cfg, family, real, gens.remaker(cfg, family, ctx))
+
+    def local(family: str, filler: Callable) -> Callable[[], list[dict]]:
+        return lambda: build_local(cfg, family, real, filler(cfg, size, ctx))
+
+    return {"stylegan": sampled("stylegan", gens.stylegan_sampler),
+            "diffusion": sampled("diffusion", gens.diffusion_sampler),
+            "decoder": lambda: (gens.load_decoders(cfg, ctx), build_decoder(cfg, real, ctx))[1],
+            "dcgan": sampled("dcgan", gens.dcgan_sampler),
+            "ddpm": sampled("ddpm", gens.ddpm_sampler),
+            "vae": remade("vae"), "sr-shuffle": remade("sr-shuffle"), "sr-interp": remade("sr-interp"),
+            "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), _no_training(ctx),
+                               build_splice(cfg, real, ctx))[-1],
+            "inpaint": local("inpaint", gens.inpaint_filler),
+            "emoji": local("emoji", gens.emoji_filler)}
+
+
 def build_fakes(cfg: FakesConfig) -> dict:
     """Build (or resume) every asked family and the real copy; write manifest.jsonl and the card."""
     cfg.validate()
     cfg.out, cfg.real = Path(cfg.out), Path(cfg.real)
     real = read_real(cfg.real)
-    size = load_rgb(cfg.real / real[0].file).width
     start = time.monotonic()
-    ctx: dict = {"size": size}
+    ctx: dict = {"size": load_rgb(cfg.real / real[0].file).width}
     card_path = cfg.out / "card.json"
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {"families": {}}
     settings = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                 for k, v in asdict(cfg).items() if k not in ("families", "progress", "threads", "out")}
-    steps: list[tuple[str, Callable[[], list[dict]]]] = []
-    if cfg.real_copy:
-        steps.append(("real", lambda: build_real_copy(cfg, real, ctx)))
-    builders = {"stylegan": lambda: build_sampled(cfg, "stylegan", real, *gens.stylegan_sampler(cfg, size, ctx)),
-                "diffusion": lambda: build_sampled(cfg, "diffusion", real, *gens.diffusion_sampler(cfg, size, ctx)),
-                "decoder": lambda: (gens.load_decoders(cfg, ctx), build_decoder(cfg, real, ctx))[1],
-                "splice": lambda: (gens.load_decoders(cfg, ctx, optional=True), _no_training(ctx),
-                                   build_splice(cfg, real, ctx))[-1]}
-    steps += [(f, builders[f]) for f in FAMILIES if f in cfg.families]  # splice last: it needs donors
+    builders = _builders(cfg, real, ctx)
+    steps = [("real", lambda: build_real_copy(cfg, real, ctx))] if cfg.real_copy else []
+    steps += [(f, builders[f]) for f in FAMILIES if f in cfg.families]  # FAMILIES is the build order
     for family, build in steps:
-        record_path = cfg.out / ".work" / f"{family}.json"
-        key = _family_settings(family, settings)
-        old = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
-        if old.get("settings") == key and old.get("done"):
-            continue
-        if old and old.get("settings") != key:  # other settings: this family's files are stale
-            for d in (cfg.out / family, cfg.out / ".work" / "raw" / family):
-                shutil.rmtree(d, ignore_errors=True)
-        atomic_write_json(record_path, {"settings": key, "done": False, "rows": []})
-        t0 = time.monotonic()
-        ctx.pop("training", None)
-        rows = build()
-        counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
-        atomic_write_json(record_path, {"settings": key, "done": True, "rows": rows})
-        card["families"][family] = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
-                                    "build_seconds": round(time.monotonic() - t0, 1),
-                                    "training": ctx.get("training", {})}
-        _write_outputs(cfg, card)
+        _build_family(cfg, family, build, _family_settings(family, settings), ctx, card)
     card["elapsed_s"] = round(time.monotonic() - start, 1)
     _write_outputs(cfg, card)
     return card
+
+
+def _build_family(cfg: FakesConfig, family: str, build: Callable[[], list[dict]], key: dict, ctx: dict,
+                  card: dict) -> None:
+    """One family, unless it already finished under the same settings (`key`); its rows are kept
+    in OUT/.work/<family>.json and its counts and training in the card."""
+    record_path = cfg.out / ".work" / f"{family}.json"
+    old = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    if old.get("settings") == key and old.get("done"):
+        return
+    if old and old.get("settings") != key:  # other settings: this family's files are stale
+        for d in (cfg.out / family, cfg.out / ".work" / "raw" / family):
+            shutil.rmtree(d, ignore_errors=True)
+    atomic_write_json(record_path, {"settings": key, "done": False, "rows": []})
+    t0 = time.monotonic()
+    ctx.pop("training", None)
+    rows = build()
+    counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
+    atomic_write_json(record_path, {"settings": key, "done": True, "rows": rows})
+    card["families"][family] = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
+                                "build_seconds": round(time.monotonic() - t0, 1),
+                                "training": ctx.get("training", {})}
+    _write_outputs(cfg, card)
 
 
 def _no_training(ctx: dict) -> None:
@@ -299,18 +234,29 @@ def _no_training(ctx: dict) -> None:
                                 "decoder families' generators (see their rows)"}
 
 
-# What each family's pixels depend on; a change there rebuilds that family (splices depend on
-# every donor generator, so on everything).
+# What each family's pixels depend on; a change there rebuilds that family. Splices depend on
+# every donor generator; their list is every setting there was before the issue-16 families, so
+# that adding those did not rebuild the splices.
 _DEPENDS = {"real": ("real", "seed"),
             "stylegan": ("real", "seed", "count", "stylegan_kimg", "stylegan_channels", "train_batch", "batch"),
             "diffusion": ("real", "seed", "count", "diffusion_steps", "diffusion_resolution", "ddim_steps",
                           "train_batch", "batch"),
-            "decoder": ("real", "seed", "count", "decoder_steps", "train_batch", "batch")}
+            "decoder": ("real", "seed", "count", "decoder_steps", "train_batch", "batch"),
+            "dcgan": ("real", "seed", "count", "dcgan_steps", "train_batch", "batch"),
+            "ddpm": ("real", "seed", "count", "diffusion_steps", "diffusion_resolution", "ddpm_steps",
+                     "train_batch", "batch"),
+            "vae": ("real", "seed", "count", "vae_steps", "train_batch", "batch"),
+            "sr-shuffle": ("real", "seed", "count", "sr_steps", "train_batch", "batch"),
+            "sr-interp": ("real", "seed", "count", "sr_steps", "train_batch", "batch"),
+            "splice": ("real", "seed", "count", "models", "stylegan_kimg", "stylegan_channels", "diffusion_steps",
+                       "diffusion_resolution", "ddim_steps", "decoder_steps", "train_batch", "batch", "real_copy"),
+            "inpaint": ("real", "seed", "count", "diffusion_steps", "diffusion_resolution", "ddim_steps",
+                        "inpaint_area", "train_batch", "batch"),
+            "emoji": ("real", "seed", "count", "emoji_model", "batch")}
 
 
 def _family_settings(family: str, settings: dict) -> dict:
-    keys = _DEPENDS.get(family, tuple(settings))
-    return {k: settings[k] for k in keys}
+    return {k: settings[k] for k in _DEPENDS[family]}
 
 
 def _write_outputs(cfg: FakesConfig, card: dict) -> None:
