@@ -102,6 +102,20 @@ def test_image_generate_writes_pngs_with_their_settings(tiny_store: Path, tmp_pa
     assert read_png_settings(remade) == s
 
 
+def test_image_walk_takes_walk_request_defaults(tiny_store: Path, tmp_path: Path) -> None:
+    from brushpen.generators.images import WalkRequest
+
+    assert main(["image", "walk", "--model", "tiny", "--out", str(tmp_path / "w.gif"), "--threads", "1"]) == 0
+    with Image.open(tmp_path / "w.gif") as im:
+        # there and back: frames + (frames - 2)
+        assert im.n_frames == 2 * WalkRequest().frames - 2
+        assert abs(im.info["duration"] - 1000 / WalkRequest().fps) <= 10   # GIF keeps centiseconds
+    assert main(["image", "walk", "--model", "tiny", "--frames", "3", "--truncation", "0.5",
+                 "--out", str(tmp_path / "w.webp"), "--threads", "1"]) == 0
+    with Image.open(tmp_path / "w.webp") as im:
+        assert im.format == "WEBP" and im.n_frames == 4
+
+
 def test_unknown_model_is_a_one_line_error(tiny_store: Path, tmp_path: Path) -> None:
     proc = run_cli("image", "generate", "--model", "nosuchmodel", "--n", "2", "--seed", "1",
                    "--out", str(tmp_path / "o"), "--threads", "1")

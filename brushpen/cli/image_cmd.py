@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from brushpen.config import apply_threads
 from brushpen.errors import BadInput
-from brushpen.families import default_model
 from brushpen.generators.requests import from_values
 from brushpen.store import atomic_write_bytes
 
@@ -46,15 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--grid", action="store_true", help="also write grid.png of all images")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(func=run_generate)
-    walk = img.add_parser("walk", help="an animated GIF/WebP walking from one seed's image to another's")
-    walk.add_argument("--model", default=default_model("gan"))
-    walk.add_argument("--seed-a", type=int, default=0)
-    walk.add_argument("--seed-b", type=int, default=1)
-    walk.add_argument("--frames", type=int, default=16)
-    walk.add_argument("--fps", type=int, default=8)
-    walk.add_argument("--truncation", type=float, default=1.0)
-    walk.add_argument("--label", default=None)
-    walk.add_argument("--out", type=Path, default=Path("out/walk.gif"), help=".gif or .webp")
+    # As for generate: each dest is a WalkRequest field, and an option left out takes its default.
+    walk = img.add_parser("walk", help="an animated GIF/WebP walking from one seed's image to another's",
+                          epilog="Options left out take WalkRequest's defaults (brushpen/generators/images.py).")
+    walk.add_argument("--model", help="store name (default: the shipped GAN)")
+    walk.add_argument("--seed-a", type=int)
+    walk.add_argument("--seed-b", type=int)
+    walk.add_argument("--frames", type=int)
+    walk.add_argument("--fps", type=int)
+    walk.add_argument("--truncation", dest="truncation_psi", type=float)
+    walk.add_argument("--label")
+    walk.add_argument("--prompt", help="a word naming the class, for a class-conditional GAN")
+    walk.add_argument("--out", type=Path, default=Path("out/walk.gif"), help=".gif or .webp (the format)")
     walk.add_argument("--threads", type=int, default=None)
     walk.set_defaults(func=run_walk)
     info = img.add_parser("info", help="print the settings a brushpen PNG was made with")
@@ -108,7 +110,6 @@ def run_walk(args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     fmt = "webp" if args.out.suffix.lower() == ".webp" else "gif"
-    data = seed_walk(WalkRequest(args.model, args.seed_a, args.seed_b, args.frames, args.truncation,
-                                 args.label, args.fps, fmt))
+    data = seed_walk(from_values(WalkRequest, {**vars(args), "format": fmt}, skip_none=True))
     print(atomic_write_bytes(args.out, data))
     return 0
