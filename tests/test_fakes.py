@@ -159,6 +159,13 @@ def test_rebuild_skips_finished_work_and_is_deterministic(built, tmp_path):
     again = [json.loads(line) for line in (cfg.out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(again, key=lambda r: r["path"]) == sorted(rows, key=lambda r: r["path"])
 
+    # Another build process writing over card.json (one that built other families) loses nothing:
+    # each family's entry lives in its record too, and the next run writes the whole card again.
+    full = json.loads((cfg.out / "card.json").read_text())
+    (cfg.out / "card.json").write_text(json.dumps({**full, "families": {"real": full["families"]["real"]}}))
+    card = build_fakes(cfg)
+    assert card["families"] == full["families"] and list(card["families"])[:3] == ["real", "stylegan", "diffusion"]
+
 
 def test_fake_model_training_resumes(tmp_path):
     _real_set(tmp_path / "real")

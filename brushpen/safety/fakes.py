@@ -208,11 +208,14 @@ def build_fakes(cfg: FakesConfig) -> dict:
 
 def _build_family(cfg: FakesConfig, family: str, build: Callable[[], list[dict]], key: dict, ctx: dict,
                   card: dict) -> None:
-    """One family, unless it already finished under the same settings (`key`); its rows are kept
-    in OUT/.work/<family>.json and its counts and training in the card."""
+    """One family, unless it already finished under the same settings (`key`); its rows and its
+    card entry (counts, training) are kept in OUT/.work/<family>.json, so a later run, or another
+    build process working on other families of the same OUT, writes the whole card again."""
     record_path = cfg.out / ".work" / f"{family}.json"
     old = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     if old.get("settings") == key and old.get("done"):
+        if "card" in old:
+            card["families"][family] = old["card"]
         return
     if old and old.get("settings") != key:  # other settings: this family's files are stale
         for d in (cfg.out / family, cfg.out / ".work" / "raw" / family):
@@ -222,10 +225,10 @@ def _build_family(cfg: FakesConfig, family: str, build: Callable[[], list[dict]]
     ctx.pop("training", None)
     rows = build()
     counts = {s: sum(r["split"] == s for r in rows) for s in SPLITS}
-    atomic_write_json(record_path, {"settings": key, "done": True, "rows": rows})
-    card["families"][family] = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
-                                "build_seconds": round(time.monotonic() - t0, 1),
-                                "training": ctx.get("training", {})}
+    entry = {"counts": counts, "generators": sorted({r["generator"] for r in rows}),
+             "build_seconds": round(time.monotonic() - t0, 1), "training": ctx.get("training", {})}
+    atomic_write_json(record_path, {"settings": key, "done": True, "rows": rows, "card": entry})
+    card["families"][family] = entry
     _write_outputs(cfg, card)
 
 
@@ -268,7 +271,8 @@ def _write_outputs(cfg: FakesConfig, card: dict) -> None:
             rows += json.loads(path.read_text(encoding="utf-8"))["rows"]
     atomic_write_text(cfg.out / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     card.update(real=str(cfg.real), seed=cfg.seed, count=cfg.count, encoding=ENCODING_NOTE,
-                manifest_keys=list(ROW_KEYS), rows=len(rows))
+                manifest_keys=list(ROW_KEYS), rows=len(rows),
+                families={f: card["families"][f] for f in ("real", *FAMILIES) if f in card["families"]})
     atomic_write_json(cfg.out / "card.json", card)
     atomic_write_text(cfg.out / "card.md", render_card(card))
 
