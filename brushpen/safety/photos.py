@@ -3,10 +3,11 @@ package registries, split by source photo, written losslessly with a manifest.
 
 Sources (`SOURCES`), all fetched without installing anything (`brushpen.registry`):
 - Debian `scratch` (Media/Backgrounds), `lomiri-wallpapers-16.04`, `lomiri-wallpapers-20.04`,
-  `mate-backgrounds` (nature) and `plasma-workspace-wallpapers`, through `apt-get download` and
+  `mate-backgrounds` (nature), `plasma-workspace-wallpapers`, `kphotoalbum` (demo album),
+  `palapeli-data` (puzzle photos) and `lxqt-themes` (wallpapers), through `apt-get download` and
   `dpkg-deb -x`. Each package also holds drawings and renders; a hand-checked list per package
   keeps only the photographs. Licences come from each file's paragraph of the package's DEP-5
-  `usr/share/doc/PKG/copyright`.
+  `usr/share/doc/PKG/copyright`, or from upstream's credits where that file has none per photo.
 - The sample photos inside the scikit-image and scikit-learn wheels (`pip download`, never
   pooch), with the licences their own docs state.
 
