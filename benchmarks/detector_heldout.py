@@ -12,6 +12,9 @@ A variant is `NAME:FAMILIES:AUGMENT[:WIDTHS]` (FAMILIES empty = every family in 
 variant is scored on every family of the set held out: a family the variant never trains on is
 held out already, so one model trained on the variant's families answers for all of them; a family
 it does train on gets its own model trained without it (`brushpen.safety.detector_heldout`).
+`--unseen-real DIR` adds a column no model trained near: real patches from photo sources that are not
+in the fake set's real side at all (a `data photos` folder, re-encoded here the way build-fakes encodes
+its reals), scored by the variant's model trained on all its families against every test fake.
 Models and results go to $BRUSHPEN_HOME/bench/detector-heldout/<variant>/ (resumable: a finished
 model is reused), the table to stdout and `--json`. One CPU thread by default (`--threads`).
 """
@@ -31,11 +34,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from brushpen.config import get_settings  # noqa: E402
 from brushpen.safety.detector import DetectorConfig, load_detector  # noqa: E402
-from brushpen.safety.detector_data import gather  # noqa: E402
+from brushpen.safety.detector_data import Sample, gather, read_set  # noqa: E402
+from brushpen.safety.fake_common import write_encoded  # noqa: E402
 from brushpen.safety.detector_heldout import (SETTINGS, ImageCache, held_out_names, score_held_out,  # noqa: E402
                                               scoring_set, summarise, train_held_out)
 from brushpen.safety.detector_train import TrainConfig, train_detector  # noqa: E402
@@ -64,7 +69,7 @@ def run_variant(v: dict, args: argparse.Namespace, families: list[str], cache: I
     start = time.time()
     inside = [f for f in families if f in trained_on]
     train_held_out(folder, base, "family", names=inside, log=print)
-    if set(families) - trained_on and not (folder / "all" / "train.json").exists():
+    if (set(families) - trained_on or args.unseen_real) and not (folder / "all" / "train.json").exists():
         train_detector(replace(base, resume=True), command=f"bench variant {v['name']}", log=print)
     rows = []
     for fam in families:
@@ -78,22 +83,43 @@ def run_variant(v: dict, args: argparse.Namespace, families: list[str], cache: I
             m = load_detector(folder / f"source-{src}")
             rows.append({"protocol": "LOSO", "held_out": src, "steps": args.steps,
                          **score_held_out(m, scoring_set(samples, "source", src), cache)})
+    if args.unseen_real:
+        m = load_detector(folder / "all")
+        test = unseen_reals(args.unseen_real) + [s for s in samples if s.split == "test" and s.label == 1]
+        rows.append({"protocol": "unseen sources", "held_out": "all", "steps": args.steps,
+                     **score_held_out(m, test, cache)})
     return {"variant": v, "rows": rows, "summary": summarise(rows), "seconds": round(time.time() - start, 1),
             "params": m.num_params()}
 
 
+def unseen_reals(folder: Path) -> list[Sample]:
+    """Every patch of a `data photos` folder (all splits: none was trained on), re-encoded once as
+    build-fakes encodes its reals (`fake_common.write_encoded`, seeded by the path), cached beside it."""
+    encoded = folder / ".encoded"
+    out = []
+    for s in read_set(folder, 0):
+        rel = f"real/{s.split}/{s.path.name}"
+        if not (encoded / rel).is_file():
+            with Image.open(s.path) as im:
+                write_encoded(encoded, rel, im.convert("RGB"), 0)
+        out.append(Sample(encoded / rel, 0, "real", "test", source=s.source))
+    return out
+
+
 def table(results: list[dict], families: list[str]) -> str:
     head = ("| recipe | params | LOFO mean AUC clean | LOFO mean AUC JPEG 75 | worst family (clean) | "
-            + " | ".join(families) + " | LOSO mean AUC clean |")
-    lines = [head, "|---" * (6 + len(families)) + "|"]
+            + " | ".join(families) + " | LOSO mean AUC clean | unseen sources AUC / FPR@t_fake |")
+    lines = [head, "|---" * (7 + len(families)) + "|"]
     for r in results:
         s = r["summary"]["LOFO"]
         per = {row["held_out"]: row["clean"]["auc"] for row in r["rows"] if row["protocol"] == "LOFO"}
         loso = r["summary"].get("LOSO", {}).get("clean", {}).get("mean_auc")
         loso = "-" if loso is None else f"{loso:.4f}"
+        unseen = next((row["clean"] for row in r["rows"] if row["protocol"] == "unseen sources"), None)
+        unseen = "-" if unseen is None else f"{unseen['auc']:.4f} / {unseen['fpr_at_t_fake']:.4f}"
         lines.append(f"| {r['variant']['name']} | {r['params']:,} | {s['clean']['mean_auc']:.4f} | "
                      f"{s['jpeg75']['mean_auc']:.4f} | {s['clean']['worst']} {s['clean']['min_auc']:.4f} | "
-                     + " | ".join(f"{per[f]:.3f}" for f in families) + f" | {loso} |")
+                     + " | ".join(f"{per[f]:.3f}" for f in families) + f" | {loso} | {unseen} |")
     return "\n".join(lines)
 
 
@@ -104,6 +130,8 @@ def main() -> None:
     p.add_argument("--variant", action="append", required=True, help="NAME:FAMILIES:AUGMENT[:WIDTHS]")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--loso", action="store_true", help="also leave each photo source out")
+    p.add_argument("--unseen-real", type=Path, default=None,
+                   help="a `data photos` folder of sources the fake set does not use (scored, never trained on)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
