@@ -12,6 +12,8 @@ A variant is `NAME:FAMILIES:AUGMENT[:WIDTHS]` (FAMILIES empty = every family in 
 variant is scored on every family of the set held out: a family the variant never trains on is
 held out already, so one model trained on the variant's families answers for all of them; a family
 it does train on gets its own model trained without it (`brushpen.safety.detector_heldout`).
+`--shipped DIR` adds a first row that trains nothing: a detector as it is (e.g. the shipped one,
+trained on an earlier fake set), every family of this set scored as held out.
 `--unseen-real DIR` adds a column no model trained near: real patches from photo sources that are not
 in the fake set's real side at all (a `data photos` folder, re-encoded here the way build-fakes encodes
 its reals), scored by the variant's model trained on all its families against every test fake.
@@ -92,6 +94,18 @@ def run_variant(v: dict, args: argparse.Namespace, families: list[str], cache: I
             "params": m.num_params()}
 
 
+def score_as_is(folder: Path, args: argparse.Namespace, families: list[str], cache: ImageCache, samples) -> dict:
+    """A trained detector scored on every family and on the unseen sources, training nothing."""
+    m = load_detector(folder)
+    rows = [{"protocol": "LOFO", "held_out": fam, "steps": 0,
+             **score_held_out(m, scoring_set(samples, "family", fam), cache)} for fam in families]
+    if args.unseen_real:
+        test = unseen_reals(args.unseen_real) + [s for s in samples if s.split == "test" and s.label == 1]
+        rows.append({"protocol": "unseen sources", "held_out": "all", "steps": 0, **score_held_out(m, test, cache)})
+    return {"variant": {"name": f"as is: {folder}"}, "rows": rows, "summary": summarise(rows), "seconds": 0,
+            "params": m.num_params()}
+
+
 def unseen_reals(folder: Path) -> list[Sample]:
     """Every patch of a `data photos` folder (all splits: none was trained on), re-encoded once as
     build-fakes encodes its reals (`fake_common.write_encoded`, seeded by the path), cached beside it."""
@@ -127,7 +141,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fake", type=Path, action="append", required=True)
     p.add_argument("--real", type=Path, action="append", default=[])
-    p.add_argument("--variant", action="append", required=True, help="NAME:FAMILIES:AUGMENT[:WIDTHS]")
+    p.add_argument("--variant", action="append", default=[], help="NAME:FAMILIES:AUGMENT[:WIDTHS]")
+    p.add_argument("--shipped", type=Path, default=None, help="a trained detector folder to score as it is first")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--loso", action="store_true", help="also leave each photo source out")
     p.add_argument("--unseen-real", type=Path, default=None,
@@ -140,8 +155,11 @@ def main() -> None:
     families = held_out_names(samples, "family")
     cache = ImageCache(DetectorConfig().tile)
     results = []
-    for text in args.variant:
-        results.append(run_variant(parse_variant(text), args, families, cache, samples))
+    jobs = [lambda: score_as_is(args.shipped, args, families, cache, samples)] if args.shipped else []
+    jobs += [lambda text=text: run_variant(parse_variant(text), args, families, cache, samples)
+             for text in args.variant]
+    for job in jobs:
+        results.append(job())
         print(table(results, families), flush=True)
         if args.json:
             args.json.write_text(json.dumps({"steps": args.steps, "threads": args.threads, "settings": SETTINGS,
