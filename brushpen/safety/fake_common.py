@@ -47,7 +47,7 @@ class FakesConfig:
     dcgan_steps: int = 3000             # DCGAN training steps (one D and one G update each)
     vae_steps: int = 600                # VAE training steps
     sr_steps: int = 600                 # training steps of each SR network (sr-shuffle, sr-interp)
-    ddpm_steps: int = 50                # ancestral DDPM sampling steps of the diffusion model (ddpm family)
+    ddpm_steps: int = 25                # ancestral DDPM sampling steps of the diffusion model (ddpm family)
     inpaint_area: tuple[float, float] = (0.05, 0.40)   # share of the patch an inpainting mask covers
     emoji_model: str = "emoji64"        # the store GAN whose samples the emoji family pastes in
     train_batch: int = 32

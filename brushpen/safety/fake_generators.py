@@ -132,7 +132,7 @@ def diffusion_sampler(cfg: FakesConfig, size: int, ctx: dict) -> Sampler:
     """Train (resume) the small DDPM on the train patches; its sampler (DDIM, resized to `size`)."""
     unet, state, res, prediction = _diffusion_model(cfg, size)
     ctx["training"] = {**_training(state, f"batch {cfg.train_batch}, {res}x{res}, {prediction}",
-                                   f"DDIM {cfg.ddim_steps} steps, eta 0, Lanczos {res}->{size}"),
+                                   f"DDIM {cfg.ddim_steps} steps, eta 0{_resized(res, size)}"),
                        "prediction": prediction}
 
     def sample(n: int, batch_index: int) -> list[Image.Image]:
