@@ -36,15 +36,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from brushpen.config import get_settings  # noqa: E402
 from brushpen.safety.detector import DetectorConfig, load_detector  # noqa: E402
-from brushpen.safety.detector_data import Sample, gather, read_set  # noqa: E402
-from brushpen.safety.fake_common import write_encoded  # noqa: E402
+from brushpen.safety.detector_data import gather  # noqa: E402
 from brushpen.safety.detector_heldout import (SETTINGS, ImageCache, held_out_names, score_held_out,  # noqa: E402
-                                              scoring_set, summarise, train_held_out)
+                                              score_unseen, scoring_set, summarise, train_held_out, unseen_reals)
 from brushpen.safety.detector_train import TrainConfig, train_detector  # noqa: E402
 
 
@@ -94,30 +92,13 @@ def run_variant(v: dict, args: argparse.Namespace, families: list[str], cache: I
             "params": m.num_params()}
 
 
-def score_as_is(folder: Path, args: argparse.Namespace, families: list[str], cache: ImageCache, samples) -> dict:
+def score_as_is(folder: Path, args: argparse.Namespace, cache: ImageCache, samples) -> dict:
     """A trained detector scored on every family and on the unseen sources, training nothing."""
     m = load_detector(folder)
-    rows = [{"protocol": "LOFO", "held_out": fam, "steps": 0,
-             **score_held_out(m, scoring_set(samples, "family", fam), cache)} for fam in families]
-    if args.unseen_real:
-        test = unseen_reals(args.unseen_real) + [s for s in samples if s.split == "test" and s.label == 1]
-        rows.append({"protocol": "unseen sources", "held_out": "all", "steps": 0, **score_held_out(m, test, cache)})
+    rows = [dict(r, protocol="LOFO") if r["protocol"] == "unseen set" else r
+            for r in score_unseen(m, samples, args.unseen_real, cache)]
     return {"variant": {"name": f"as is: {folder}"}, "rows": rows, "summary": summarise(rows), "seconds": 0,
             "params": m.num_params()}
-
-
-def unseen_reals(folder: Path) -> list[Sample]:
-    """Every patch of a `data photos` folder (all splits: none was trained on), re-encoded once as
-    build-fakes encodes its reals (`fake_common.write_encoded`, seeded by the path), cached beside it."""
-    encoded = folder / ".encoded"
-    out = []
-    for s in read_set(folder, 0):
-        rel = f"real/{s.split}/{s.path.name}"
-        if not (encoded / rel).is_file():
-            with Image.open(s.path) as im:
-                write_encoded(encoded, rel, im.convert("RGB"), 0)
-        out.append(Sample(encoded / rel, 0, "real", "test", source=s.source))
-    return out
 
 
 def table(results: list[dict], families: list[str]) -> str:
@@ -155,7 +136,7 @@ def main() -> None:
     families = held_out_names(samples, "family")
     cache = ImageCache(DetectorConfig().tile)
     results = []
-    jobs = [lambda: score_as_is(args.shipped, args, families, cache, samples)] if args.shipped else []
+    jobs = [lambda: score_as_is(args.shipped, args, cache, samples)] if args.shipped else []
     jobs += [lambda text=text: run_variant(parse_variant(text), args, families, cache, samples)
              for text in args.variant]
     for job in jobs:

@@ -160,3 +160,34 @@ def test_train_cli_rejects_a_bad_recipe_and_bad_widths(data: Path, tmp_path: Pat
         run = subprocess.run([sys.executable, "-m", "brushpen.cli.main", "detect", "train", "--fake", str(data),
                               "--out", str(tmp_path / "m"), "--widths", widths], capture_output=True, text=True)
         assert run.returncode != 0 and "--widths" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_model_scored_as_it_is_on_a_set_it_never_saw(data: Path, tmp_path: Path) -> None:
+    model = tmp_path / "store" / "safety" / "old"
+    train_detector(TrainConfig(out=model, fake=[data], families=("bilinear",), steps=20, batch=16, snap=20,
+                               model=TINY, progress=False), command="brushpen detect train (the old one)",
+                   log=lambda m: None)
+    (model / "metrics.json").write_text(json.dumps({"eval": [], "eval_command": "brushpen detect eval (old set)"}))
+    photos = tmp_path / "other-photos"          # a `data photos` folder of sources outside the set
+    rng, rows = np.random.default_rng(5), []
+    for i in range(12):
+        rel = f"test/kphotoalbum__snap{i}.jpg-000.png"
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        texture(rng).save(photos / rel)
+        rows.append({"file": rel, "split": "test", "package": "kphotoalbum"})
+    (photos / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    run = subprocess.run([sys.executable, "-m", "brushpen.cli.main", "detect", "eval", "--model", str(model),
+                          "--fake", str(data), "--unseen-set", "--unseen-real", str(photos)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["eval_command"] == "brushpen detect eval (old set)"      # the in-distribution rows kept
+    summary = metrics["held_out_summary"]
+    assert summary["unseen set"]["clean"]["n"] == 3 and summary["unseen sources"]["clean"]["n"] == 1
+    unseen = next(r for r in metrics["held_out"] if r["protocol"] == "unseen sources")["clean"]
+    assert unseen["n_real"] == 12 and unseen["n_fake"] == sum(s.split == "test" for s in read_set(data, 1))
+    assert len(list((photos / ".encoded").rglob("*.png"))) == 12       # re-encoded once, beside the folder
+    card = (model / "card.md").read_text()
+    assert "**unseen set** (the model as it is)" in card and "--unseen-set" in card
+    assert f"mean held-out-family AUC **{summary['unseen set']['clean']['mean_auc']:.3f}**" in card

@@ -79,6 +79,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                    help="also train one model per left-out family with this budget (0: evaluate existing only)")
     e.add_argument("--loso-steps", type=int, default=0,
                    help="also train one model per left-out photo source with this budget (0: evaluate existing only)")
+    e.add_argument("--unseen-set", action="store_true",
+                   help="the model never trained on this fake set (e.g. a newer one): score every family as held "
+                        "out and write only the held-out section, keeping the in-distribution rows as they are")
+    e.add_argument("--unseen-real", type=Path, default=None,
+                   help="a `data photos` folder of photo sources outside the fake set: scored against every test fake")
     e.add_argument("--held-out-dir", "--lofo-dir", dest="held_out_dir", type=Path, default=None,
                    help="the held-out models' folder (default: $BRUSHPEN_HOME/detector-heldout/MODEL)")
     e.add_argument("--threads", type=int, default=1)
@@ -150,12 +155,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from brushpen.safety.detector_data import gather
     from brushpen.safety.detector_eval import base_config, evaluate, splice_localisation, table_markdown, write_card, \
         write_eval
-    from brushpen.safety.detector_heldout import evaluate_held_out, held_out_markdown, train_held_out
+    from brushpen.safety.detector_heldout import evaluate_held_out, held_out_markdown, score_unseen, train_held_out
 
     apply_threads(args.threads)
     folder = resolve_model(args.model, family="safety")
     samples = gather(args.real, args.fake)
     model = load_detector(folder)
+    if args.unseen_set:
+        held_out = score_unseen(model, samples, args.unseen_real)
+        write_eval(folder, [], _command(), held_out=held_out)
+        write_card(folder)
+        print(held_out_markdown(held_out))
+        return 0
     rows = evaluate(model, samples, progress=sys.stderr.isatty())
     localisation = splice_localisation(model, samples)
     held_dir = args.held_out_dir or get_settings().home / "detector-heldout" / folder.name
@@ -164,6 +175,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if steps:
             train_held_out(held_dir, base_config(folder, args.real, args.fake, steps), kind, log=log)
     held_out = evaluate_held_out(held_dir, args.real, args.fake) if held_dir.is_dir() else []
+    if args.unseen_real:
+        held_out += [r for r in score_unseen(model, samples, args.unseen_real) if r["protocol"] == "unseen sources"]
     write_eval(folder, rows, _command(), localisation, held_out)
     write_card(folder)
     print(table_markdown(rows))

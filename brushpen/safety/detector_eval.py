@@ -104,10 +104,12 @@ def write_eval(model_dir: Path, rows: list[dict], command: str, localisation: di
         metrics["splice_localisation"] = localisation
     if held_out:
         metrics["held_out"], metrics["held_out_summary"] = held_out, summarise(held_out)
+        metrics["held_out_command"] = command
     old = [r for r in metrics.get("eval", []) if (r["setting"], r["family"]) not in
            {(n["setting"], n["family"]) for n in rows}]
     metrics["eval"] = old + rows
-    metrics["eval_command"] = command
+    if rows:
+        metrics["eval_command"] = command
     for r in metrics["eval"]:
         if r["setting"] == "in-distribution" and r["family"] == "all":
             metrics.update(auc=round(r["auc"], 4), ap=round(r["ap"], 4), tpr_at_1fpr=round(r["tpr_at_1fpr"], 4))
@@ -186,13 +188,17 @@ Widths {arch['widths']}, strides {arch['strides']}. See `brushpen/safety/detecto
 
 Headline: {headline(metrics.get('held_out_summary', {}))}.
 
+    {metrics.get('held_out_command', '(not evaluated yet)')}
+
 {held_out_markdown(metrics.get('held_out', [])) or '(no held-out models evaluated yet)'}
 
 Protocol: `brushpen/safety/detector_heldout.py`. LOFO: a model trained without one fake family, on
 that family's test fakes against all test reals. LOSO: a model trained without one photo source's
 reals and the fakes made from them, on that source's patches (every split) against the other test
-fakes. Each with this model's recipe at the steps shown and its own validation thresholds; JPEG 75
-hits real and fake alike. FPR@t_fake: the share of the held-out reals at or above its `fake` band.
+fakes. Each with this model's recipe at the steps shown and its own validation thresholds. Unseen
+set: this model as it is, on a fake set it never trained on (every family held out); unseen
+sources: reals from photo packages outside its data, against every test fake. JPEG 75 hits real and
+fake alike. FPR@t_fake: the share of the held-out reals at or above the `fake` band.
 
 ## Training
 
