@@ -191,3 +191,5 @@ def test_a_model_scored_as_it_is_on_a_set_it_never_saw(data: Path, tmp_path: Pat
     card = (model / "card.md").read_text()
     assert "**unseen set** (the model as it is)" in card and "--unseen-set" in card
     assert f"mean held-out-family AUC **{summary['unseen set']['clean']['mean_auc']:.3f}**" in card
+    # the Data section describes the set it was trained on, kept in train.json, not the set of today
+    assert json.loads((model / "train.json").read_text())["data_md"] in card

@@ -212,6 +212,34 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, tile:
     return out, mout
 
 
+def describe_sources(real: list, fake: list) -> str:
+    """Where the training images came from, in markdown: the photo packages (their `sources.json`)
+    and the fake set's own card, verbatim. `train_detector` keeps it in train.json, so the model's
+    card describes the data it was trained on even after the set is rebuilt."""
+    lines = []
+    for d in map(Path, [*fake, *(real or fake)]):
+        for cand in (d / "card.json", d.parent / "card.json"):
+            if cand.exists():
+                card = json.loads(cand.read_text())
+                photos = Path(card.get("real") or "") / "sources.json"
+                if photos.exists():
+                    src = json.loads(photos.read_text())
+                    lines.append("Real photo patches (`brushpen data photos`), per package:\n")
+                    lines.append("| package | version | photos train/val/test | patches | licences |")
+                    lines.append("|---|---|---|---|---|")
+                    for name, p in sorted(src["packages"].items()):
+                        ph = p.get("photos", {})
+                        lic = ", ".join(f"{k} ({v})" for k, v in sorted(p.get("licences", {}).items()))
+                        lines.append(f"| {name} | {p.get('version')} | {ph.get('train', 0)}/{ph.get('val', 0)}/"
+                                     f"{ph.get('test', 0)} | {p.get('patches')} | {lic} |")
+                md = cand.with_name("card.md")
+                if md.exists():
+                    lines.append("\nThe fake set's own card (`brushpen detect build-fakes`), verbatim:\n")
+                    lines.append("\n".join("> " + ln for ln in md.read_text().splitlines()))
+                return "\n".join(lines)
+    return "Training folders: " + ", ".join(map(str, [*fake, *real]))
+
+
 class BalancedSampler:
     """Index batches: half real, the other half fake spread evenly over families."""
 

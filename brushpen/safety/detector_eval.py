@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from brushpen.safety.calibrate import family_metrics, roc_auc
 from brushpen.safety.detector import Detector, DetectorConfig, tile_image, to_tensor
-from brushpen.safety.detector_data import Sample, load_arrays, load_rgb
+from brushpen.safety.detector_data import Sample, describe_sources, load_arrays, load_rgb
 from brushpen.safety.detector_heldout import headline, held_out_markdown, summarise
 from brushpen.safety.detector_train import TrainConfig, logits_of
 from brushpen.safety.perturb import PERTURBATIONS
@@ -132,33 +132,6 @@ def base_config(model_dir: Path, real: list[Path], fake: list[Path], steps: int)
                        families=tuple(cfg["families"]) if cfg.get("families") else None)
 
 
-def _sources_md(train: dict) -> str:
-    """Where the training images came from: the photo packages and the fakes' own card."""
-    lines = []
-    real_dirs = train["config"]["real"] or train["config"]["fake"]
-    for d in map(Path, train["config"]["fake"] + real_dirs):
-        for cand in (d / "card.json", d.parent / "card.json"):
-            if cand.exists():
-                card = json.loads(cand.read_text())
-                photos = Path(card.get("real") or "") / "sources.json"
-                if photos.exists():
-                    src = json.loads(photos.read_text())
-                    lines.append("Real photo patches (`brushpen data photos`), per package:\n")
-                    lines.append("| package | version | photos train/val/test | patches | licences |")
-                    lines.append("|---|---|---|---|---|")
-                    for name, p in sorted(src["packages"].items()):
-                        ph = p.get("photos", {})
-                        lic = ", ".join(f"{k} ({v})" for k, v in sorted(p.get("licences", {}).items()))
-                        lines.append(f"| {name} | {p.get('version')} | {ph.get('train', 0)}/{ph.get('val', 0)}/"
-                                     f"{ph.get('test', 0)} | {p.get('patches')} | {lic} |")
-                md = cand.with_name("card.md")
-                if md.exists():
-                    lines.append("\nThe fake set's own card (`brushpen detect build-fakes`), verbatim:\n")
-                    lines.append("\n".join("> " + ln for ln in md.read_text().splitlines()))
-                return "\n".join(lines)
-    return "Training folders: " + ", ".join(train["config"]["fake"] + train["config"]["real"])
-
-
 def _localisation_md(loc: dict | None) -> str:
     if not loc:
         return ""
@@ -175,8 +148,9 @@ def write_card(model_dir: Path) -> Path:
     cal, arch = config["calibration"], config["architecture"]
     from brushpen.safety.fakes import FAMILIES   # the families the checker is meant to cover
     missing = [f for f in FAMILIES if f not in train["families"]]
-    gap = (f"\n**Interim model: trained and evaluated without {', '.join(missing)}** (not in the fake set when "
-           "it was trained); its figures say nothing about those families.\n") if missing else ""
+    gap = (f"\n**Trained without {', '.join(missing)}** (not in the fake set when it was trained): the "
+           "in-distribution table covers its own families only; the held-out section scores it on every "
+           "family.\n") if missing else ""
     text = f"""# {model_dir.name}: brushpen's AI-made image detector
 
 A {train['params']:,}-parameter CNN on RGB + NPR residuals (x - up(down(x))) of 64x64 patches, with a
@@ -226,7 +200,7 @@ perturbations (`brushpen.safety.perturb`) hit real and fake alike; 32 px results
 
 ## Data
 
-{_sources_md(train)}
+{train.get('data_md') or describe_sources(train['config']['real'], train['config']['fake'])}
 
 ## Licence
 

@@ -31,7 +31,8 @@ from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoin
 from brushpen.errors import BadParameter
 from brushpen.safety.calibrate import calibrate
 from brushpen.safety.detector import Detector, DetectorConfig, save_detector, to_tensor
-from brushpen.safety.detector_data import RECIPES, BalancedSampler, Sample, augment, gather, load_arrays
+from brushpen.safety.detector_data import RECIPES, BalancedSampler, Sample, augment, describe_sources, gather, \
+    load_arrays
 from brushpen.store import atomic_write_json
 
 
@@ -170,5 +171,6 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
         "counts": {sp: {"real": sum(s.label == 0 for s in split_of(samples, sp)),
                         "fake": sum(s.label == 1 for s in split_of(samples, sp))} for sp in ("train", "val", "test")},
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
-        "train_seconds_this_run": round(elapsed, 1), "params": net.num_params(), "threads": torch.get_num_threads()})
+        "train_seconds_this_run": round(elapsed, 1), "params": net.num_params(), "threads": torch.get_num_threads(),
+        "data_md": describe_sources(cfg.real, cfg.fake)})
     return net
