@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file
 
 from brushpen.adapters import FinetuneEvent, FinetuneResult, adapter_dir, check_name, split_ref
 from brushpen.checkpoint import start_or_resume
@@ -29,13 +30,41 @@ from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.families import default_model
 from brushpen.gan.data import ImageDataset, load_image_folder
-from brushpen.gan.lora import save_adapter, trainable_parameters
+from brushpen.gan.lora import apply_lora, save_adapter, trainable_parameters
+from brushpen.gan.networks import StyleGANGenerator
 from brushpen.gan.snapshot import sample_grid, write_store_model
 from brushpen.gan.trainer import EMA_KIMG_PER_32, TrainConfig, Trainer
 from brushpen.store import resolve_model, store_root
 from brushpen.ziputil import unpack_zip
 
 MODES = ("lora", "full", "scratch")
+
+
+def start_from_base(base: Path, rank: int, alpha: float | None, freeze_d: int) -> Callable[[Trainer], None]:
+    """The trainer's `start` hook for a fine-tune. G from the base's store weights (what an adapter
+    is applied to at serving time), D from the base's training checkpoint when it kept one; then
+    LoRA on G (rank > 0) and Freeze-D (D's fromRGB and first `freeze_d` blocks stay fixed)."""
+
+    def start(tr: Trainer) -> None:
+        tr.G.load_state_dict(StyleGANGenerator.from_pretrained(base).state_dict())
+        d_file = base / "checkpoint" / "D.safetensors"
+        if d_file.exists():
+            tr.D.load_state_dict(load_file(str(d_file)))
+        elif tr.acc.is_main_process:
+            tr.log(f"{base.name} kept no discriminator ({d_file}): D starts at random")
+        if rank > 0:
+            apply_lora(tr.G, rank, alpha, seed=tr.cfg.seed)
+        if not 0 <= freeze_d <= len(tr.D.blocks):
+            raise BadParameter(f"freeze_d must lie in 0..{len(tr.D.blocks)} (D's blocks)")
+        if freeze_d:
+            tr.d_frozen = [tr.D.from_rgb, *tr.D.blocks[:freeze_d]]
+            for module in tr.d_frozen:
+                module.requires_grad_(False)
+        if tr.acc.is_main_process:
+            tr.log(f"fine-tuning {base.name}: {trainable_parameters(tr.G):,} trainable G parameters, "
+                   f"{trainable_parameters(tr.D):,} trainable D parameters")
+
+    return start
 
 
 @dataclass
@@ -167,10 +196,7 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
                       ema_kimg=req.ema_kimg if req.ema_kimg is not None else EMA_KIMG_PER_32,
                       ema_rampup=req.ema_rampup, r1_gamma=req.r1_gamma, seed=req.seed, snapshot_kimg=req.snapshot_kimg,
                       tick_kimg=min(1.0, req.kimg), resume=resume, threads=req.threads,
-                      checkpoint_dir=work / "checkpoint",
-                      base=None if req.mode == "scratch" else base_dir,
-                      lora_rank=req.rank if req.mode == "lora" else 0, lora_alpha=req.alpha,
-                      freeze_d=req.freeze_d if req.mode != "scratch" else 0)
+                      checkpoint_dir=work / "checkpoint")
     last: dict = {}
     # samples.png shows the classes the target set uses (a set of faces: faces only)
     sample_classes = sorted(set(data.labels.tolist())) if data.labels is not None else None
@@ -202,7 +228,9 @@ def finetune(req: GanFinetuneRequest, progress: Callable[[FinetuneEvent], None] 
             on_snapshot(tr)
 
     trainer = Trainer(cfg, dataset=data, log=log or ((lambda msg: None) if progress else None),
-                      write_model=write_model, progress=on_step)
+                      write_model=write_model, progress=on_step,
+                      start=None if req.mode == "scratch" else
+                      start_from_base(base_dir, req.rank if req.mode == "lora" else 0, req.alpha, req.freeze_d))
     result = trainer.run()
     result["trainable_params_G"] = trainable_parameters(trainer.G)
     if req.mode == "lora":

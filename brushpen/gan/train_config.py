@@ -61,11 +61,6 @@ class TrainConfig:
     compile: bool = False               # torch.compile G's synthesis and D's main pass (R1 stays eager)
     compact_checkpoint: bool = False    # Adam's second moments saved in bf16 (half the size)
     extra: dict = field(default_factory=dict)
-    # Fine-tuning (see gan/finetune.py): start G, G_ema and D from a store model instead of at random.
-    base: Path | None = None            # the base model folder; its checkpoint/D.safetensors seeds D
-    lora_rank: int = 0                  # > 0: train only LoRA matrices in G (gan/lora.py), rest frozen
-    lora_alpha: float | None = None     # LoRA scale alpha / rank; None = rank (scale 1)
-    freeze_d: int = 0                   # Freeze-D: D's fromRGB and its first K blocks stay fixed
 
     def r1(self) -> float:
         """R1 weight. At a large batch pin it with r1_gamma: the heuristic shrinks it as 1/batch."""

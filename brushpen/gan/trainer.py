@@ -37,14 +37,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors.torch import load_file
 
 from brushpen.checkpoint import find_checkpoint, load_checkpoint, missing_parts, save_checkpoint
 from brushpen.config import get_settings
 from brushpen.errors import BadParameter
 from brushpen.gan.augment import AdaptiveAugment, augment
 from brushpen.gan.data import ImageDataset, load_image_folder
-from brushpen.gan.lora import apply_lora, trainable_parameters
 from brushpen.gan.networks import StyleGANDiscriminator, StyleGANGenerator
 from brushpen.gan.snapshot import write_store_model
 from brushpen.gan.stats import StatsLog
@@ -59,13 +57,19 @@ def _lazy_adam(params, lr: float, beta2: float, interval: int) -> torch.optim.Ad
 
 
 class Trainer:
-    """`write_model(trainer)`, when given, replaces the store-model write of each snapshot (a LoRA
-    run saves its adapter instead); `progress(nimg, total_nimg, stats)` is called after every step."""
+    """Three hooks, all optional:
+    - `start(trainer)` runs once G and D exist, before G_ema and the optimizers are made: a fine-tune
+      loads a base into them there, wraps layers in LoRA and lists D's frozen modules in `d_frozen`
+      (see gan/finetune.py). Only parameters that still require grad are optimized.
+    - `write_model(trainer)` replaces the store-model write of each snapshot (a LoRA run saves its
+      adapter instead).
+    - `progress(nimg, total_nimg, stats)` is called after every step."""
 
     def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None,
                  log: Callable[[str], None] | None = None,
                  write_model: Callable[["Trainer"], None] | None = None,
-                 progress: Callable[[int, int, dict], None] | None = None):
+                 progress: Callable[[int, int, dict], None] | None = None,
+                 start: Callable[["Trainer"], None] | None = None):
         cfg.validate()
         self.cfg, self.log = cfg, log or (lambda msg: print(msg, flush=True))
         self.write_model, self.progress = write_model, progress
@@ -93,9 +97,10 @@ class Trainer:
                                    cfg.channels, self.num_classes,
                                    self.data.class_names if cfg.cond else None).to(self.device)
         self.D = StyleGANDiscriminator(cfg.resolution, cfg.channels, self.num_classes).to(self.device)
-        self.d_frozen: list[torch.nn.Module] = []
-        if cfg.base is not None:
-            self._start_from_base()
+        self.d_frozen: list[torch.nn.Module] = []  # D's modules that stay fixed (Freeze-D), set by `start`
+        if start is not None:
+            start(self)
+            self._train_D(True)
         if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -133,27 +138,6 @@ class Trainer:
         return nullcontext()
 
     # ---- state ---------------------------------------------------------------------------
-
-    def _start_from_base(self) -> None:
-        """G from the base's store weights (what an adapter is applied to at serving time), D from
-        the base's training checkpoint when it kept one; then the LoRAs and Freeze-D."""
-        base = Path(self.cfg.base)
-        self.G.load_state_dict(StyleGANGenerator.from_pretrained(base).state_dict())
-        d_file = base / "checkpoint" / "D.safetensors"
-        if d_file.exists():
-            self.D.load_state_dict(load_file(str(d_file)))
-        elif self.acc.is_main_process:
-            self.log(f"{base.name} kept no discriminator ({d_file}): D starts at random")
-        if self.cfg.lora_rank > 0:
-            apply_lora(self.G, self.cfg.lora_rank, self.cfg.lora_alpha, seed=self.cfg.seed)
-        if not 0 <= self.cfg.freeze_d <= len(self.D.blocks):
-            raise BadParameter(f"freeze_d must lie in 0..{len(self.D.blocks)} (D's blocks)")
-        if self.cfg.freeze_d:
-            self.d_frozen = [self.D.from_rgb, *self.D.blocks[:self.cfg.freeze_d]]
-        self._train_D(True)
-        if self.acc.is_main_process:
-            self.log(f"fine-tuning {base.name}: {trainable_parameters(self.G):,} trainable G parameters, "
-                     f"{trainable_parameters(self.D):,} trainable D parameters")
 
     def _train_D(self, on: bool) -> None:
         self.D.requires_grad_(on)
