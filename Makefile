@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/text_pretrain.py --threads $(BENCH_THREADS)
 	$(PY) benchmarks/api_load.py --threads 1 --requests 4 --image-requests 32 --max-tokens 8
 	$(PY) benchmarks/watermark.py
+	$(PY) benchmarks/credentials.py
 	$(PY) benchmarks/detect.py --threads 1
 
 # The copy defaults sweep: about 25 minutes on one thread (see BENCHMARKS.md).

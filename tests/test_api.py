@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from api_server import BRIEF, Server, make_home, make_store
+from brushpen.safety import credentials
 
 KEY = "test-key-0123456789"
 
@@ -117,8 +118,31 @@ def test_image_urls_serve_the_png_without_the_key(server: Server) -> None:
     info, _ = png_info(r.content)
     assert "Seed: 3" in info["parameters"] and "Class: Squares" in info["parameters"]
     b64 = server.client().images.generate(model="shapes", prompt="squares", extra_body={"seed": 3})
-    assert base64.b64decode(b64.data[0].b64_json) == r.content
+    # the same pixels and settings; each copy carries its own signed manifest (a fresh signature)
+    data = base64.b64decode(b64.data[0].b64_json)
+    assert np.array_equal(png_info(data)[1], png_info(r.content)[1]) and png_info(data)[0] == info
+    assert credentials.read(data)["state"] == credentials.read(r.content)["state"] == "valid-untrusted"   # the
+    # server's own CA signed them; this process trusts only its own home's
     assert httpx.get(server.url + "/images/notatoken0000000000000000.png").status_code == 404
+
+
+def test_credentials_route_reads_the_servers_own_manifest(server: Server) -> None:
+    png = base64.b64decode(server.client().images.generate(model="shapes", prompt="flag",
+                                                           extra_body={"seed": 5}).data[0].b64_json)
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(jpeg, format="JPEG")
+    body = {"images": [{"name": "a.png", "b64_json": base64.b64encode(png).decode()},
+                       {"name": "a.jpg", "b64_json": base64.b64encode(jpeg.getvalue()).decode()},
+                       {"name": "junk.png", "b64_json": base64.b64encode(b"not an image").decode()}]}
+    r = httpx.post(server.url + "/v1/credentials", json=body, headers=server.headers(), timeout=60)
+    assert r.status_code == 200, r.text
+    signed, reencoded, junk = r.json()["data"]
+    # the server trusts its own CA; the manifest declares AI generation, so it is evidence
+    assert signed["credentials"]["state"] == "valid" and signed["credentials"]["ai_generated"]
+    assert signed["credentials"]["model"]["name"] == "shapes" and "C2PA manifest" in signed["evidence"][0]
+    # a 16-px image holds no watermark: once re-encoded, nothing leads back to its manifest
+    assert reencoded["credentials"]["state"] == "none" and reencoded["evidence"] == []
+    assert junk["error"] and junk["credentials"] is None
 
 
 def test_completions_same_seed_same_text_and_stream_spells_the_same(server: Server) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from api_server import BRIEF, Server, make_home, make_store
 from brushpen.generators.jobs import line_seed
+from brushpen.safety import credentials
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,12 @@ def test_image_batch_end_to_end(server: Server) -> None:
         rec = out[f"img-{i}"]
         assert rec["response"]["status_code"] == 200 and rec["error"] is None and rec["id"].startswith("batch_req_")
         for k, item in enumerate(rec["response"]["body"]["data"]):
-            with Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) as im:
+            data = base64.b64decode(item["b64_json"])
+            with Image.open(io.BytesIO(data)) as im:
                 assert f"Seed: {10 * i + k}" in im.info["parameters"] and "Class: Flags" in im.info["parameters"]
+            # every batch output carries a signed manifest (the server's CA: untrusted from this process)
+            cred = credentials.read(data)
+            assert cred["state"] == "valid-untrusted" and cred["ai_generated"] and cred["model"]["name"] == "shapes"
     # A line without a seed runs with one derived from the batch and the line.
     with Image.open(io.BytesIO(base64.b64decode(out["no-seed"]["response"]["body"]["data"][0]["b64_json"]))) as im:
         assert f"Seed: {line_seed(batch.id, 3)}," in im.info["parameters"]

@@ -252,7 +252,10 @@ def test_scan_reports_every_bad_file_and_never_stops(trained: dict, tmp_path: Pa
     for name, fragment in expected.items():
         r = by_name[name]
         if name in ("good.png", "large.jpg", "small.png", "marked.png", "upload.zip!inside/ok.png"):
-            assert r.error is None and 0 <= r.score <= 1 and r.verdict in checker.VERDICTS, r
+            # our watermark proves AI generation, whatever the score: the verdict says so (provenance)
+            want = (checker.AI_MADE,) if name == "marked.png" else checker.VERDICTS
+            assert r.error is None and 0 <= r.score <= 1 and r.verdict in want, r
+            assert r.basis == ("provenance" if name == "marked.png" else "detector")
             assert Path(r.heatmap).is_file() and Image.open(r.heatmap).size == (
                 (r.width, r.height) if min(r.width, r.height) >= 64 else Image.open(r.heatmap).size)
         else:
@@ -286,14 +289,16 @@ def test_reports_have_the_documented_schema(trained: dict, tmp_path: Path, monke
     assert set(report["calibration"]) == {"temperature", "t_real", "t_fake", "rule"}
     for row in report["results"]:
         assert set(row) == {"path", "score", "verdict", "heatmap", "provenance", "error", "width", "height", "tiles",
-                            "scope"}
+                            "scope", "basis", "evidence"}
     assert summary["total"] == 14 and summary["error"] == 9
-    assert summary["real"] + summary["uncertain"] + summary["fake"] == 5
+    assert summary["real"] + summary["uncertain"] + summary["fake"] == 4 and summary["ai-made"] == 1
     with open(tmp_path / "r.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0].keys()) == checker.CSV_COLUMNS and len(rows) == 14
     marked = next(r for r in rows if r["path"].endswith("marked.png"))
     assert marked["watermark_found"] == "true" and json.loads(marked["png_settings"])["seed"] == 7
+    assert marked["verdict"] == "ai-made" and marked["basis"] == "provenance" and "watermark" in marked["evidence"]
+    assert marked["c2pa_state"] == "none" and marked["c2pa_recovered"] == "false"   # marked by hand: no manifest kept
 
 
 def test_api_detections(trained: dict, tmp_path: Path) -> None:
@@ -354,11 +359,13 @@ def test_out_of_scope_images_get_a_reason_not_a_score(trained: dict, tmp_path: P
     gated = {r.path: r for r in checker.check_images(items)}
     for name in ("graphic.png", "marked.png"):
         r = gated[name]
-        assert r.verdict == checker.OUT_OF_SCOPE and r.score is None and r.error is None
-        assert r.scope.startswith("not a photograph")
-    assert gated["marked.png"].provenance["watermark"]["found"]     # the mark is still read
+        assert r.score is None and r.error is None and r.scope.startswith("not a photograph")
+    assert gated["graphic.png"].verdict == checker.OUT_OF_SCOPE and gated["graphic.png"].basis == "scope"
+    # the mark is still read, and it wins over the gate: our emoji are AI-made, and the verdict says so
+    assert gated["marked.png"].provenance["watermark"]["found"]
+    assert gated["marked.png"].verdict == checker.AI_MADE and gated["marked.png"].basis == "provenance"
     assert gated["photo.png"].verdict in checker.VERDICTS and gated["photo.png"].scope is None
-    assert checker.summarize(list(gated.values()))[checker.OUT_OF_SCOPE] == 2
+    assert checker.summarize(list(gated.values()))[checker.OUT_OF_SCOPE] == 1
     ungated = checker.check_images(items[:1], scope_gate=False)[0]
     assert ungated.verdict in checker.VERDICTS and 0 <= ungated.score <= 1
 

@@ -4,19 +4,23 @@ and concurrent writers."""
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from brushpen.gan.pipeline import StyleGANPipeline
 from brushpen.generators.copy import CopyResult, CopyVariant
-from brushpen.generators.history import history_dir, list_history, record_copy, record_images, record_walk
+from brushpen.generators.history import (copy_credentials_path, history_dir, list_history, record_copy, record_images,
+                                         record_walk)
 from brushpen.generators.images import (ImageRequest, WalkRequest, generate_images, read_png_settings,
                                         seed_walk)
+from brushpen.safety import credentials
 from conftest import tiny_generator
 
 
@@ -40,7 +44,14 @@ def test_images_walks_and_copy_are_kept_with_their_settings(shapes: str, brushpe
 
     # On disk under $BRUSHPEN_HOME/history: the PNG exactly as emitted, the animation, one index line each.
     assert history_dir() == brushpen_home / "history"
-    assert [Path(it.path).read_bytes() for it in items] == [im.png_bytes() for im in images]
+    for it, im in zip(items, images):   # the pixels and chunks as emitted, with a manifest that validates
+        saved = Path(it.path).read_bytes()
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(saved)).convert("RGB")), np.asarray(im.image))
+        assert read_png_settings(saved) == im.settings and credentials.read(saved)["state"] == "valid"
+    assert credentials.read(Path(walk.path).read_bytes())["state"] == "valid"
+    record = json.loads(copy_credentials_path(text.id).read_text())
+    assert credentials.verify_copy(record, text.texts) == "valid"
+    assert credentials.verify_copy(record, [text.texts[0], text.texts[1] + "!"]) == "invalid"
     assert Path(items[0].path).parent == brushpen_home / "history" / "images"
     assert read_png_settings(Path(items[1].path))["seed"] == 12
     assert read_png_settings(Path(items[1].path))["label"] == "Flags"

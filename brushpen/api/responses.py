@@ -253,7 +253,24 @@ class Detection(Out):
     height: int | None
     tiles: int | None
     scope: str | None
+    basis: str | None = None
+    evidence: list[str] = []
     heatmap_b64: str | None = None
+
+
+class CredentialsRow(Out):
+    """One image's provenance (`generators.checker.read_credentials`)."""
+
+    path: str
+    credentials: dict[str, Any] | None
+    watermark: dict[str, Any] | None
+    evidence: list[str]
+    error: str | None
+
+
+class CredentialsResponse(Out):
+    object: Literal["list"]
+    data: list[CredentialsRow]
 
 
 class DetectionResponse(Out):

@@ -11,6 +11,10 @@ A bad image (not base64, not an image, truncated, a decompression bomb) gets its
 result and the others are still checked; a malformed request is a 400, an unknown model a 404.
 Response: `DetectionResponse`, `{"object": "list", "model", "backend", "data": [CheckResult + `heatmap_b64`
 when asked], "summary"}`.
+
+`POST /v1/credentials` takes the same body and reads provenance only, without the detector: per image
+its Content Credentials (recovered through our watermark when the file lost them), the watermark and
+the evidence of AI generation (`CredentialsResponse`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pydantic_core import PydanticUseDefault
 from starlette.datastructures import UploadFile
 
 from brushpen.api.deps import Queue
-from brushpen.api.responses import DetectionResponse
+from brushpen.api.responses import CredentialsResponse, DetectionResponse
 from brushpen.api.schemas import StoreRef
 from brushpen.errors import BadInput
 from brushpen.families import default_model
@@ -197,3 +201,22 @@ def _check(inp: DetectionInput) -> dict:
                  "multipart/form-data": {"schema": _MULTIPART_SCHEMA}}}})
 async def detections(inp: Annotated[DetectionInput, Depends(read_detections)], queue: Queue) -> dict:
     return await queue.run(_check, inp)
+
+
+def _read_credentials(inp: DetectionInput) -> dict:
+    from brushpen.generators import checker
+
+    good = [(n, d) for n, d, err in inp.items if err is None and d is not None]
+    read = iter(checker.read_credentials(good))
+    data = [{"path": n, "credentials": None, "watermark": None, "evidence": [], "error": err} if err is not None
+            else next(read) for n, _, err in inp.items]
+    return {"object": "list", "data": data}
+
+
+@router.post("/credentials", summary="Read images' Content Credentials (C2PA) and watermark, without the detector",
+             response_model=CredentialsResponse,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": DetectionRequest.model_json_schema()},
+                 "multipart/form-data": {"schema": _MULTIPART_SCHEMA}}}})
+async def credentials(inp: Annotated[DetectionInput, Depends(read_detections)], queue: Queue) -> dict:
+    return await queue.run(_read_credentials, inp)

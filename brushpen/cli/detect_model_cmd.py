@@ -112,6 +112,11 @@ def run_scan(args: argparse.Namespace) -> int:
             tail = f"  ({r.error})" if r.error else f"  ({r.scope})" if r.scope else ""
             if mark.get("found"):
                 tail += f"  watermark: {mark.get('model') or 'brushpen'}"
+            cred = r.provenance.get("credentials", {}) if r.provenance else {}
+            if cred.get("state", "none") != "none":
+                tail += f"  c2pa: {cred['state']}{' (recovered)' if cred.get('recovered') else ''}"
+            if r.basis == "provenance":
+                tail += "  [provenance: " + "; ".join(r.evidence) + "]"
             print(f"{head}  {r.path}{tail}", flush=True)
     if args.json:
         write_json(results, args.json, args.model, args.backend)

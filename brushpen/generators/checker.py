@@ -12,11 +12,21 @@ and the studio's Checker tab.
 torch, the exported ONNX fp32/int8 graphs or the distilled student, see `load_scorer`); `verdict`
 (`real`, `uncertain`, `fake`, from the model's calibrated bands, or `out-of-scope` when the image is
 not a photograph the detector can judge: an emoji, a drawing, text; then `score` is null and
-`scope` says why, see `brushpen.safety.scope`; `scope_gate=False` scores it anyway); `heatmap` (a PNG path when
+`scope` says why, see `brushpen.safety.scope`; `scope_gate=False` scores it anyway; or `ai-made`
+when provenance proves it, see below); `basis` (what decided the verdict: `detector`, `scope` or
+`provenance`) and `evidence` (the proof, in words); `heatmap` (a PNG path when
 asked; `heatmap_png` holds the bytes in memory for the API and UI); `provenance` (`watermark`:
-found, model tag and the store model it names, image id, confidence; `settings`: the PNG's
-`brushpen` or A1111 `parameters` chunk, or {}); `error` (why the file could not be checked,
-else null); `width`, `height`, `tiles`.
+found, model tag and the store model it names, image id, confidence; `credentials`: the C2PA state
+`none` / `valid` / `valid-untrusted` / `invalid` with its failure codes, claim generator, whether the
+actions declare AI generation, signer, and whether the manifest was recovered through our watermark,
+see `brushpen.safety.credentials`; `settings`: the PNG's `brushpen` or A1111 `parameters` chunk, or
+{}); `error` (why the file could not be checked, else null); `width`, `height`, `tiles`.
+
+**The verdict weighs the evidence, not the score alone.** Provenance that proves AI generation wins
+over the detector's score and over the scope gate: a valid C2PA manifest (trusted or not) whose
+actions declare an AI digitalSourceType, a manifest recovered through our watermark, or our
+watermark itself. The verdict is then `ai-made` with basis `provenance`; the score is still reported.
+An `invalid` manifest proves nothing and is flagged in `credentials`.
 
 **Bad input never stops a scan**: each becomes a result with `error` set. Refused: files over
 `max_file_bytes`; anything PIL cannot identify or fully decode (corrupt, truncated); images over
@@ -28,7 +38,7 @@ from the header on trust).
 
 **JSON report** (`write_json`): {"schema": "brushpen.detections/1", "model": NAME, "calibration":
 {temperature, t_real, t_fake, rule}, "results": [CheckResult.to_json(), ...], "summary": {total,
-real, uncertain, fake, out-of-scope, error}}. **CSV** (`write_csv`): the columns in `CSV_COLUMNS`, one row per
+real, uncertain, fake, out-of-scope, ai-made, error}}. **CSV** (`write_csv`): the columns in `CSV_COLUMNS`, one row per
 file, provenance flattened (`png_settings` is JSON text).
 """
 
@@ -53,7 +63,7 @@ from brushpen.edge.detector import load_backend
 from brushpen.errors import BadInput, BadParameter
 from brushpen.families import default_model
 from brushpen.generators.images import read_png_settings
-from brushpen.safety import watermark
+from brushpen.safety import credentials, watermark
 from brushpen.safety.detector import Detector, load_detector, overlay, score_image
 from brushpen.safety.scope import check_scope
 from brushpen.store import atomic_write_bytes, atomic_write_json, atomic_write_text, list_models, resolve_model
@@ -61,10 +71,12 @@ from brushpen.ziputil import ZipLimits, iter_zip
 
 DEFAULT_MODEL = default_model("safety")
 SCHEMA = "brushpen.detections/1"
-CSV_COLUMNS = ("path", "score", "verdict", "heatmap", "watermark_found", "watermark_model", "watermark_image_id",
-               "png_settings", "error", "width", "height", "tiles", "scope")
+CSV_COLUMNS = ("path", "score", "verdict", "basis", "evidence", "heatmap", "watermark_found", "watermark_model",
+               "watermark_image_id", "c2pa_state", "c2pa_codes", "c2pa_claim_generator", "c2pa_ai_generated",
+               "c2pa_signer", "c2pa_recovered", "png_settings", "error", "width", "height", "tiles", "scope")
 VERDICTS = ("real", "uncertain", "fake")
 OUT_OF_SCOPE = "out-of-scope"   # not a photograph: the detector's score would mean nothing
+AI_MADE = "ai-made"             # provenance proves AI generation, whatever the score (basis "provenance")
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,10 @@ class ScanLimits:
                          max_ratio=self.zip_max_ratio, max_entry=self.max_file_bytes)
 
 
+def _flag(value) -> str:
+    return "" if value is None else str(bool(value)).lower()
+
+
 @dataclass
 class CheckResult:
     path: str
@@ -95,6 +111,8 @@ class CheckResult:
     height: int | None = None
     tiles: int | None = None
     scope: str | None = None      # why the image is out of scope (verdict `out-of-scope`), else null
+    basis: str | None = None      # what decided the verdict: detector | scope | provenance
+    evidence: list[str] = field(default_factory=list)   # the provenance that proves AI generation, in words
     heatmap_png: bytes | None = field(default=None, repr=False)   # in memory only, never in reports
 
     def to_json(self) -> dict:
@@ -105,10 +123,16 @@ class CheckResult:
     def csv_row(self) -> dict:
         mark = self.provenance.get("watermark") or {}
         settings = self.provenance.get("settings")
+        cred = self.provenance.get("credentials") or {}
         return {"path": self.path, "score": "" if self.score is None else f"{self.score:.6f}",
-                "verdict": self.verdict or "", "heatmap": self.heatmap or "",
+                "verdict": self.verdict or "", "basis": self.basis or "", "evidence": "; ".join(self.evidence),
+                "heatmap": self.heatmap or "",
                 "watermark_found": "" if not mark else str(bool(mark.get("found"))).lower(),
                 "watermark_model": mark.get("model") or "", "watermark_image_id": mark.get("image_id") or "",
+                "c2pa_state": cred.get("state") or "", "c2pa_codes": " ".join(cred.get("codes") or []),
+                "c2pa_claim_generator": cred.get("claim_generator") or "",
+                "c2pa_ai_generated": _flag(cred.get("ai_generated")) if cred else "",
+                "c2pa_signer": cred.get("signer") or "", "c2pa_recovered": _flag(cred.get("recovered")) if cred else "",
                 "png_settings": json.dumps(settings, sort_keys=True) if settings else "",
                 "error": self.error or "", "width": self.width or "", "height": self.height or "",
                 "tiles": self.tiles or "", "scope": self.scope or ""}
@@ -168,8 +192,11 @@ def _model_names() -> dict[int, str]:
 
 
 def provenance(image: Image.Image, data: bytes) -> dict:
-    """What the image says about where it came from: the invisible mark and the PNG settings chunk."""
+    """What the image says about where it came from: the invisible mark, its Content Credentials (or
+    the manifest we signed for it, recovered through the mark when the file lost its own) and the PNG
+    settings chunk."""
     mark: dict = {"found": False}
+    det = None
     if min(image.size) >= watermark.MIN_SIDE:
         det = watermark.extract(image)
         mark = {"found": det.found, "confidence": round(det.confidence, 4)}
@@ -182,7 +209,31 @@ def provenance(image: Image.Image, data: bytes) -> dict:
         settings = read_png_settings(data)
     except BadInput as e:
         settings = {"error": str(e)}
-    return {"watermark": mark, "settings": settings}
+    cred = credentials.read(data)
+    if cred["state"] == "none" and det is not None and det.found:
+        cred = credentials.recover(det.payload, data) or cred
+    return {"watermark": mark, "credentials": cred, "settings": settings}
+
+
+def evidence_of_ai(prov: dict) -> list[str]:
+    """Provenance that proves AI generation, in words: a valid manifest declaring it, a manifest
+    recovered through our watermark, or our watermark itself (it names the model that made the image)."""
+    out = []
+    proof = credentials.proves_ai(prov.get("credentials"))
+    if proof:
+        out.append(proof)
+    mark = prov.get("watermark") or {}
+    if mark.get("found"):
+        out.append(f"the brushpen watermark of {mark.get('model') or 'model tag ' + str(mark.get('model_tag'))}")
+    return out
+
+
+def _weigh(result: CheckResult) -> CheckResult:
+    """The verdict weighs the evidence: provenance that proves AI generation wins over the score."""
+    result.evidence = evidence_of_ai(result.provenance)
+    if result.evidence:
+        result.verdict, result.basis = AI_MADE, "provenance"
+    return result
 
 
 # ---- one image ----------------------------------------------------------------------------------------
@@ -230,13 +281,15 @@ def check_one(name: str, data: bytes, model: Detector, heatmap: bool = False,
     scope = check_scope(image) if scope_gate else None
     if scope is not None and not scope.in_scope:
         # Provenance is still read: our own emoji are out of scope, and their mark says so.
-        result.verdict, result.scope = OUT_OF_SCOPE, scope.reason
+        result.verdict, result.scope, result.basis = OUT_OF_SCOPE, scope.reason, "scope"
         result.provenance = provenance(image, data)
-        return result
+        return _weigh(result)
     with _lock:
         s = score_image(model, image, heatmap=heatmap)
     result.score, result.verdict, result.tiles = round(s.probability, 6), s.verdict, s.tiles
+    result.basis = "detector"
     result.provenance = provenance(image, data)
+    _weigh(result)
     if heatmap and s.heatmap is not None:
         buf = io.BytesIO()
         overlay(image, s.heatmap).save(buf, format="PNG")
@@ -253,17 +306,39 @@ def check_images(items: Iterable[tuple[str, bytes]], model: str | Path = DEFAULT
     before decoding), the remaining images get an error instead of being decoded, so a few cheap
     files (a 4 KB one-bit PNG can hold 36 MP) cannot buy seconds of CPU and gigabytes each."""
     net = load_scorer(model, backend)
-    results, spent = [], 0
+    return [CheckResult(path=name, error=over) if over else check_one(name, data, net, heatmaps, limits, scope_gate)
+            for name, data, over in _within_budget(items, limits)]
+
+
+def _within_budget(items: Iterable[tuple[str, bytes]], limits: ScanLimits) -> Iterator[tuple[str, bytes, str | None]]:
+    """(name, data, None) while the request's pixel budget lasts, then (name, data, why not)."""
+    spent = 0
     for name, data in items:
         pixels = _header_pixels(data)
         if spent + pixels > limits.max_request_pixels:
-            results.append(CheckResult(path=name, error=(
-                f"over this request's pixel budget of {limits.max_request_pixels:,} ({spent:,} already "
-                f"taken, this image {pixels:,}): send the rest in another request")))
+            yield name, data, (f"over this request's pixel budget of {limits.max_request_pixels:,} ({spent:,} "
+                               f"already taken, this image {pixels:,}): send the rest in another request")
             continue
         spent += pixels
-        results.append(check_one(name, data, net, heatmaps, limits, scope_gate))
-    return results
+        yield name, data, None
+
+
+def read_credentials(items: Iterable[tuple[str, bytes]], limits: ScanLimits = ScanLimits()) -> list[dict]:
+    """Provenance only, no detector: per image its Content Credentials (recovered through the
+    watermark when the file lost them), the watermark, and the evidence of AI generation they give.
+    The same decoding limits and request budget as `check_images`."""
+    out = []
+    for name, data, over in _within_budget(items, limits):
+        row: dict = {"path": name, "credentials": None, "watermark": None, "evidence": [], "error": over}
+        if over is None:
+            try:
+                prov = provenance(decode(data, limits), data)
+            except BadInput as e:
+                row["error"] = str(e)
+            else:
+                row.update(credentials=prov["credentials"], watermark=prov["watermark"], evidence=evidence_of_ai(prov))
+        out.append(row)
+    return out
 
 
 def _header_pixels(data: bytes) -> int:
@@ -327,7 +402,7 @@ def scan_paths(paths: Iterable[str | Path], model: str | Path = DEFAULT_MODEL, h
 # ---- reports ----------------------------------------------------------------------------------------
 
 def summarize(results: list[CheckResult]) -> dict[str, int]:
-    out = {"total": len(results), **{v: 0 for v in VERDICTS}, OUT_OF_SCOPE: 0, "error": 0}
+    out = {"total": len(results), **{v: 0 for v in VERDICTS}, OUT_OF_SCOPE: 0, AI_MADE: 0, "error": 0}
     for r in results:
         out["error" if r.error else r.verdict or "error"] += 1
     return out

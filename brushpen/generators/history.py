@@ -3,6 +3,7 @@
 Layout under `$BRUSHPEN_HOME/history/`:
 - `images/YYYYMMDD-HHMMSS-<id>.png`: the PNG exactly as emitted (settings chunks and watermark);
 - `walks/YYYYMMDD-HHMMSS-<id>.gif|webp`: seed walks;
+- `copy/<id>.credentials.json`: a copy result's signed credentials record (`safety.credentials.sign_copy`);
 - `index.jsonl`: one JSON line per item, newest last: id, kind ("image", "walk" or "copy"), time,
   the settings, and either the file's path or the copy variants.
 
@@ -27,6 +28,7 @@ from typing import Any
 from brushpen.config import get_settings
 from brushpen.generators.copy import CopyResult
 from brushpen.generators.images import GeneratedImage, WalkRequest
+from brushpen.safety import credentials
 from brushpen.store import atomic_write_bytes
 
 KINDS = ("image", "walk", "copy")
@@ -93,10 +95,19 @@ def record_walk(req: WalkRequest, data: bytes) -> HistoryItem:
 
 
 def record_copy(result: CopyResult) -> HistoryItem:
+    """Index a copy result; its signed credentials record (`credentials.sign_copy`) is written beside
+    the index as `copy/<id>.credentials.json` first, unless signing is off."""
     item_id, now = _new_id()
+    if credentials.signing_enabled():
+        record = credentials.sign_copy(result.texts, result.settings, {"name": str(result.settings.get("model"))})
+        atomic_write_bytes(copy_credentials_path(item_id), json.dumps(record, indent=1).encode("utf-8"))
     item = HistoryItem(item_id, "copy", now, result.settings, texts=result.texts)
     _append(item)
     return item
+
+
+def copy_credentials_path(item_id: str) -> Path:
+    return history_dir() / "copy" / f"{item_id}.credentials.json"
 
 
 def list_history(limit: int = 100, kind: str | None = None) -> list[HistoryItem]:

@@ -28,12 +28,12 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 import brushpen
-from brushpen.adapters import list_adapters, resolve_adapter, split_ref
+from brushpen.adapters import list_adapters, resolve_adapter, split_ref, weights_sha256
 from brushpen.errors import BadInput, BadParameter
 from brushpen.edge.common import BACKENDS, VARIANT_FILES, available_backends, check_backend, find_edge_dir
 from brushpen.families import default_model, image_families
 from brushpen.generators import diffusion
-from brushpen.safety import watermark
+from brushpen.safety import credentials, watermark
 from brushpen.store import FAMILIES, PIPELINE_INDEX, atomic_write_bytes, list_models, read_metrics, resolve_model
 
 MAX_IMAGES_PER_REQUEST = 256
@@ -85,13 +85,50 @@ class GeneratedImage:
     image: Image.Image
     settings: dict
 
-    def png_bytes(self) -> bytes:
+    def png_bytes(self, sign: bool = True) -> bytes:
+        """The PNG every face returns: the settings chunks, then a signed C2PA manifest (unless
+        `BRUSHPEN_C2PA=off`); the chunks stay, and the manifest adds about 4 KB."""
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", format_parameters(self.settings))
         info.add_text("brushpen", json.dumps(self.settings, sort_keys=True))
         buf = io.BytesIO()
         self.image.save(buf, format="PNG", pnginfo=info)
-        return buf.getvalue()
+        if not (sign and credentials.signing_enabled()):
+            return buf.getvalue()
+        payload = watermark.payload_for(self.settings) if min(self.image.size) >= watermark.MIN_SIDE else None
+        manifest = credentials.manifest_definition(f"{self.settings.get('model')}-seed{self.settings.get('seed')}.png",
+                                                   self.settings, model_record(str(self.settings.get("model"))),
+                                                   payload)
+        return credentials.sign(buf.getvalue(), "image/png", manifest, payload)
+
+
+_weights_sha: dict[tuple, str] = {}
+
+
+def model_record(ref: str) -> dict:
+    """What a manifest says of the model: name, family, weights sha256 and the adapter, if any.
+    The hash is over the base folder's weight files, cached per (files, sizes, mtimes); the file
+    list per folder mtime (weights are written by rename, which changes it)."""
+    try:
+        path, family = _model_dir(ref)
+    except (BadParameter, BadInput, FileNotFoundError, KeyError):
+        return {"name": ref}
+    return dict(_model_record(ref, str(path), family, path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=64)
+def _model_record(ref: str, folder: str, family: str, _mtime: int) -> dict:
+    path = Path(folder)
+    files = sorted(f for f in path.rglob("*") if f.suffix in (".safetensors", ".bin", ".onnx")
+                   and "adapters" not in f.relative_to(path).parts and "edge" not in f.relative_to(path).parts)
+    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _weights_sha:
+        _weights_sha[key] = weights_sha256(files)
+    adapter = split_ref(ref)[1]
+    record = {"name": ref, "family": family, "weights_sha256": _weights_sha[key]}
+    if adapter:
+        record["adapter"] = adapter
+    return record
 
 
 @dataclass
@@ -420,4 +457,15 @@ def seed_walk(req: WalkRequest, progress: Progress | None = None) -> bytes:
     buf = io.BytesIO()
     frames[0].save(buf, format=req.format.upper(), save_all=True, append_images=frames[1:],
                    duration=int(1000 / req.fps), loop=0, **({"lossless": True} if req.format == "webp" else {}))
-    return buf.getvalue()
+    if not credentials.signing_enabled():
+        return buf.getvalue()
+    name = _model_name(path, req.model)
+    settings = {**asdict(req), "model": name, "kind": "walk", "version": brushpen.__version__}
+    ends = [watermark.payload_for({"model": name, "walk": [req.seed_a, req.seed_b], "frame": k})
+            for k in (0, req.frames - 1)]
+    # The walk is made from the two seed images' latents: its manifest names them (as our watermark
+    # payloads of its end frames) rather than embedding them as ingredients, which it does not contain.
+    note = [{"seed": seed, "watermark": credentials.payload_key(p)} for seed, p in zip((req.seed_a, req.seed_b), ends)]
+    manifest = credentials.manifest_definition(f"{name}-walk-{req.seed_a}-{req.seed_b}.{req.format}", settings,
+                                               model_record(name), None, ingredients_note=note)
+    return credentials.sign(buf.getvalue(), f"image/{req.format}", manifest)

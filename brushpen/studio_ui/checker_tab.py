@@ -16,7 +16,8 @@ from brushpen.store import resolve_model
 from brushpen.studio_ui.common import user_errors
 from brushpen.studio_ui.i18n import t
 
-COLUMNS = ["file", "verdict", "score", "watermark", "model (PNG)", "error", "why out of scope"]
+COLUMNS = ["file", "verdict", "score", "decided by", "watermark", "content credentials", "model (PNG)", "error",
+           "why out of scope"]
 
 
 def receive(paths: list[str]) -> tuple:
@@ -43,14 +44,46 @@ def _check(files: list[str] | None, heatmaps: bool, backend: str = "torch", scop
     for r in results:
         mark = (r.provenance or {}).get("watermark") or {}
         settings = (r.provenance or {}).get("settings") or {}
-        rows.append([Path(r.path).name, r.verdict or "", r.score if r.score is not None else None,
+        cred = (r.provenance or {}).get("credentials") or {}
+        rows.append([Path(r.path).name, r.verdict or "", r.score if r.score is not None else None, r.basis or "",
                      ("brushpen: " + str(mark.get("model") or "?")) if mark.get("found") else "none",
-                     settings.get("model", ""), r.error or "", r.scope or ""])
+                     _credential_cell(cred), settings.get("model", ""), r.error or "", r.scope or ""])
     csv_path = write_csv(results, run / "report.csv")
     shown = [(r.heatmap, f"{r.verdict} {r.score:.2f}") for r in results if r.heatmap] if heatmaps else []
     counts = summarize(results)
     status = ", ".join(f"{k}: {v}" for k, v in counts.items())
-    return rows, str(csv_path), shown, status
+    return rows, str(csv_path), shown, status, credentials_panel(results)
+
+
+def _credential_cell(cred: dict) -> str:
+    state = cred.get("state") or "none"
+    return state + (" (recovered)" if cred.get("recovered") else "")
+
+
+def credentials_panel(results: list) -> str:
+    """The "Content Credentials" panel: per image, the C2PA state, who signed, what it declares, and
+    the verdict's evidence. A manifest that fails validation is flagged."""
+    lines = []
+    for r in results:
+        cred = (r.provenance or {}).get("credentials") or {}
+        state = cred.get("state") or "none"
+        name = Path(r.path).name
+        if r.error:
+            continue
+        if state == "none":
+            line = f"- **{name}**: no Content Credentials"
+        else:
+            flag = "⚠️ **invalid manifest**" if state == "invalid" else f"`{state}`"
+            line = (f"- **{name}**: {flag}" + (" (recovered through the brushpen watermark)" if cred.get("recovered")
+                                               else "")
+                    + f"; claim generator {cred.get('claim_generator') or '?'}; signer {cred.get('signer') or '?'}; "
+                    + ("declares AI generation" if cred.get("ai_generated") else "no AI declaration"))
+            if cred.get("codes"):
+                line += f"; codes: {', '.join(cred['codes'])}"
+        if r.basis == "provenance":
+            line += f". **Verdict ai-made (provenance)**: {'; '.join(r.evidence)}"
+        lines.append(line)
+    return "**Content Credentials (C2PA)**\n\n" + ("\n".join(lines) if lines else "No image could be read.")
 
 
 def _backends() -> list[str]:
@@ -78,8 +111,11 @@ def build() -> gr.File:
                 status = gr.Markdown(elem_id="checker-status")
                 table = gr.Dataframe(headers=COLUMNS, interactive=False, label=t("Verdicts (click a header to sort)"),
                                      elem_id="checker-table")
+                creds = gr.Markdown(label=t("Content Credentials"), elem_id="checker-credentials",
+                                    container=True)
                 csv_file = gr.File(label=t("Report (CSV)"))
                 maps = gr.Gallery(label=t("Heatmaps"), format="png", columns=6)
-    go.click(_check, [files, heatmaps, backend, scope_gate], [table, csv_file, maps, status], concurrency_id="checker",
+    go.click(_check, [files, heatmaps, backend, scope_gate], [table, csv_file, maps, status, creds],
+             concurrency_id="checker",
              concurrency_limit=1, api_name="check_images")
     return files
