@@ -17,6 +17,7 @@ from brushpen.errors import BadInput, BadParameter, UnsafeWeights
 from brushpen.gan.pipeline import StyleGANPipeline
 from brushpen.generators.images import (ImageRequest, WalkRequest, format_parameters, generate_images,
                                         image_models, read_png_settings, seed_walk)
+from brushpen.safety import credentials
 from brushpen.store import link_model, list_models
 from conftest import PYTHON, save_tiny_sd_pipeline, subprocess_env, tiny_generator
 
@@ -119,6 +120,9 @@ def test_diffusers_pipeline_joins_the_store(store: Path, sd_dir: Path) -> None:
     assert not np.array_equal(arr(other.image), arr(imgs[0].image))
     with Image.open(io.BytesIO(imgs[0].png_bytes())) as im:
         assert im.info["parameters"].startswith("a red cat\nNegative prompt: blur\nSteps: 3, Sampler: euler-a")
+    cred = credentials.read(imgs[0].png_bytes())   # diffusers images are signed like the GAN's
+    assert cred["state"] == "valid" and cred["ai_generated"] and cred["model"]["family"] == "diffusers"
+    assert cred["model"]["name"] == "diffusers/tiny" and len(cred["model"]["weights_sha256"]) == 64
     with pytest.raises(BadParameter, match="give a prompt"):
         generate_images(ImageRequest(model="diffusers/tiny"))
     with pytest.raises(BadParameter, match="multiple of"):
