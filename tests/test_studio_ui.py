@@ -198,8 +198,20 @@ def test_export_tab_exports_and_shows_the_report(client: Client, server: Server)
         client.predict("nope", True, False, api_name="/export")
 
 
-def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, tmp_path: Path) -> None:
+def wait_for_job(client: Client, job_id: str, status: str, timeout: float = 300) -> tuple:
+    """Poll the tab's status until the job succeeds; the last poll's outputs."""
     import time
+
+    shown: tuple = (status,)
+    deadline = time.monotonic() + timeout
+    while "succeeded" not in shown[0] and time.monotonic() < deadline:
+        assert "failed" not in shown[0], shown[0]
+        time.sleep(0.5)
+        shown = tuple(client.predict(job_id, api_name="/finetune_status"))
+    return shown
+
+
+def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, tmp_path: Path) -> None:
     import zipfile
 
     import numpy as np
@@ -215,15 +227,11 @@ def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, t
                 zf.writestr(f"{kind}/{i}.png", buf.getvalue())
     label = "Detector: detector (zip with fake/ and real/)"
     with pytest.raises(Exception, match="upload the training data"):
-        client.predict(label, None, "ui-made", 2, 20, api_name="/start_finetune")
-    job_id, status, _, _ = client.predict(label, handle_file(str(data)), "ui-made", 2, 20,
-                                          api_name="/start_finetune")
+        client.predict(label, None, "ui-made", 2, 20, False, 10, 0, api_name="/start_finetune")
+    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-made", 2, 20, False, 10, 0,
+                                        api_name="/start_finetune")
     assert job_id.startswith("ftjob-") and job_id in status
-    deadline = time.monotonic() + 240
-    while "succeeded" not in status and time.monotonic() < deadline:
-        assert "failed" not in status, status
-        time.sleep(0.5)
-        status, plot, log = client.predict(job_id, api_name="/finetune_status")
+    status, plot, log, _, _ = wait_for_job(client, job_id, status)
     assert "Adapter: `detector:ui-made`" in status
     points = plot["value"]["data"] if isinstance(plot, dict) and "value" in plot else plot
     assert points, "no loss points reached the plot"
@@ -233,3 +241,16 @@ def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, t
     adapters = client.predict(api_name="/adapters")
     rows = adapters["data"] if isinstance(adapters, dict) else adapters
     assert ["detector", "detector:ui-made"] in [list(r) for r in rows]
+
+    # Auto: a budget instead of settings; the trials show up as a live table and a plot, then the best
+    # trial's adapter and the importances.
+    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-auto", 2, 20, True, 2, 3,
+                                        api_name="/start_finetune")
+    status, _, _, table, points = wait_for_job(client, job_id, status)
+    assert "Adapter: `detector:ui-auto`" in status
+    rows = table["data"] if isinstance(table, dict) else table
+    assert [r[0] for r in rows] == [0, 1, 2] and rows[0][3].startswith("lr 0.005, rank 2")
+    values = points["value"]["data"] if isinstance(points, dict) and "value" in points else points
+    assert values, "no trial reached the plot"
+    job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["hyperparameters"]["auto"]["budget_s"] == 120 and job["metrics"]["trials"] == 3

@@ -41,14 +41,14 @@ def _value(text: str) -> Any:
     return text
 
 
-def _register_generic(group: argparse._SubParsersAction, fam: families.Family) -> None:
-    cls = fam.request_class()
-    p = group.add_parser(fam.cli_name or fam.name, help=f"fine-tune a {fam.label} model ({fam.data_help})")
+def add_request_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ("resume", "threads"),
+                      required: tuple[str, ...] = ("data", "out")) -> None:
+    """One `--flag` per field of a fine-tuning request dataclass (its default as the flag's)."""
     for f in dataclasses.fields(cls):
-        if not f.init or f.name in ("resume", "threads"):
+        if not f.init or f.name in skip:
             continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(cls(), f.name)
-        if f.name in ("data", "out"):
+        if f.name in required:
             p.add_argument(flag, required=True, dest=f.name)
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, dest=f.name)
@@ -56,6 +56,16 @@ def _register_generic(group: argparse._SubParsersAction, fam: families.Family) -
             p.add_argument(flag, type=type(default), default=default, dest=f.name)
         elif default is None:
             p.add_argument(flag, type=_value, default=None, dest=f.name)
+
+
+def request_from_args(cls: type, args: argparse.Namespace) -> object:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _register_generic(group: argparse._SubParsersAction, fam: families.Family) -> None:
+    p = group.add_parser(fam.cli_name or fam.name, help=f"fine-tune a {fam.label} model ({fam.data_help})")
+    add_request_flags(p, fam.request_class())
     p.add_argument("--resume", action="store_true", help="continue from this run's checkpoint")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=lambda args: _run_generic(fam, args))
@@ -63,9 +73,7 @@ def _register_generic(group: argparse._SubParsersAction, fam: families.Family) -
 
 def _run_generic(fam: families.Family, args: argparse.Namespace) -> int:
     apply_threads(args.threads)
-    cls = fam.request_class()
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    req = cls(**{k: v for k, v in vars(args).items() if k in names})
+    req = request_from_args(fam.request_class(), args)
 
     def progress(ev) -> None:
         print(ev.message or f"step {ev.step}/{ev.total}", file=sys.stderr, flush=True)

@@ -86,7 +86,25 @@ def request_class(family: str) -> type:
 
 
 def allowed_hyperparameters(family: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED]
+    """The request's own fields, and `auto` (tuning: {"budget_s", "trials", "seed"})."""
+    return [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED] + ["auto"]
+
+
+def _auto(body: dict) -> dict | None:
+    """The `auto` hyperparameter, checked: {"budget_s": seconds > 0, "trials": N >= 1, "seed": int}."""
+    auto = body["hyperparameters"].get("auto")
+    if auto is None:
+        return None
+    if not isinstance(auto, dict) or set(auto) - {"budget_s", "trials", "seed"}:
+        raise BadParameter('auto takes {"budget_s": seconds, "trials": N, "seed": S}')
+    budget, trials, seed = auto.get("budget_s"), auto.get("trials"), auto.get("seed", 0)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise BadParameter("auto.budget_s must be a number of seconds > 0")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        raise BadParameter("auto.trials must be an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BadParameter("auto.seed must be an integer")
+    return {"budget_s": float(budget), "trials": trials, "seed": seed}
 
 
 def create_job(store: JobStore, req: FinetuneJobRequest) -> FinetuneJob:
@@ -110,9 +128,15 @@ def create_job(store: JobStore, req: FinetuneJobRequest) -> FinetuneJob:
     body = {"model": req.model, "family": family, "training_file": req.training_file, "suffix": req.suffix,
             "hyperparameters": req.hyperparameters}
     try:   # the trainer's own checks, now, so a bad value is a 400 rather than a failed job later
-        _build_request(family, body, Path("train" + kind), resume=False).validate()
+        probe = _build_request(family, body, Path("train" + kind), resume=False)
+        probe.validate()
     except TypeError as e:   # a value of the wrong type for its field
         raise BadParameter(f"bad hyperparameters for a {family} fine-tune: {e}") from None
+    auto = _auto(body)
+    if auto is not None:
+        from brushpen.generators.tune import check_budget, space_of
+
+        check_budget(space_of(family), probe, auto["budget_s"])
     job_id = "ftjob-" + secrets.token_hex(12)
     store.create_single(job_id, req.training_file, ENDPOINT, body)
     return get_job(store, job_id)
@@ -174,7 +198,7 @@ def _data_file(store: JobStore, job_id: str, file_id: str, suffix: str) -> Path:
 def _build_request(family: str, body: dict, data: Path, resume: bool) -> Any:
     cls = request_class(family)
     names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = dict(body["hyperparameters"])
+    values: dict[str, Any] = {k: v for k, v in body["hyperparameters"].items() if k != "auto"}
     values["base"] = body["model"]
     values["out"] = body["suffix"]
     if "data" in names:
@@ -221,8 +245,12 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
         add_event(store, job_id, ev.message or f"step {ev.step}/{ev.total}",
                   {"step": ev.step, "total_steps": ev.total, "train_loss": ev.loss, **ev.metrics})
 
+    auto = _auto(body)
     try:
-        result = finetune(req, progress)
+        if auto is None:
+            result = finetune(req, progress)
+        else:
+            result = _tune(store, job_id, family, req, auto, resume, progress)
     except Cancelled:
         add_event(store, job_id, "cancelled", level="warn")
         return 499, {"error": {"message": "cancelled", "type": "cancelled", "code": None}}
@@ -232,6 +260,27 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
     add_event(store, job_id, f"done: adapter {result.ref}", {"fine_tuned_model": result.ref})
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool))}
     return 200, {"fine_tuned_model": result.ref, "adapter_path": scrub_paths(str(result.path)), "metrics": metrics}
+
+
+def _tune(store: JobStore, job_id: str, family: str, req: Any, auto: dict, resume: bool, progress) -> Any:
+    """An `auto` job: the settings searched within the budget (`generators.tune`), one event per
+    finished trial (`data.trial`, the row the studio's live table shows); the study is the job's."""
+    from brushpen.adapters import FinetuneResult
+    from brushpen.generators.tune import tune
+
+    def on_trial(row: dict) -> None:
+        add_event(store, job_id, f"trial {row['trial']}: {row['state']}, value {row['value']}",
+                  {"trial": row})
+
+    res = tune(family, req, budget_s=auto["budget_s"], trials=auto["trials"], seed=auto["seed"],
+               study=job_id, resume=resume, progress=progress, on_trial=on_trial)
+    add_event(store, job_id, f"best: trial {res.best_trial}, {res.best_value:.4g}",
+              {"importances": res.importances, "best_trial": res.best_trial})
+    return FinetuneResult(ref=res.ref, path=res.path, metrics={
+        "best_value": res.best_value, "best_trial": res.best_trial, "trials": len(res.trials),
+        "pruned": sum(r["state"] == "pruned" for r in res.trials),
+        "failed": sum(r["state"] == "fail" for r in res.trials), "study": res.study,
+        **{f"best_{k}": v for k, v in res.best_params.items()}})
 
 
 def base_dir(model: str) -> Path:

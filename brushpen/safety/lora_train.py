@@ -76,6 +76,7 @@ class DetectorFinetuneRequest:
     snap: int = 100
     seed: int = 0
     resume: bool = False
+    val_checks: bool = False              # validation AUC at every checkpoint, as an event (tuning's pruner)
 
     def validate(self) -> None:
         check_name(self.out)
@@ -260,8 +261,19 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
         state["losses"].append(round(float(loss.detach()), 4))
         return state["losses"][-1]
 
+    val_images, _, val_owner = load_tiles([every[i] for i in val])
+    val_labels = np.array([every[val[o]].label for o in val_owner])
+    val_old = np.array([every[val[o]].family.startswith("replay-") for o in val_owner])
+
     def keep_recent(st: dict) -> None:
         st["losses"] = st["losses"][-500:]   # the messages and the final loss use the last 20
+        if req.val_checks and progress is not None:
+            now = logits_of(model, val_images)
+            auc = {k.replace("_after", ""): v for k, v in _metrics(now, now, val_labels, val_old).items()
+                   if k.endswith("_after")}
+            auc["val_auc"] = float(np.mean(list(auc.values())))
+            progress(FinetuneEvent(st["step"], req.steps, None,
+                                   f"step {st['step']}: validation AUC {auc['val_auc']:.4f}", auc))
 
     start = time.time()
     run_steps(train_step, total=req.steps, every=req.snap, ckpt_dir=work / "checkpoint", resume=req.resume,
@@ -271,9 +283,6 @@ def finetune(req: DetectorFinetuneRequest, progress: Callable[[FinetuneEvent], N
     step, losses = state["step"], state["losses"]
     elapsed = time.time() - start
 
-    val_images, _, val_owner = load_tiles([every[i] for i in val])
-    val_labels = np.array([every[val[o]].label for o in val_owner])
-    val_old = np.array([every[val[o]].family.startswith("replay-") for o in val_owner])
     after = logits_of(model, val_images)
     lora.merge_lora(model)   # refuses non-finite weights before anything is published
     model.calibration = calibrate(after, val_labels)

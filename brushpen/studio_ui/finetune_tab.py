@@ -34,7 +34,8 @@ def _store() -> JobStore:
 
 
 @user_errors
-def start(base_label: str, upload: str | None, name: str, rank: float, length: float):
+def start(base_label: str, upload: str | None, name: str, rank: float, length: float, auto: bool = False,
+          budget_min: float = 0, trials: float = 0):
     if not upload:
         raise BadInput("upload the training data first (a .zip of images or a .jsonl of examples)")
     path = Path(upload)
@@ -49,6 +50,8 @@ def start(base_label: str, upload: str | None, name: str, rank: float, length: f
     fam = families.family(family)
     if length and fam.length_field in allowed:
         hyper[fam.length_field] = float(length) if fam.length_is_float else int(length)
+    if auto:   # the settings above are the hand-set trial 0; the search tries others within the budget
+        hyper["auto"] = {"budget_s": float(budget_min or 0) * 60, **({"trials": int(trials)} if trials else {})}
     store = _store()
     record = store.add_file(path.name, FILE_PURPOSE, data)
     job = finetune_jobs.create_job(store, FinetuneJobRequest(model, record.id, name.strip(), hyper))
@@ -61,10 +64,28 @@ def _plot(job_id: str) -> pd.DataFrame:
     return pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["train_loss"] for r in rows]})
 
 
+TRIAL_COLUMNS = ["trial", "state", "value", "settings", "seconds", "note"]
+
+
+def _trials(job_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """An auto job's trials so far (table and metric-by-trial plot), and the importances at the end."""
+    evs = list(reversed(finetune_jobs.events(_store(), job_id, limit=5000)))
+    rows = [e.data["trial"] for e in evs if e.data and isinstance(e.data.get("trial"), dict)]
+    table = pd.DataFrame([[r["trial"], r["state"], r["value"], ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
+                                                                        else f"{k} {v}" for k, v in r["params"].items()),
+                           r["seconds"], r.get("reason") or ""] for r in rows], columns=TRIAL_COLUMNS)
+    done = [r for r in rows if r["value"] is not None]
+    points = pd.DataFrame({"trial": [r["trial"] for r in done], "value": [r["value"] for r in done]})
+    imp = next((e.data["importances"] for e in evs if e.data and "importances" in e.data), None)
+    words = ("Importance of each setting (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items())) if imp else ""
+    return table, points, words
+
+
 def poll(job_id: str | None):
-    """(status line, loss plot data, recent event log) of a job."""
+    """(status line, loss plot data, recent event log, trials table, metric by trial) of a job."""
     if not job_id:
-        return "", pd.DataFrame({"step": [], "loss": []}), ""
+        return ("", pd.DataFrame({"step": [], "loss": []}), "", pd.DataFrame(columns=TRIAL_COLUMNS),
+                pd.DataFrame({"trial": [], "value": []}))
     store = _store()
     job = finetune_jobs.get_job(store, job_id)
     prog = job.progress or {}
@@ -75,7 +96,11 @@ def poll(job_id: str | None):
     if job.error:
         status += f". Error: {job.error.get('message')}"
     log = "\n".join(e.message for e in reversed(finetune_jobs.events(store, job_id, limit=12)))
-    return status, _plot(job_id), log
+    table, points, importances = _trials(job_id) if "auto" in job.hyperparameters else (
+        pd.DataFrame(columns=TRIAL_COLUMNS), pd.DataFrame({"trial": [], "value": []}), "")
+    if importances:
+        status += f". {importances}"
+    return status, _plot(job_id), log, table, points
 
 
 @user_errors
@@ -108,19 +133,29 @@ def build() -> None:
             rank = gr.Number(4, label=t("LoRA rank"), precision=0, minimum=1, maximum=64)
             length = gr.Number(0, label=t("Length (GAN kimg / copy steps / detector steps; 0 = default)"), minimum=0)
         with gr.Row():
+            auto = gr.Checkbox(False, label=t("Auto: search the settings within a budget"), elem_id="finetune-auto",
+                               info="the rank and length above are the hand-set first trial (Optuna, TPE + pruning)")
+            budget = gr.Number(10, label=t("Budget (minutes)"), minimum=0.1, elem_id="finetune-budget")
+            trials = gr.Number(0, label=t("At most this many trials (0: as the budget allows)"), precision=0,
+                               minimum=0, elem_id="finetune-trials")
+        with gr.Row():
             go = gr.Button(t("Start fine-tune"), variant="primary")
             stop = gr.Button(t("Cancel"))
         job_id = gr.Textbox(label=t("Job"), interactive=False)
         status = gr.Markdown()
         plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
         log = gr.Textbox(label=t("Events"), lines=6, interactive=False)
+        trial_table = gr.Dataframe(headers=TRIAL_COLUMNS, interactive=False, label=t("Trials (Auto)"),
+                                   elem_id="finetune-trials-table")
+        trial_plot = gr.ScatterPlot(x="trial", y="value", title="Metric by trial (Auto)", height=220)
         adapters = gr.Dataframe(value=adapters_table, headers=["base", "adapter"], interactive=False,
                                 label=t("Adapters in the store"))
         timer = gr.Timer(2.0)
-        go.click(start, [base, upload, name, rank, length], [job_id, status, plot, log], concurrency_id="light",
-                 api_name="start_finetune")
-        stop.click(cancel, job_id, [status, plot, log], concurrency_id="light", api_name="cancel_finetune")
-        timer.tick(user_errors(poll), job_id, [status, plot, log], concurrency_id="poll", show_progress="hidden",
+        shown = [status, plot, log, trial_table, trial_plot]
+        go.click(start, [base, upload, name, rank, length, auto, budget, trials], [job_id, *shown],
+                 concurrency_id="light", api_name="start_finetune")
+        stop.click(cancel, job_id, shown, concurrency_id="light", api_name="cancel_finetune")
+        timer.tick(user_errors(poll), job_id, shown, concurrency_id="poll", show_progress="hidden",
                    api_name="finetune_status")
         timer.tick(adapters_table, None, adapters, concurrency_id="poll", show_progress="hidden",
                    api_name="adapters")

@@ -35,7 +35,9 @@ KO = {
     # checker
     "Images or a zip": "이미지 또는 zip", "Answer out-of-scope for non-photos": "사진이 아니면 범위 밖으로 답하기",
     "Verdicts (click a header to sort)": "판정 (머리글을 눌러 정렬)", "Report (CSV)": "보고서 (CSV)",
-    "Heatmaps": "히트맵", "Report": "보고서", "Content Credentials": "콘텐츠 자격 증명", "Download all (zip)": "모두 내려받기 (zip)",
+    "Heatmaps": "히트맵", "Report": "보고서", "Content Credentials": "콘텐츠 자격 증명",
+    "Auto: search the settings within a budget": "자동: 예산 안에서 설정 탐색", "Budget (minutes)": "예산 (분)",
+    "At most this many trials (0: as the budget allows)": "최대 시도 수 (0: 예산만큼)", "Trials (Auto)": "시도 (자동)", "Download all (zip)": "모두 내려받기 (zip)",
     # history, models, export, fine-tune
     "Recent images and walks": "최근 이미지와 이동", "Recent copy": "최근 카피", "Models in the store": "저장소의 모델",
     "Adapters in the store": "저장소의 어댑터", "metrics.json": "metrics.json",

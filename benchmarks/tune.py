@@ -1,0 +1,145 @@
+"""AutoML at equal compute (BENCHMARKS.md, "AutoML"): the tuned detector LoRA against the hand-set
+(shipped) recipe, on a fake family the shipped detector never saw, one thread.
+
+    .venv/bin/python benchmarks/tune.py detector [--family sr-interp] [--budget 480] [--seeds 0,1,2]
+
+On a private copy of the store (the shipped `detector`) and a private home:
+1. **hand-set**: the shipped adapter recipe (`benchmarks/finetune_detector.py shipped`: rank 4,
+   lr 5e-3, replay 0.5, 200 steps of batch 32, 200 examples per class) on `--family`; its wall time T.
+2. **tuned**: `brushpen tune detector` with the same request (it is trial 0) and a budget B.
+3. **hand-set at equal compute**: the hand-set settings trained for B / T times as many steps, so
+   that it spends what the search spent.
+Then each arm's settings are run again with every seed of `--seeds`, and scored on the TEST split
+(disjoint by source photo; the search saw only validation): AUC of `--family`'s test fakes against
+all test reals, and of the detector's original families pooled. Reports the trials, how many the
+pruner stopped and the time that saved (each pruned trial's unrun share of a median full trial).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from finetune_detector import pooled, test_set  # noqa: E402
+
+from brushpen.config import apply_threads, get_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ORIGINAL = ["stylegan", "diffusion", "decoder", "splice"]   # what the shipped detector was trained on
+
+
+def score(base_dir: Path, adapter: Path, images, labels, fams, family: str, old: list[str]) -> dict:
+    from brushpen.safety import lora
+    from brushpen.safety.detector_train import logits_of
+
+    logits = logits_of(lora.load_adapted(base_dir, adapter), images)
+    return {"new": pooled(logits, labels, fams, [family]), "old": pooled(logits, labels, fams, old)}
+
+
+def run_detector(args: argparse.Namespace) -> dict:
+    from brushpen.generators.tune import tune
+    from brushpen.safety.lora_train import DetectorFinetuneRequest, finetune
+
+    data = args.data
+    work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
+    store = work / "weights"
+    shutil.copytree(REPO / "weights" / "safety" / "detector", store / "safety" / "detector",
+                    ignore=shutil.ignore_patterns("adapters", "edge"))
+    os.environ["BRUSHPEN_WEIGHTS"], os.environ["BRUSHPEN_HOME"] = str(store), str(work / "home")
+    base_dir = store / "safety" / "detector"
+    # The shipped detector was trained on the earlier set's four families; the rebuilt set under the
+    # same path has eleven. Replay (and "original families") must be those four, never the new one.
+    record = json.loads((base_dir / "train.json").read_text())
+    record["config"]["families"] = ORIGINAL
+    (base_dir / "train.json").write_text(json.dumps(record))
+    images, labels, fams = test_set(data)
+    old = [f for f in json.loads((base_dir / "train.json").read_text())["families"] if f in set(fams)]
+    req = DetectorFinetuneRequest(base="detector", fake=data, real=data / "real", out="hand", families=[args.family],
+                                  count=200, steps=200, rank=4, lr=5e-3, replay=0.5, seed=0)
+
+    def run(name: str, r: DetectorFinetuneRequest) -> tuple[float, dict]:
+        t0 = time.monotonic()
+        res = finetune(dataclasses.replace(r, out=name))
+        seconds = time.monotonic() - t0
+        return seconds, score(base_dir, res.path, images, labels, fams, args.family, old)
+
+    t_hand, first = run("hand", req)
+    print(f"hand-set: {t_hand:.0f} s, test AUC {first}", flush=True)
+    t0 = time.monotonic()
+    rows: list[dict] = []
+    result = tune("detector", dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
+                  on_trial=lambda r: (rows.append(r), print(r, flush=True)))
+    t_search = time.monotonic() - t0
+    best = result.best_params
+    steps_equal = int(round(req.steps * t_search / t_hand))
+    arms = {"hand-set": req, "tuned": dataclasses.replace(req, **best),
+            f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(req, steps=steps_equal,
+                                                                                   snap=max(100, steps_equal // 4))}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = {}
+    for arm, r in arms.items():
+        runs = [run(f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s)) for s in seeds]
+        table[arm] = {"params": {k: getattr(r, k) for k in ("lr", "rank", "replay", "loc_weight", "steps")},
+                      "seconds": [round(t, 1) for t, _ in runs],
+                      "new": [round(m["new"], 4) for _, m in runs], "old": [round(m["old"], 4) for _, m in runs]}
+        print(arm, table[arm], flush=True)
+    complete = [r["seconds"] for r in rows if r["state"] == "complete" and r["seconds"]]
+    full = statistics.median(complete) if complete else 0.0
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    saved = sum(full * (1 - (r["reached"] or 0) / req.steps) for r in pruned)
+    out = {"family": args.family, "old_families": old, "hand_seconds": round(t_hand, 1),
+           "search_seconds": round(t_search, 1), "budget": args.budget, "trials": rows,
+           "best_trial": result.best_trial, "best_params": best, "importances": result.importances,
+           "pruned": len(pruned), "saved_seconds": round(saved, 1), "arms": table, "threads": 1}
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+
+
+def markdown(r: dict) -> str:
+    lines = ["| arm | lr | rank | replay | loc weight | steps | s per run | test AUC, " + r["family"]
+             + " (mean ± sd) | test AUC, original families pooled |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in r["arms"].items():
+        p = a["params"]
+        lines.append(f"| {arm} | {p['lr']:.4g} | {p['rank']} | {p['replay']:.3g} | {p['loc_weight']:.3g} "
+                     f"| {p['steps']} | {statistics.median(a['seconds']):.0f} | {_mean_sd(a['new'])} "
+                     f"| {_mean_sd(a['old'])} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("task", choices=["detector"])
+    ap.add_argument("--data", type=Path, default=get_settings().data_dir / "fakes")
+    ap.add_argument("--family", default="sr-interp")
+    ap.add_argument("--budget", type=float, default=480)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    apply_threads(1)
+    result = run_detector(args)
+    print(json.dumps({k: v for k, v in result.items() if k != "trials"}, indent=1, default=str))
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
