@@ -296,3 +296,18 @@ def test_api_lists_and_serves_the_adapter(env: dict, trained: dict) -> None:
         assert [c["text"] for c in r.json()["choices"]] == want
         r = client.post("/v1/completions", json={**body, "model": "text/tiny:nope"})
         assert r.status_code == 404 and "nope" in r.text
+
+
+def test_tuning_searches_the_copy_lora(env: dict) -> None:
+    """`brushpen tune text` on the tiny LM: trial 0 is the request, the pruner sees the held-out loss,
+    and the best trial is published with the study in its card."""
+    from brushpen.generators.tune import tune
+
+    rows: list[dict] = []
+    result = tune("text", request(env, "tuned", max_steps=20), budget_s=300, trials=3, seed=0, on_trial=rows.append)
+    assert [r["trial"] for r in rows] == [0, 1, 2] and rows[0]["params"] == {"lr": 1e-2, "rank": 4, "dropout": 0.0}
+    assert all(r["reached"] in (10, 20) for r in rows)   # held-out loss every eval_every steps
+    done = [r["value"] for r in rows if r["state"] == "complete"]
+    assert result.best_value == min(done) and result.ref == "tiny:tuned"
+    assert "## Tuning" in (result.path / "card.md").read_text()
+    assert not [p for p in result.path.parent.iterdir() if p.name.startswith("tuned.t")]

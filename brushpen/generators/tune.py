@@ -279,7 +279,7 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             value = ev.metrics.get(space.report)
             if value is not None and ev.step > 0:
                 trial.report(float(value), ev.step)
-                if trial.should_prune():
+                if ev.step < ev.total and trial.should_prune():   # never at the end: the work is done
                     raise optuna.TrialPruned(f"pruned at step {ev.step}")
 
         kwargs = {"on_snapshot": _gan_kid(on_event, last, seed)} if space.family == "gan" else {}
