@@ -86,8 +86,12 @@ def request_class(family: str) -> type:
 
 
 def allowed_hyperparameters(family: str) -> list[str]:
-    """The request's own fields, and `auto` (tuning: {"budget_s", "trials", "seed"})."""
-    return [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED] + ["auto"]
+    """The request's own fields, and `auto` (tuning: {"budget_s", "trials", "seed"}) for a family
+    with a search space (`generators.tune.SPACES`)."""
+    from brushpen.generators.tune import SPACES
+
+    own = [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED]
+    return own + (["auto"] if family in SPACES else [])
 
 
 def _auto(body: dict) -> dict | None:
