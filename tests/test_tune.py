@@ -50,7 +50,7 @@ def running(db: Path) -> bool:
 
 def test_a_tiny_study_publishes_the_best_adapter_with_its_card(env: dict) -> None:
     rows: list[dict] = []
-    result = tune("detector", request(env, "near"), budget_s=600, trials=4, seed=0, on_trial=rows.append)
+    result = tune("detector", request(env, "near"), budget_s=600, trials=4, seed=0, refit=0, on_trial=rows.append)
     assert [r["trial"] for r in rows] == [0, 1, 2, 3]
     # trial 0 is the hand-set request, enqueued
     assert rows[0]["params"] == {"lr": 5e-3, "rank": 4, "replay": 0.25, "loc_weight": 0.5}
@@ -74,6 +74,11 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(env: dict) -> None:
     result = tune("detector", request(env, "broken", lr=1e30), budget_s=600, trials=3, seed=0, on_trial=rows.append)
     assert rows[0]["state"] == "fail" and "not finite" in rows[0]["reason"]
     assert [r["state"] for r in rows[1:]] == ["complete", "complete"] and result.best_trial in (1, 2)
+    # the refit (half the budget by default): the best settings again, for 16x the steps
+    assert result.refit["field"] == "steps" and result.refit["length"] == 320 and result.refit["factor"] == 16
+    card = (result.path / "card.md").read_text()
+    assert ("## Refit" in card) == result.refit["published"]
+    assert not [a for a in list_adapters(env["base"]) if a.startswith("broken.")]   # no trial or refit left
 
 
 def test_a_budget_too_small_for_one_trial_is_refused(env: dict) -> None:
@@ -112,8 +117,10 @@ def test_two_workers_share_one_study(env: dict, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     # started together; the first to arrive makes the study, the other joins it (--resume)
     args = ["--out", "shared", "--budget", "10m", "--trials", "6", "--storage", url, "--study", "shared", "--resume"]
-    workers = [subprocess.Popen(cli(env, *args, "--seed", str(seed)) + ["--steps", "40"], env=run_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    # one worker refits the best settings at the end; the other only searches (--refit 0)
+    workers = [subprocess.Popen(cli(env, *args, "--seed", str(seed), "--refit", refit) + ["--steps", "40"],
+                                env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for seed, refit in ((0, "0.5"), (1, "0"))]
     for p in workers:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           required=REQUIRED[fam_name])
         p.add_argument("--budget", type=parse_budget, required=True, help="wall clock for the search: 30m, 2h, 900s")
         p.add_argument("--trials", type=int, default=None, help="at most this many finished trials in the study")
+        p.add_argument("--refit", type=float, default=0.5,
+                       help="share of the budget kept to train the best settings again, longer (0: publish the "
+                            "best trial as it is)")
         p.add_argument("--seed", type=int, default=0, help="the sampler's and every trial's seed")
         p.add_argument("--study", default=None, help="the study's name (default: --out)")
         p.add_argument("--storage", default=None,
@@ -80,11 +83,13 @@ def run(cli: str, args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise BadParameter("--budget must be > 0")
     result = tune(cli, req, budget_s=args.budget, trials=args.trials, seed=args.seed, study=args.study,
-                  storage=args.storage, resume=args.resume, heartbeat_s=args.heartbeat, progress=progress,
+                  storage=args.storage, resume=args.resume, heartbeat_s=args.heartbeat, refit=args.refit,
+                  progress=progress,
                   on_trial=on_trial)
     print(json.dumps({"adapter": result.ref, "path": str(result.path), "study": result.study,
                       "best_trial": result.best_trial, space.metric: result.best_value, "params": result.best_params,
-                      "trials": len(result.trials), "importances": result.importances}, default=str))
+                      "trials": len(result.trials), "importances": result.importances, "refit": result.refit},
+                     default=str))
     return 0
 
 

@@ -99,16 +99,19 @@ def _auto(body: dict) -> dict | None:
     auto = body["hyperparameters"].get("auto")
     if auto is None:
         return None
-    if not isinstance(auto, dict) or set(auto) - {"budget_s", "trials", "seed"}:
-        raise BadParameter('auto takes {"budget_s": seconds, "trials": N, "seed": S}')
+    if not isinstance(auto, dict) or set(auto) - {"budget_s", "trials", "seed", "refit"}:
+        raise BadParameter('auto takes {"budget_s": seconds, "trials": N, "seed": S, "refit": share}')
     budget, trials, seed = auto.get("budget_s"), auto.get("trials"), auto.get("seed", 0)
+    refit = auto.get("refit", 0.5)
+    if isinstance(refit, bool) or not isinstance(refit, (int, float)) or not 0 <= refit <= 0.9:
+        raise BadParameter("auto.refit must be a share of the budget in 0..0.9")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise BadParameter("auto.budget_s must be a number of seconds > 0")
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise BadParameter("auto.trials must be an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise BadParameter("auto.seed must be an integer")
-    return {"budget_s": float(budget), "trials": trials, "seed": seed}
+    return {"budget_s": float(budget), "trials": trials, "seed": seed, "refit": float(refit)}
 
 
 def create_job(store: JobStore, req: FinetuneJobRequest) -> FinetuneJob:
@@ -277,13 +280,15 @@ def _tune(store: JobStore, job_id: str, family: str, req: Any, auto: dict, resum
                   {"trial": row})
 
     res = tune(family, req, budget_s=auto["budget_s"], trials=auto["trials"], seed=auto["seed"],
-               study=job_id, resume=resume, progress=progress, on_trial=on_trial)
+               refit=auto["refit"], study=job_id, resume=resume, progress=progress, on_trial=on_trial)
     add_event(store, job_id, f"best: trial {res.best_trial}, {res.best_value:.4g}",
               {"importances": res.importances, "best_trial": res.best_trial})
     return FinetuneResult(ref=res.ref, path=res.path, metrics={
         "best_value": res.best_value, "best_trial": res.best_trial, "trials": len(res.trials),
         "pruned": sum(r["state"] == "pruned" for r in res.trials),
         "failed": sum(r["state"] == "fail" for r in res.trials), "study": res.study,
+        **({"refit_length": res.refit["length"], "refit_value": res.refit["value"],
+            "refit_published": res.refit["published"]} if res.refit else {}),
         **{f"best_{k}": v for k, v in res.best_params.items()}})
 
 

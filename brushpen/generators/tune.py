@@ -19,6 +19,11 @@ naming the study, the search space, every trial's settings and metric, and the s
 - **Budget**: wall clock. No trial starts after it; a trial still running when it runs out is stopped,
   except the hand-set trial 0, which always completes. A budget shorter than trial 0's estimated time
   is refused up front, with the minimum stated. `trials` caps the study's finished trials.
+- **Refit** (`refit`, half the budget by default): the search gets the rest of the budget, then the
+  best settings are trained again for as much longer as the remaining time allows (at most 16x), and
+  that model is published when it scores at least as well as the best trial. Without it the budget
+  would all go to short trials, and a plain longer run of the hand-set recipe can beat them
+  (BENCHMARKS.md, "AutoML").
 - **A trial that fails** (NaN, an error, out of memory) is recorded as failed with its reason, and
   the search goes on; a cancelled job stops it.
 """
@@ -26,6 +31,7 @@ naming the study, the search space, every trial's settings and metric, and the s
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -33,6 +39,7 @@ import shutil
 import socket
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -109,6 +116,7 @@ class TuneResult:
     best_params: dict[str, Any]
     trials: list[dict] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)
+    refit: dict | None = None               # the longer retraining of the best settings, when asked
 
 
 def space_of(name: str) -> Space:
@@ -133,10 +141,18 @@ def storage_url(study: str, storage: str | None = None) -> str:
 def _storage(url: str, heartbeat_s: int):
     import optuna
 
+    import sqlalchemy.exc
+
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+    for attempt in range(5):   # two workers starting together race to create the tables: the loser retries
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except sqlalchemy.exc.OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def hand_set(space: Space, req: Any) -> dict[str, Any]:
@@ -223,9 +239,13 @@ def _trial_row(t) -> dict:
 
 def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, seed: int = 0,
          study: str | None = None, storage: str | None = None, resume: bool = False, heartbeat_s: int = 10,
-         progress: Callable[[FinetuneEvent], None] | None = None,
+         refit: float = 0.5, progress: Callable[[FinetuneEvent], None] | None = None,
          on_trial: Callable[[dict], None] | None = None) -> TuneResult:
-    """Search `req`'s settings within `budget_s` seconds; publish the best trial as `req.out`."""
+    """Search `req`'s settings within `budget_s` seconds; publish the best trial as `req.out`.
+
+    `refit` (a share of the budget, 0..0.9): the search gets the rest, then the best settings are
+    trained again for as much longer as the remaining time allows (at most `MAX_REFIT` x the
+    length), and that model is published when it scores at least as well as the best trial."""
     import optuna
 
     space = space_of(name)
@@ -234,6 +254,8 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
     study_name = check_name(study or out)
     if budget_s <= 0 or (trials is not None and trials < 1):
         raise BadParameter("the budget must be > 0 and --trials >= 1")
+    if not 0.0 <= refit <= 0.9:
+        raise BadParameter(f"--refit is a share of the budget in 0..0.9, got {refit}")
     check_budget(space, req, budget_s)
     url = storage_url(study_name, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -259,6 +281,7 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
     optuna.storages.fail_stale_trials(st)
     finetune = families.family(space.family).finetune()
     start, cancelled = time.monotonic(), []
+    search_s = budget_s * (1 - refit)
 
     def objective(trial) -> float:
         params = _suggest(trial, space, first)
@@ -274,7 +297,7 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             if progress is not None:
                 progress(FinetuneEvent(ev.step, ev.total, ev.loss, f"trial {trial.number}: {ev.message}",
                                        {**ev.metrics, "trial": trial.number}))
-            if not hand and time.monotonic() - start > budget_s:
+            if not hand and time.monotonic() - start > search_s:
                 raise optuna.TrialPruned("the budget ran out")
             value = ev.metrics.get(space.report)
             if value is not None and ev.step > 0:
@@ -311,10 +334,70 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
     if trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=None))
     if trials is None or sum(t.state.is_finished() for t in st.trials) < trials:   # else: publish what is there
-        st.optimize(objective, timeout=budget_s, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+        st.optimize(objective, timeout=search_s, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
     if cancelled:
         raise cancelled[0]   # the caller's own cancel, as it raised it
-    return _publish(st, space, req, url, seed)
+    result = _publish(st, space, req, url, seed)
+    if refit > 0 and not cancelled:
+        _refit(result, st, space, req, finetune, budget_s - (time.monotonic() - start), seed, progress)
+    return result
+
+
+MAX_REFIT = 16.0   # the refit trains at most this many times the request's length
+
+
+def _refit(result: TuneResult, st, space: Space, req: Any, finetune: Callable, remaining_s: float, seed: int,
+           progress: Callable[[FinetuneEvent], None] | None) -> None:
+    """The best settings trained again, `remaining_s / best trial's seconds` times as long (capped);
+    published over `<out>` when its metric is at least the best trial's. Updates `result`."""
+    best = next(r for r in result.trials if r["trial"] == result.best_trial)
+    length = getattr(req, space.length, None)
+    if length is None or not best["seconds"]:
+        return
+    factor = min(MAX_REFIT, remaining_s / best["seconds"])
+    if factor < 1.5:   # too little time left to train meaningfully longer
+        return
+    new_length = round(float(length) * factor, 3) if isinstance(length, float) else int(length * factor)
+    extra = {"lr_g": None} if space.family == "gan" else {}
+    if hasattr(req, "snap"):
+        extra["snap"] = max(req.snap, new_length // 4)
+    rreq = dataclasses.replace(req, out=f"{req.out}.refit", resume=False, **result.best_params, **extra,
+                               **{space.length: new_length})
+    last: dict = {}
+    emit = progress or (lambda ev: None)
+    kwargs = {"on_snapshot": _gan_kid(emit, last, seed)} if space.family == "gan" else {}
+    t0 = time.monotonic()
+    res = finetune(rreq, lambda ev: emit(FinetuneEvent(ev.step, ev.total, ev.loss, f"refit: {ev.message}",
+                                                        ev.metrics)), **kwargs)
+    value = _final(space, res.metrics, last)
+    better = math.isfinite(value) and (value <= result.best_value if space.direction == "minimize"
+                                       else value >= result.best_value)
+    record = {"length": new_length, "field": space.length, "factor": round(factor, 2), "value": value,
+              "seconds": round(time.monotonic() - t0, 1), "published": better}
+    if better:
+        with _publish_lock(result.path):
+            _publish_refit(result, res, space, record, new_length, factor, length, value)
+    _remove_trial(res.path, f"{req.out}.refit")
+    result.refit = record
+
+
+def _publish_refit(result: TuneResult, res: Any, space: Space, record: dict, new_length: Any, factor: float,
+                   length: Any, value: float) -> None:
+    """The refit's adapter over `<out>`, its card saying so (under the publish lock)."""
+    stage = staging_dir(result.path)
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(res.path, stage)
+    metrics = json.loads((stage / "metrics.json").read_text(encoding="utf-8"))
+    tuning = json.loads((result.path / "metrics.json").read_text(encoding="utf-8")).get("tuning", {})
+    metrics["tuning"] = {**tuning, "refit": record}
+    atomic_write_json(stage / "metrics.json", metrics)
+    card = (result.path / "card.md").read_text(encoding="utf-8")
+    atomic_write_text(stage / "card.md", card + (
+        f"\n## Refit\n\nThe published weights are the best settings trained again for {space.length} "
+        f"{new_length} ({factor:.1f}x the trials' {length}) with the budget's remaining time: {space.metric} "
+        f"{value:.4g}, against {result.best_value:.4g} for trial {result.best_trial}.\n"))
+    publish_dir(stage, result.path)
+    result.best_value = value
 
 
 def importances(st) -> dict[str, float]:
@@ -342,8 +425,28 @@ def _publish(st, space: Space, req: Any, url: str, seed: int) -> TuneResult:
     imp = importances(st)
     src = Path(best.user_attrs["path"])
     final = src.parent / req.out
-    recorded = json.loads((final / "metrics.json").read_text()).get("tuning", {}) if (final / "metrics.json").exists() else {}
-    if src.exists():
+    with _publish_lock(final):
+        return _publish_locked(st, space, req, url, seed, best, rows, imp, src, final)
+
+
+@contextmanager
+def _publish_lock(final: Path):
+    """One worker at a time publishes `final` (several may finish a shared study together)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows: list[dict],
+                    imp: dict[str, float], src: Path, final: Path) -> TuneResult:
+    kept = final / "metrics.json"
+    recorded = json.loads(kept.read_text(encoding="utf-8")).get("tuning", {}) if kept.exists() else {}
+    refitted = recorded.get("best_trial") == best.number and (recorded.get("refit") or {}).get("published")
+    if src.exists() and not refitted:   # another worker's refit of this same best trial stays
         stage = staging_dir(final)
         shutil.rmtree(stage, ignore_errors=True)
         shutil.copytree(src, stage)
@@ -355,7 +458,7 @@ def _publish(st, space: Space, req: Any, url: str, seed: int) -> TuneResult:
         card = (stage / "card.md").read_text(encoding="utf-8") if (stage / "card.md").exists() else ""
         atomic_write_text(stage / "card.md", card + _card_section(st, space, req, url, seed, best, rows, imp))
         publish_dir(stage, final)
-    elif recorded.get("best_trial") != best.number:
+    elif not src.exists() and recorded.get("best_trial") != best.number:
         raise BadInput(f"the best trial's adapter {src.name} is gone and {final.name} holds another trial")
     for t in st.trials:   # finished trials' leftovers; a trial still running elsewhere keeps its own
         if t.state.is_finished():
