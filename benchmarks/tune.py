@@ -1,12 +1,13 @@
 """AutoML at equal compute (BENCHMARKS.md, "AutoML"): the tuned detector LoRA against the hand-set
 (shipped) recipe, on a fake family the shipped detector never saw, one thread.
 
-    .venv/bin/python benchmarks/tune.py detector [--family sr-interp] [--budget 480] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/tune.py detector [--family sr-interp] [--budget 480] [--seeds 0,1,2] [--refit 0.5]
 
 On a private copy of the store (the shipped `detector`) and a private home:
 1. **hand-set**: the shipped adapter recipe (`benchmarks/finetune_detector.py shipped`: rank 4,
    lr 5e-3, replay 0.5, 200 steps of batch 32, 200 examples per class) on `--family`; its wall time T.
-2. **tuned**: `brushpen tune detector` with the same request (it is trial 0) and a budget B.
+2. **tuned**: `brushpen tune detector` with the same request (it is trial 0) and a budget B, of
+   which the refit share trains the best settings again, longer (`--refit 0`: the best trial as is).
 3. **hand-set at equal compute**: the hand-set settings trained for B / T times as many steps, so
    that it spends what the search spent.
 Then each arm's settings are run again with every seed of `--seeds`, and scored on the TEST split
@@ -81,11 +82,15 @@ def run_detector(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     rows: list[dict] = []
     result = tune("detector", dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
-                  on_trial=lambda r: (rows.append(r), print(r, flush=True)))
+                  refit=args.refit, on_trial=lambda r: (rows.append(r), print(r, flush=True)))
     t_search = time.monotonic() - t0
-    best = result.best_params
+    best = dict(result.best_params)
+    print(f"refit: {result.refit}", flush=True)
+    tuned_steps = result.refit["length"] if result.refit and result.refit["published"] else req.steps
     steps_equal = int(round(req.steps * t_search / t_hand))
-    arms = {"hand-set": req, "tuned": dataclasses.replace(req, **best),
+    arms = {"hand-set": req,
+            f"tuned ({tuned_steps} steps)": dataclasses.replace(req, **best, steps=tuned_steps,
+                                                                snap=max(req.snap, tuned_steps // 4)),
             f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(req, steps=steps_equal,
                                                                                    snap=max(100, steps_equal // 4))}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -103,7 +108,8 @@ def run_detector(args: argparse.Namespace) -> dict:
     out = {"family": args.family, "old_families": old, "hand_seconds": round(t_hand, 1),
            "search_seconds": round(t_search, 1), "budget": args.budget, "trials": rows,
            "best_trial": result.best_trial, "best_params": best, "importances": result.importances,
-           "pruned": len(pruned), "saved_seconds": round(saved, 1), "arms": table, "threads": 1}
+           "pruned": len(pruned), "saved_seconds": round(saved, 1), "arms": table, "threads": 1,
+           "refit": result.refit, "refit_share": args.refit}
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -130,6 +136,7 @@ def main() -> int:
     ap.add_argument("--family", default="sr-interp")
     ap.add_argument("--budget", type=float, default=480)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--refit", type=float, default=0.5, help="tune's refit share (0: publish the best trial)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)
