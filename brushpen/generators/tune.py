@@ -234,7 +234,8 @@ def _trial_row(t) -> dict:
             "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
             if t.datetime_complete and t.datetime_start else None,
             "reached": max(t.intermediate_values) if t.intermediate_values else None,
-            "reason": t.user_attrs.get("reason"), "adapter": t.user_attrs.get("adapter")}
+            "reason": t.user_attrs.get("reason"), "adapter": t.user_attrs.get("adapter"),
+            "s_per_unit": t.user_attrs.get("s_per_unit")}
 
 
 def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, seed: int = 0,
@@ -292,8 +293,11 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
         treq = dataclasses.replace(req, out=trial_out, resume=False, **params, **extra)
         last: dict = {}
         hand = trial.user_attrs.get("hand_set", False)
+        ticks: list[tuple[float, int, int]] = []   # (time, step, total) of the training steps
 
         def on_event(ev: FinetuneEvent) -> None:
+            if ev.step > 0 and ev.loss is not None:
+                ticks.append((time.monotonic(), ev.step, ev.total))
             if progress is not None:
                 progress(FinetuneEvent(ev.step, ev.total, ev.loss, f"trial {trial.number}: {ev.message}",
                                        {**ev.metrics, "trial": trial.number}))
@@ -322,6 +326,9 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             trial.set_user_attr("reason", scrub_paths(f"{type(e).__name__}: {e}")[:300])
             raise
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if len(ticks) >= 2 and ticks[-1][1] > ticks[0][1]:   # the refit's clock: seconds per length unit
+            per_step = (ticks[-1][0] - ticks[0][0]) / (ticks[-1][1] - ticks[0][1])
+            trial.set_user_attr("s_per_unit", per_step * ticks[-1][2] / float(getattr(treq, space.length)))
         trial.set_user_attr("adapter", result.ref)
         trial.set_user_attr("path", str(result.path))
         return value
@@ -354,7 +361,14 @@ def _refit(result: TuneResult, st, space: Space, req: Any, finetune: Callable, r
     length = getattr(req, space.length, None)
     if length is None or not best["seconds"]:
         return
-    factor = min(MAX_REFIT, remaining_s / best["seconds"])
+    # The length the remaining time buys: the trial's fixed cost (loading, evaluating, publishing)
+    # once, then its measured seconds per unit of length; whole-trial seconds when unmeasured.
+    spu = best.get("s_per_unit")
+    if spu:
+        fixed = max(0.0, best["seconds"] - spu * float(length))
+        factor = min(MAX_REFIT, 0.9 * (remaining_s - fixed) / spu / float(length))
+    else:
+        factor = min(MAX_REFIT, remaining_s / best["seconds"])
     if factor < 1.5:   # too little time left to train meaningfully longer
         return
     new_length = round(float(length) * factor, 3) if isinstance(length, float) else int(length * factor)
