@@ -30,6 +30,7 @@ naming the study, the search space, every trial's settings and metric, and the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -144,12 +145,12 @@ def _storage(url: str, heartbeat_s: int):
     import sqlalchemy.exc
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    for attempt in range(5):   # two workers starting together race to create the tables: the loser retries
+    for attempt in range(5):   # workers racing to create the tables of a shared database: the loser retries
         try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
-        except sqlalchemy.exc.OperationalError:
+        except sqlalchemy.exc.DatabaseError:
             if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
@@ -261,24 +262,26 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
     url = storage_url(study_name, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)   # heartbeats, metric names
-    try:
-        st = optuna.create_study(study_name=study_name, storage=_storage(url, heartbeat_s),
-                                 direction=space.direction, load_if_exists=resume,
-                                 sampler=optuna.samplers.TPESampler(seed=seed),
-                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except optuna.exceptions.DuplicatedStudyError:
-        raise BadParameter(f"study '{study_name}' exists: --resume to continue it, or name another --study") from None
-    first = hand_set(space, req)
-    if not st.trials:
-        st.set_metric_names([space.metric])
-        st.set_user_attr("family", space.family)
-        st.set_user_attr("request", json.loads(json.dumps(dataclasses.asdict(req), default=str)))
-        st.set_user_attr("space", [dataclasses.asdict(k) for k in space.knobs])
-        st.set_user_attr("seed", seed)
-        st.enqueue_trial(first, user_attrs={"hand_set": True}, skip_if_exists=True)
-    else:
-        # joining or resuming: a different sampler seed per worker, or all would propose the same settings
-        st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
+    with _setup_lock(url):   # workers starting together make the study, and trial 0, once
+        try:
+            st = optuna.create_study(study_name=study_name, storage=_storage(url, heartbeat_s),
+                                     direction=space.direction, load_if_exists=resume,
+                                     sampler=optuna.samplers.TPESampler(seed=seed),
+                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        except optuna.exceptions.DuplicatedStudyError:
+            raise BadParameter(f"study '{study_name}' exists: --resume to continue it, "
+                               "or name another --study") from None
+        first = hand_set(space, req)
+        if not st.trials:
+            st.set_metric_names([space.metric])
+            st.set_user_attr("family", space.family)
+            st.set_user_attr("request", json.loads(json.dumps(dataclasses.asdict(req), default=str)))
+            st.set_user_attr("space", [dataclasses.asdict(k) for k in space.knobs])
+            st.set_user_attr("seed", seed)
+            st.enqueue_trial(first, user_attrs={"hand_set": True}, skip_if_exists=True)
+        else:
+            # joining or resuming: a different sampler seed per worker, or all would propose the same settings
+            st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
     optuna.storages.fail_stale_trials(st)
     finetune = families.family(space.family).finetune()
     start, cancelled = time.monotonic(), []
@@ -443,11 +446,22 @@ def _publish(st, space: Space, req: Any, url: str, seed: int) -> TuneResult:
         return _publish_locked(st, space, req, url, seed, best, rows, imp, src, final)
 
 
-@contextmanager
+def _setup_lock(url: str):
+    """On a SQLite file, a lock beside it: processes of one machine create and seed a study in turn."""
+    if url.startswith("sqlite:///"):
+        return _file_lock(Path(url.removeprefix("sqlite:///") + ".lock"))
+    return contextlib.nullcontext()
+
+
 def _publish_lock(final: Path):
     """One worker at a time publishes `final` (several may finish a shared study together)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as fh:
+    return _file_lock(final.parent / f".{final.name}.lock")
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
