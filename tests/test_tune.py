@@ -147,3 +147,19 @@ def test_auto_jobs_are_checked_up_front(env: dict) -> None:
     job = create_job(store, FinetuneJobRequest("detector", record.id, "auto", {"steps": 20,
                                                                                 "auto": {"budget_s": 60, "trials": 2}}))
     assert job.hyperparameters["auto"] == {"budget_s": 60, "trials": 2} and job.status in ("validating", "in_progress")
+
+
+def test_a_raising_progress_callback_stops_the_search(env: dict) -> None:
+    """A job's cancel raises from the progress callback: the search stops and the error reaches the caller."""
+    class Stop(Exception):
+        pass
+
+    def progress(ev) -> None:
+        if ev.metrics.get("trial") == 1:
+            raise Stop("cancelled")
+
+    with pytest.raises(Stop):
+        tune("detector", request(env, "stopped"), budget_s=600, trials=4, progress=progress)
+    info = show("stopped")
+    assert [(r["trial"], r["state"]) for r in info["trials"]] == [(0, "complete"), (1, "pruned")]
+    assert info["trials"][1]["reason"] == "cancelled"

@@ -16,7 +16,6 @@ import sys
 from brushpen import families
 from brushpen.cli.finetune_cmd import add_request_flags, request_from_args
 from brushpen.config import apply_threads
-from brushpen.errors import BadParameter
 
 REQUIRED = {"gan": ("data", "out"), "text": ("data", "out"), "safety": ("fake", "real", "out")}
 
@@ -80,8 +79,6 @@ def run(cli: str, args: argparse.Namespace) -> int:
         print(f"trial {row['trial']}: {row['state']}, {space.metric} {row['value']}, {row['params']}"
               + (f" ({row['reason']})" if row.get("reason") else ""), file=sys.stderr, flush=True)
 
-    if args.budget <= 0:
-        raise BadParameter("--budget must be > 0")
     result = tune(cli, req, budget_s=args.budget, trials=args.trials, seed=args.seed, study=args.study,
                   storage=args.storage, resume=args.resume, heartbeat_s=args.heartbeat, refit=args.refit,
                   progress=progress,

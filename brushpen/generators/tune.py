@@ -48,7 +48,7 @@ from typing import Any, Callable
 from brushpen import families
 from brushpen.adapters import FinetuneEvent, check_name
 from brushpen.config import get_settings
-from brushpen.errors import BadInput, BadParameter, BrushpenError
+from brushpen.errors import BadInput, BadParameter
 from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, scrub_paths, staging_dir
 
 
@@ -100,10 +100,6 @@ SPACES: dict[str, Space] = {
 }
 CLI_NAMES = {"gan": "gan", "text": "text", "detector": "safety"}
 MIN_BUDGET_S = 10.0   # for a base other than the shipped one, whose speed is not measured here
-
-
-class Cancelled(BrushpenError):
-    """The tuning job was cancelled."""
 
 
 @dataclass
@@ -302,8 +298,12 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             if ev.step > 0 and ev.loss is not None:
                 ticks.append((time.monotonic(), ev.step, ev.total))
             if progress is not None:
-                progress(FinetuneEvent(ev.step, ev.total, ev.loss, f"trial {trial.number}: {ev.message}",
-                                       {**ev.metrics, "trial": trial.number}))
+                try:   # the caller's callback raising (a job's cancel) stops the whole search
+                    progress(FinetuneEvent(ev.step, ev.total, ev.loss, f"trial {trial.number}: {ev.message}",
+                                           {**ev.metrics, "trial": trial.number}))
+                except Exception as e:
+                    cancelled.append(e)
+                    raise
             if not hand and time.monotonic() - start > search_s:
                 raise optuna.TrialPruned("the budget ran out")
             value = ev.metrics.get(space.report)
@@ -322,8 +322,8 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             trial.set_user_attr("reason", str(e))
             raise
         except Exception as e:   # noqa: BLE001 -- recorded, and the search goes on
-            if type(e).__name__ == "Cancelled":
-                cancelled.append(e)
+            if cancelled:
+                trial.set_user_attr("reason", "cancelled")
                 st.stop()
                 raise optuna.TrialPruned("cancelled") from None
             trial.set_user_attr("reason", scrub_paths(f"{type(e).__name__}: {e}")[:300])
