@@ -2,6 +2,7 @@
 (shipped) recipe, on a fake family the shipped detector never saw, one thread.
 
     .venv/bin/python benchmarks/tune.py detector [--family sr-interp] [--budget 480] [--seeds 0,1,2] [--refit 0.5]
+    .venv/bin/python benchmarks/tune.py detector-train [--steps 1000] [--budget 900] [--seeds 0,1,2]
 
 On a private copy of the store (the shipped `detector`) and a private home:
 1. **hand-set**: the shipped adapter recipe (`benchmarks/finetune_detector.py shipped`: rank 4,
@@ -14,6 +15,11 @@ Then each arm's settings are run again with every seed of `--seeds`, and scored 
 (disjoint by source photo; the search saw only validation): AUC of `--family`'s test fakes against
 all test reals, and of the detector's original families pooled. Reports the trials, how many the
 pruner stopped and the time that saved (each pruned trial's unrun share of a median full trial).
+
+`detector-train`: the same three arms for the base detector trained from scratch (`brushpen tune
+detector-train`: lr, width, augmentation, localisation weight) on the shipped detector's four
+families at `--steps`; scored on the test split, on the set's other families (never trained on,
+reported first) and on the four.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,8 +57,47 @@ def score(base_dir: Path, adapter: Path, images, labels, fams, family: str, old:
     return {"new": pooled(logits, labels, fams, [family]), "old": pooled(logits, labels, fams, old)}
 
 
-def run_detector(args: argparse.Namespace) -> dict:
+def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs: tuple[str, ...],
+                  snap_min: int) -> dict:
+    """The three arms of the docstring for `task`, each with every seed of `--seeds`; `run(name,
+    request)` trains one and returns (seconds, {"new": AUC, "old": AUC})."""
     from brushpen.generators.tune import tune
+
+    t_hand, first = run("hand", req)
+    print(f"hand-set: {t_hand:.0f} s, test AUC {first}", flush=True)
+    t0 = time.monotonic()
+    rows: list[dict] = []
+    result = tune(task, dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
+                  refit=args.refit, on_trial=lambda r: (rows.append(r), print(r, flush=True)))
+    t_search = time.monotonic() - t0
+    best = dict(result.best_params)
+    print(f"refit: {result.refit}", flush=True)
+    tuned_steps = result.refit["length"] if result.refit and result.refit["published"] else req.steps
+    steps_equal = int(round(req.steps * t_search / t_hand))
+    arms = {"hand-set": req,
+            f"tuned ({tuned_steps} steps)": dataclasses.replace(req, **best, steps=tuned_steps,
+                                                                snap=max(req.snap, tuned_steps // 4)),
+            f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(
+                req, steps=steps_equal, snap=max(snap_min, steps_equal // 4))}
+    table = {}
+    for arm, r in arms.items():
+        runs = [run(f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s))
+                for s in (int(x) for x in args.seeds.split(","))]
+        table[arm] = {"params": {k: getattr(r, k) for k in (*knobs, "steps")},
+                      "seconds": [round(t, 1) for t, _ in runs],
+                      "new": [round(m["new"], 4) for _, m in runs], "old": [round(m["old"], 4) for _, m in runs]}
+        print(arm, table[arm], flush=True)
+    complete = [r["seconds"] for r in rows if r["state"] == "complete" and r["seconds"]]
+    full = statistics.median(complete) if complete else 0.0
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    saved = sum(full * (1 - (r["reached"] or 0) / req.steps) for r in pruned)
+    return {"hand_seconds": round(t_hand, 1), "search_seconds": round(t_search, 1), "budget": args.budget,
+            "trials": rows, "best_trial": result.best_trial, "best_params": best,
+            "importances": result.importances, "pruned": len(pruned), "saved_seconds": round(saved, 1),
+            "arms": table, "threads": 1, "refit": result.refit, "refit_share": args.refit}
+
+
+def run_detector(args: argparse.Namespace) -> dict:
     from brushpen.safety.lora_train import DetectorFinetuneRequest, finetune
 
     data = args.data
@@ -77,41 +123,34 @@ def run_detector(args: argparse.Namespace) -> dict:
         seconds = time.monotonic() - t0
         return seconds, score(base_dir, res.path, images, labels, fams, args.family, old)
 
-    t_hand, first = run("hand", req)
-    print(f"hand-set: {t_hand:.0f} s, test AUC {first}", flush=True)
-    t0 = time.monotonic()
-    rows: list[dict] = []
-    result = tune("detector", dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
-                  refit=args.refit, on_trial=lambda r: (rows.append(r), print(r, flush=True)))
-    t_search = time.monotonic() - t0
-    best = dict(result.best_params)
-    print(f"refit: {result.refit}", flush=True)
-    tuned_steps = result.refit["length"] if result.refit and result.refit["published"] else req.steps
-    steps_equal = int(round(req.steps * t_search / t_hand))
-    arms = {"hand-set": req,
-            f"tuned ({tuned_steps} steps)": dataclasses.replace(req, **best, steps=tuned_steps,
-                                                                snap=max(req.snap, tuned_steps // 4)),
-            f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(req, steps=steps_equal,
-                                                                                   snap=max(100, steps_equal // 4))}
-    seeds = [int(s) for s in args.seeds.split(",")]
-    table = {}
-    for arm, r in arms.items():
-        runs = [run(f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s)) for s in seeds]
-        table[arm] = {"params": {k: getattr(r, k) for k in ("lr", "rank", "replay", "loc_weight", "steps")},
-                      "seconds": [round(t, 1) for t, _ in runs],
-                      "new": [round(m["new"], 4) for _, m in runs], "old": [round(m["old"], 4) for _, m in runs]}
-        print(arm, table[arm], flush=True)
-    complete = [r["seconds"] for r in rows if r["state"] == "complete" and r["seconds"]]
-    full = statistics.median(complete) if complete else 0.0
-    pruned = [r for r in rows if r["state"] == "pruned"]
-    saved = sum(full * (1 - (r["reached"] or 0) / req.steps) for r in pruned)
-    out = {"family": args.family, "old_families": old, "hand_seconds": round(t_hand, 1),
-           "search_seconds": round(t_search, 1), "budget": args.budget, "trials": rows,
-           "best_trial": result.best_trial, "best_params": best, "importances": result.importances,
-           "pruned": len(pruned), "saved_seconds": round(saved, 1), "arms": table, "threads": 1,
-           "refit": result.refit, "refit_share": args.refit}
+    out = equal_compute("detector", req, run, args, ("lr", "rank", "replay", "loc_weight"), 100)
     shutil.rmtree(work, ignore_errors=True)
-    return out
+    return {"family": args.family, "old_families": old, **out}
+
+
+def run_detector_train(args: argparse.Namespace) -> dict:
+    from brushpen.safety.detector import load_detector
+    from brushpen.safety.detector_train import DetectorTrainRequest, logits_of, model_dir, train_request
+
+    data = args.data
+    work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
+    os.environ["BRUSHPEN_WEIGHTS"], os.environ["BRUSHPEN_HOME"] = str(work / "weights"), str(work / "home")
+    images, labels, fams = test_set(data)
+    unseen = sorted(set(fams[labels == 1]) - set(ORIGINAL))
+    req = DetectorTrainRequest(fake=data, real=data / "real", out="hand", families=",".join(ORIGINAL),
+                               steps=args.steps, snap=max(50, args.steps // 4), seed=0)
+
+    def run(name: str, r: DetectorTrainRequest) -> tuple[float, dict]:
+        t0 = time.monotonic()
+        train_request(dataclasses.replace(r, out=name))
+        seconds = time.monotonic() - t0
+        logits = logits_of(load_detector(model_dir(name)), images)
+        shutil.rmtree(model_dir(name), ignore_errors=True)
+        return seconds, {"new": pooled(logits, labels, fams, unseen), "old": pooled(logits, labels, fams, ORIGINAL)}
+
+    out = equal_compute("detector-train", req, run, args, ("lr", "width", "augment", "loc_weight"), 50)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"family": "families never trained on, pooled: " + ",".join(unseen), "old_families": ORIGINAL, **out}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -119,28 +158,31 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def markdown(r: dict) -> str:
-    lines = ["| arm | lr | rank | replay | loc weight | steps | s per run | test AUC, " + r["family"]
-             + " (mean ± sd) | test AUC, original families pooled |", "|---|---|---|---|---|---|---|---|---|"]
+    knobs = [k for k in next(iter(r["arms"].values()))["params"] if k != "steps"]
+    old = "the four trained families" if "width" in knobs else "original families pooled"
+    lines = ["| arm | " + " | ".join(k.replace("_", " ") for k in knobs) + f" | steps | s per run | test AUC, "
+             f"{r['family']} (mean ± sd) | test AUC, {old} |", "|---|" + "---|" * (len(knobs) + 4)]
     for arm, a in r["arms"].items():
         p = a["params"]
-        lines.append(f"| {arm} | {p['lr']:.4g} | {p['rank']} | {p['replay']:.3g} | {p['loc_weight']:.3g} "
-                     f"| {p['steps']} | {statistics.median(a['seconds']):.0f} | {_mean_sd(a['new'])} "
-                     f"| {_mean_sd(a['old'])} |")
+        cells = [f"{p[k]:.4g}" if isinstance(p[k], float) else str(p[k]) for k in knobs]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {p['steps']} | {statistics.median(a['seconds']):.0f} "
+                     f"| {_mean_sd(a['new'])} | {_mean_sd(a['old'])} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("task", choices=["detector"])
+    ap.add_argument("task", choices=["detector", "detector-train"])
     ap.add_argument("--data", type=Path, default=get_settings().data_dir / "fakes")
     ap.add_argument("--family", default="sr-interp")
+    ap.add_argument("--steps", type=int, default=1000, help="detector-train: the hand-set run's steps")
     ap.add_argument("--budget", type=float, default=480)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--refit", type=float, default=0.5, help="tune's refit share (0: publish the best trial)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)
-    result = run_detector(args)
+    result = run_detector(args) if args.task == "detector" else run_detector_train(args)
     print(json.dumps({k: v for k, v in result.items() if k != "trials"}, indent=1, default=str))
     print(markdown(result))
     if args.json:

@@ -1,10 +1,12 @@
 """AutoML (`brushpen/generators/tune.py`, `brushpen tune`): a real tiny study on the tiny detector of
 test_detector_lora (2-4 trials of 20 steps each) that publishes the best adapter with the study in
 its card, resumes after a kill, shares one study between two processes, records a failing trial and
-goes on, and refuses a budget too small for one trial."""
+goes on, and refuses a budget too small for one trial; and a `detector-train` study that trains
+whole detectors from scratch on the same tiny data."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from test_detector_lora import env, setup  # noqa: F401 -- the tiny detector, its data, a private store
 
 from brushpen.adapters import list_adapters
@@ -163,3 +166,46 @@ def test_a_raising_progress_callback_stops_the_search(env: dict) -> None:
     info = show("stopped")
     assert [(r["trial"], r["state"]) for r in info["trials"]] == [(0, "complete"), (1, "pruned")]
     assert info["trials"][1]["reason"] == "cancelled"
+
+
+def test_detector_train_tunes_a_whole_detector_into_the_store(env: dict) -> None:
+    """`brushpen tune detector-train`: trials train detectors from scratch (width, augmentation, lr,
+    localisation weight); the best is published as a servable model, never over one it did not make."""
+    from brushpen.generators.checker import check_images
+    from brushpen.safety.detector import load_detector
+
+    run_env = subprocess_env(BRUSHPEN_WEIGHTS=str(env["store"]), BRUSHPEN_HOME=os.environ["BRUSHPEN_HOME"])
+    old = env["root"] / "old"
+    base = [PYTHON, "-m", "brushpen.cli.main", "tune", "detector-train", "--fake", str(old / "fakes"), "--real",
+            str(old / "real"), "--steps", "20", "--snap", "10", "--batch", "16", "--threads", "1"]
+    out = subprocess.run(base + ["--out", "scratch", "--budget", "5m", "--trials", "3", "--refit", "0.2"],
+                         env=run_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["model"] == "scratch" and result["trials"] == 3 and 0.5 <= result["val_auc"] <= 1.0
+    assert "validation AUC" in out.stderr   # the pruner's figure, at every checkpoint
+    folder = env["store"] / "safety" / "scratch"
+    assert sorted(p.name for p in (env["store"] / "safety").iterdir() if not p.name.startswith(".")) == \
+        ["detector", "scratch"]   # the trials' own models are gone
+    assert not (folder / "checkpoint").exists()
+    model = load_detector(folder)
+    widths = {1.0: (24, 32, 32, 64, 64), 0.5: (12, 16, 16, 32, 32), 0.75: (18, 24, 24, 48, 48),
+              1.5: (36, 48, 48, 96, 96)}[result["params"]["width"]]
+    assert model.config.widths == widths and model.calibration.rule != "uncalibrated"
+    card = (folder / "card.md").read_text()
+    assert card.startswith("# scratch:") and "## Tuning" in card and "scratch.t" not in card.split("## Tuning")[0]
+    images, _ = env["test"]
+    pngs = []
+    for i, image in enumerate(images[:4]):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        pngs.append((f"{i}.png", buf.getvalue()))
+    verdicts = check_images(pngs, model="scratch", scope_gate=False)   # served by name, like any detector
+    assert len(verdicts) == 4 and all(v.error is None and 0.0 <= v.score <= 1.0 for v in verdicts)
+    info = show("scratch")
+    assert info["knobs"] == ["lr", "width", "augment", "loc_weight"] and info["trials"][0]["params"]["width"] == 1.0
+    # the shipped (here: the tiny) detector is never replaced
+    refused = subprocess.run(base + ["--out", "detector", "--budget", "5m"], env=run_env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "already holds a model 'detector'" in refused.stderr
+    assert (env["base"] / "model.safetensors").exists()

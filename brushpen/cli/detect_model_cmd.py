@@ -63,6 +63,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--loc-weight", type=float, default=0.5,
+                   help="weight of the localisation head's loss against the image loss")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--snap", type=int, default=250, help="steps between checkpoints")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -147,8 +149,8 @@ def run_train(args: argparse.Namespace) -> int:
     arch = {"widths": parse_widths(args.widths)} if args.widths else {}
     cfg = TrainConfig(out=args.out, real=args.real, fake=args.fake, families=split(args.families) or None,
                       exclude=split(args.exclude), exclude_sources=split(args.exclude_sources), augment=args.augment,
-                      steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, snap=args.snap,
-                      resume=args.resume, model=DetectorConfig(region_max=args.region_max, **arch))
+                      steps=args.steps, batch=args.batch, lr=args.lr, loc_weight=args.loc_weight, seed=args.seed,
+                      snap=args.snap, resume=args.resume, model=DetectorConfig(region_max=args.region_max, **arch))
     model = train_detector(cfg, command=_command(), log=lambda m: print(m, flush=True))
     c = model.calibration
     print(json.dumps({"out": str(args.out), "temperature": c.temperature, "t_real": c.t_real, "t_fake": c.t_fake}))

@@ -1,9 +1,10 @@
-"""`brushpen tune gan|text|detector`: search a fine-tune's settings (Optuna) within a time budget,
-and `brushpen tune show NAME`: a study's trials and the importance of each setting.
+"""`brushpen tune gan|text|detector|detector-train`: search a fine-tune's settings (Optuna) within a
+time budget, or the base detector's own training recipe (`detector-train`), and `brushpen tune show
+NAME`: a study's trials and the importance of each setting.
 
 The data flags are the fine-tune's own (one per field of the family's request, as `brushpen
-finetune FAMILY` takes them); their values, the shipped recipe by default, are the hand-set trial 0.
-See `brushpen.generators.tune`.
+finetune FAMILY` takes them; for `detector-train`, `DetectorTrainRequest`'s); their values, the
+shipped recipe by default, are the hand-set trial 0. See `brushpen.generators.tune`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from brushpen import families
 from brushpen.cli.finetune_cmd import add_request_flags, request_from_args
 from brushpen.config import apply_threads
 
-REQUIRED = {"gan": ("data", "out"), "text": ("data", "out"), "safety": ("fake", "real", "out")}
+REQUIRED = {"gan": ("data", "out"), "text": ("data", "out"), "detector": ("fake", "real", "out"),
+            "detector-train": ("fake", "out")}
 
 
 def parse_budget(text: str) -> float:
@@ -29,15 +31,17 @@ def parse_budget(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from brushpen.generators.tune import CLI_NAMES
+    from brushpen.generators.tune import CLI_NAMES, SPACES
 
     group = sub.add_parser("tune", help="AutoML: search a fine-tune's settings within a time budget").add_subparsers(
         dest="tune_cmd", required=True)
-    for cli, fam_name in CLI_NAMES.items():
-        fam = families.family(fam_name)
-        p = group.add_parser(cli, help=f"tune a {fam.label} LoRA fine-tune ({fam.data_help})")
-        add_request_flags(p, fam.request_class(), skip=("resume", "threads", "seed", "val_checks", "command"),
-                          required=REQUIRED[fam_name])
+    for cli, key in CLI_NAMES.items():
+        space, fam = SPACES[key], families.family(SPACES[key].family)
+        what = "the base detector's training recipe (a new model in the store)" if space.kind == "model" else \
+            f"a {fam.label} LoRA fine-tune ({fam.data_help})"
+        p = group.add_parser(cli, help=f"tune {what}")
+        add_request_flags(p, space.request_class(), skip=("resume", "threads", "seed", "val_checks", "command"),
+                          required=REQUIRED[cli])
         p.add_argument("--budget", type=parse_budget, required=True, help="wall clock for the search: 30m, 2h, 900s")
         p.add_argument("--trials", type=int, default=None, help="at most this many finished trials in the study")
         p.add_argument("--refit", type=float, default=0.5,
@@ -65,7 +69,7 @@ def run(cli: str, args: argparse.Namespace) -> int:
 
     apply_threads(args.threads)
     space = space_of(cli)
-    req = request_from_args(families.family(space.family).request_class(), args)
+    req = request_from_args(space.request_class(), args)
     if hasattr(req, "seed"):
         req.seed = args.seed
     if hasattr(req, "threads"):
@@ -83,7 +87,7 @@ def run(cli: str, args: argparse.Namespace) -> int:
                   storage=args.storage, resume=args.resume, heartbeat_s=args.heartbeat, refit=args.refit,
                   progress=progress,
                   on_trial=on_trial)
-    print(json.dumps({"adapter": result.ref, "path": str(result.path), "study": result.study,
+    print(json.dumps({space.kind: result.ref, "path": str(result.path), "study": result.study,
                       "best_trial": result.best_trial, space.metric: result.best_value, "params": result.best_params,
                       "trials": len(result.trials), "importances": result.importances, "refit": result.refit},
                      default=str))

@@ -74,11 +74,44 @@ class Space:
     knobs: tuple[Knob, ...]
     sec_per_unit: float         # the shipped model's measured seconds per `length` unit, one thread
     overhead_s: float           # loading, evaluation and publishing, per trial
+    kind: str = "adapter"       # adapter: a family's LoRA fine-tune; model: a whole model trained from scratch
+    request: str = ""           # model: "module:Class" of the request ("" = the family's fine-tune request)
+    runner: str = ""            # model: "module:function" that trains it ("" = the family's fine-tune)
+
+    def request_class(self) -> type:
+        return _load(self.request) if self.request else families.family(self.family).request_class()
+
+    def trainer(self) -> Callable:
+        return _load(self.runner) if self.runner else families.family(self.family).finetune()
+
+
+def _model_dir(space: Space, name: str) -> Path:
+    """A model space's output folder for `name` (its runner module's `model_dir`)."""
+    return _load(space.runner.split(":")[0] + ":model_dir")(name)
+
+
+def _check_free(space: Space, out: str, study: str) -> None:
+    """A whole model is never published over one that this study did not make (the shipped detector...)."""
+    folder = _model_dir(space, out)
+    if folder.exists():
+        metrics = folder / "metrics.json"
+        made_by = json.loads(metrics.read_text(encoding="utf-8")).get("tuning", {}).get("study") \
+            if metrics.exists() else None
+        if made_by != study:
+            raise BadParameter(f"the store already holds a model '{out}': pick another --out")
+
+
+def _load(spec: str) -> Any:
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # The search space of each family, in one place. The ranges bracket the hand-set recipes of
 # BENCHMARKS.md (GAN: lr 0.0025 for G and D, rank 4, Freeze-D 2, ADA speed 2 kimg; copy: lr 1e-3,
-# rank 8, dropout 0.05; detector: lr 5e-3, rank 4, replay 0.5, localisation weight 0.5).
+# rank 8, dropout 0.05; detector: lr 5e-3, rank 4, replay 0.5, localisation weight 0.5; the base
+# detector trained from scratch: lr 2e-3, widths x1, chained augmentation, localisation weight 0.5).
 SPACES: dict[str, Space] = {
     "gan": Space("gan", "kid", "minimize", "kid", "kimg", (
         Knob("lr", 5e-4, 1e-2, log=True),          # G and D alike (G at D's rate is what adapted)
@@ -97,8 +130,15 @@ SPACES: dict[str, Space] = {
         Knob("replay", 0.25, 0.75),
         Knob("loc_weight", 0.0, 1.0),
     ), sec_per_unit=0.15, overhead_s=20.0),
+    "detector-train": Space("safety", "val_auc", "maximize", "val_auc", "steps", (
+        Knob("lr", 5e-4, 1e-2, log=True),
+        Knob("width", choices=(0.5, 0.75, 1.0, 1.5)),   # x the stage widths; time grows about as its square
+        Knob("augment", choices=("basic", "chain")),
+        Knob("loc_weight", 0.0, 1.0),
+    ), sec_per_unit=0.175, overhead_s=40.0, kind="model", request="brushpen.safety.detector_train:DetectorTrainRequest",
+        runner="brushpen.safety.detector_train:train_request"),
 }
-CLI_NAMES = {"gan": "gan", "text": "text", "detector": "safety"}
+CLI_NAMES = {"gan": "gan", "text": "text", "detector": "safety", "detector-train": "detector-train"}
 MIN_BUDGET_S = 10.0   # for a base other than the shipped one, whose speed is not measured here
 
 
@@ -159,9 +199,11 @@ def hand_set(space: Space, req: Any) -> dict[str, Any]:
 
 def estimate_s(space: Space, req: Any) -> float | None:
     """Trial 0's time on one thread from the shipped model's measured speed; None for other bases."""
+    length = getattr(req, space.length, None) or 100
+    if space.kind == "model":   # the shipped architecture's speed, scaled by the width's square
+        return space.overhead_s + space.sec_per_unit * float(length) * getattr(req, "width", 1.0) ** 2
     if getattr(req, "base", None) != families.family(space.family).default_model:
         return None
-    length = getattr(req, space.length, None) or 100
     return space.overhead_s + space.sec_per_unit * float(length)
 
 
@@ -188,6 +230,8 @@ def _suggest(trial, space: Space, first: dict[str, Any]) -> dict[str, Any]:
 
 
 def _final(space: Space, metrics: dict, last: dict) -> float:
+    if space.kind == "model":
+        return float(metrics[space.metric])
     if space.family == "gan":
         return float(last.get("kid", math.nan))
     if space.family == "text":
@@ -255,6 +299,8 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
     if not 0.0 <= refit <= 0.9:
         raise BadParameter(f"--refit is a share of the budget in 0..0.9, got {refit}")
     check_budget(space, req, budget_s)
+    if space.kind == "model":
+        _check_free(space, out, study_name)
     url = storage_url(study_name, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)   # heartbeats, metric names
@@ -271,6 +317,7 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
         if not st.trials:
             st.set_metric_names([space.metric])
             st.set_user_attr("family", space.family)
+            st.set_user_attr("tunes", name if space.kind == "model" else "adapter")
             st.set_user_attr("request", json.loads(json.dumps(dataclasses.asdict(req), default=str)))
             st.set_user_attr("space", [dataclasses.asdict(k) for k in space.knobs])
             st.set_user_attr("seed", seed)
@@ -279,17 +326,19 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
             # joining or resuming: a different sampler seed per worker, or all would propose the same settings
             st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
     optuna.storages.fail_stale_trials(st)
-    finetune = families.family(space.family).finetune()
+    finetune = space.trainer()
     start, cancelled = time.monotonic(), []
     search_s = budget_s * (1 - refit)
 
     def objective(trial) -> float:
         params = _suggest(trial, space, first)
         trial_out = f"{out}.t{trial.number}"
-        extra = {"val_checks": True} if space.family == "safety" else {}
+        extra = {"val_checks": True} if space.family == "safety" and space.kind == "adapter" else {}
         if space.family == "gan":
             extra["lr_g"] = None   # G at D's rate
         treq = dataclasses.replace(req, out=trial_out, resume=False, **params, **extra)
+        if space.kind == "model":   # a trial re-run after a kill starts afresh
+            _remove_trial(_model_dir(space, trial_out), trial_out)
         last: dict = {}
         hand = trial.user_attrs.get("hand_set", False)
         ticks: list[tuple[float, int, int]] = []   # (time, step, total) of the training steps
@@ -378,6 +427,8 @@ def _refit(result: TuneResult, st, space: Space, req: Any, finetune: Callable, r
     extra = {"lr_g": None} if space.family == "gan" else {}
     if hasattr(req, "snap"):
         extra["snap"] = max(req.snap, new_length // 4)
+    if space.kind == "model":   # a refit cut short by a kill left its folder
+        _remove_trial(_model_dir(space, f"{req.out}.refit"), f"{req.out}.refit")
     rreq = dataclasses.replace(req, out=f"{req.out}.refit", resume=False, **result.best_params, **extra,
                                **{space.length: new_length})
     last: dict = {}
@@ -484,6 +535,7 @@ def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows:
                              "importances": imp}
         atomic_write_json(stage / "metrics.json", metrics)
         card = (stage / "card.md").read_text(encoding="utf-8") if (stage / "card.md").exists() else ""
+        card = card.replace(src.name, final.name)   # the trial's card, under the name it is published as
         atomic_write_text(stage / "card.md", card + _card_section(st, space, req, url, seed, best, rows, imp))
         publish_dir(stage, final)
     elif not src.exists() and recorded.get("best_trial") != best.number:
@@ -491,8 +543,8 @@ def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows:
     for t in st.trials:   # finished trials' leftovers; a trial still running elsewhere keeps its own
         if t.state.is_finished():
             _remove_trial(Path(t.user_attrs["path"]) if "path" in t.user_attrs else None, f"{req.out}.t{t.number}")
-    base = src.parent.parent.name
-    return TuneResult(ref=f"{base}:{req.out}", path=final, study=st.study_name, storage=scrub_paths(url),
+    ref = req.out if space.kind == "model" else f"{src.parent.parent.name}:{req.out}"
+    return TuneResult(ref=ref, path=final, study=st.study_name, storage=scrub_paths(url),
                       best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
                       trials=rows, importances=imp)
 
@@ -527,7 +579,7 @@ def _card_section(st, space: Space, req: Any, url: str, seed: int, best, rows: l
     ranges = "\n".join(f"| {k.name} | " + (", ".join(map(str, k.choices)) if k.choices else
                                            f"{k.low:g} .. {k.high:g}{' (log)' if k.log else ''}") + " |"
                        for k in space.knobs)
-    return (f"\n\n## Tuning\n\nThis adapter is trial {best.number} of the Optuna study `{st.study_name}` "
+    return (f"\n\n## Tuning\n\nThis {space.kind} is trial {best.number} of the Optuna study `{st.study_name}` "
             f"(`{scrub_paths(url)}`, TPE sampler seed {seed}, median pruner), {space.direction} "
             f"`{space.metric}`: **{best.value:.4g}**. Trial 0 is the hand-set request "
             f"({', '.join(f'{k} {_fmt(v)}' for k, v in hand_set(space, req).items())}).\n\n"

@@ -16,6 +16,8 @@ and `train.json` (the config, the command, steps, losses, time).
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,8 +30,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brushpen.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from brushpen.errors import BadParameter
-from brushpen.safety.calibrate import calibrate
+from brushpen.adapters import FinetuneEvent
+from brushpen.errors import BadInput, BadParameter
+from brushpen.safety.calibrate import calibrate, roc_auc
 from brushpen.safety.detector import Detector, DetectorConfig, save_detector, to_tensor
 from brushpen.safety.detector_data import RECIPES, BalancedSampler, Sample, augment, describe_sources, gather, \
     load_arrays
@@ -97,11 +100,16 @@ def detector_loss(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor, y: t
 @torch.no_grad()
 def logits_of(model: Detector, images: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
-    out = [model(to_tensor(images[i:i + batch]))[0] for i in range(0, len(images), batch)]
+    device = next(model.parameters()).device
+    out = [model(to_tensor(images[i:i + batch]).to(device))[0].cpu() for i in range(0, len(images), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], None] = print) -> Detector:
+def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], None] = print,
+                   progress: Callable[[FinetuneEvent], None] | None = None) -> Detector:
+    """Train, calibrate and save `cfg.out`. With `progress`, the validation AUC is measured at every
+    checkpoint and sent as an event (`metrics["val_auc"]`, what tuning's pruner reads); a raising
+    callback stops the run after that checkpoint."""
     from accelerate import Accelerator
 
     cfg.check()
@@ -109,6 +117,8 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
     train, val = split_of(samples, "train"), split_of(samples, "val")
     if not val:
         raise BadParameter("the data has no 'val' split to calibrate on")
+    val_images, _ = load_arrays(val, cfg.model.tile)
+    val_labels = np.array([s.label for s in val])
     sampler = BalancedSampler(train)
     log(f"train: {sum(s.label == 0 for s in train)} real, {sum(s.label == 1 for s in train)} fake "
         f"({', '.join(sampler.families)}); val: {len(val)}")
@@ -154,13 +164,19 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
         if step % cfg.snap == 0 or step == cfg.steps:
             checkpoint()
+            if progress is not None:
+                auc = roc_auc(logits_of(acc.unwrap_model(model), val_images), val_labels)
+                if not np.isfinite(losses[-1]):
+                    raise BadInput(f"the training loss is not finite at step {step}")
+                progress(FinetuneEvent(step, cfg.steps, float(np.mean(losses[-50:])),
+                                       f"step {step}: validation AUC {auc:.4f}", {"val_auc": auc}))
+                model.train()
     bar.close()
     elapsed = time.time() - start
 
     net = acc.unwrap_model(model).cpu().eval()
-    val_images, _ = load_arrays(val, cfg.model.tile)
-    val_labels = np.array([s.label for s in val])
-    net.calibration = calibrate(logits_of(net, val_images), val_labels, cfg.fpr, cfg.fnr)
+    val_logits = logits_of(net, val_images)
+    net.calibration = calibrate(val_logits, val_labels, cfg.fpr, cfg.fnr)
     log(f"calibrated: T={net.calibration.temperature:.3f} t_real={net.calibration.t_real:.4f} "
         f"t_fake={net.calibration.t_fake:.4f}")
     save_detector(net, cfg.out)
@@ -171,6 +187,91 @@ def train_detector(cfg: TrainConfig, command: str = "", log: Callable[[str], Non
         "counts": {sp: {"real": sum(s.label == 0 for s in split_of(samples, sp)),
                         "fake": sum(s.label == 1 for s in split_of(samples, sp))} for sp in ("train", "val", "test")},
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "val_auc": round(roc_auc(val_logits, val_labels), 4),
         "train_seconds_this_run": round(elapsed, 1), "params": net.num_params(), "threads": torch.get_num_threads(),
         "data_md": describe_sources(cfg.real, cfg.fake)})
     return net
+
+
+@dataclass
+class DetectorTrainRequest:
+    """A base detector trained from scratch into the store as `safety/OUT` (`brushpen tune
+    detector-train`): the knobs of `TrainConfig` that tuning moves, with the shipped recipe's values."""
+
+    fake: Path | None = None              # a build-fakes set (its manifest's families)
+    real: Path | None = None              # reals encoded like the fakes (default: the manifest's real rows)
+    out: str = ""                         # the model's name in the store
+    families: str | None = None           # comma list of fake families (default: all in the set)
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 2e-3
+    width: float = 1.0                    # x the shipped stage widths 24,32,32,64,64
+    augment: str = "chain"                # detector_data.RECIPES
+    loc_weight: float = 0.5
+    snap: int = 250
+    seed: int = 0
+    resume: bool = False
+
+    def validate(self) -> None:
+        from brushpen.adapters import check_name
+
+        check_name(self.out)
+        if self.fake is None:
+            raise BadParameter("give --fake (a build-fakes set)")
+        if self.steps < 1 or self.batch < 2 or self.lr <= 0 or self.snap < 1:
+            raise BadParameter("--steps and --snap must be >= 1, --batch >= 2 and --lr > 0")
+        if not 0.25 <= self.width <= 4.0:
+            raise BadParameter(f"--width is a multiple of the shipped widths in 0.25..4, got {self.width}")
+        if self.augment not in RECIPES:
+            raise BadParameter(f"unknown augmentation recipe '{self.augment}': pick one of {', '.join(RECIPES)}")
+
+    def config(self, out: Path) -> TrainConfig:
+        widths = tuple(max(4, round(w * self.width)) for w in DetectorConfig().widths)
+        families = tuple(f.strip() for f in (self.families or "").split(",") if f.strip()) or None
+        return TrainConfig(out=out, real=[Path(self.real)] if self.real else [], fake=[Path(self.fake)],
+                           families=families, augment=self.augment, steps=self.steps, batch=self.batch, lr=self.lr,
+                           loc_weight=self.loc_weight, seed=self.seed, snap=self.snap, resume=self.resume,
+                           model=DetectorConfig(widths=widths), progress=False)
+
+    def command(self) -> str:
+        parts = ["brushpen", "detect", "train", "--fake", str(self.fake), "--out", f"weights/safety/{self.out}"]
+        parts += ["--real", str(self.real)] if self.real else []
+        parts += ["--families", self.families] if self.families else []
+        widths = self.config(Path(self.out)).model.widths
+        return " ".join(parts + ["--steps", str(self.steps), "--batch", str(self.batch), "--lr", f"{self.lr:g}",
+                                 "--widths", ",".join(map(str, widths)), "--augment", self.augment,
+                                 "--loc-weight", f"{self.loc_weight:g}", "--snap", str(self.snap),
+                                 "--seed", str(self.seed)])
+
+
+def model_dir(name: str) -> Path:
+    """Where `train_request` writes the model `name`: the store's `safety/NAME`."""
+    from brushpen.config import get_settings
+
+    return get_settings().weights / "safety" / name
+
+
+def train_request(req: DetectorTrainRequest, progress: Callable[[FinetuneEvent], None] | None = None):
+    """Train the detector `req` describes into the store (validation AUC at every checkpoint as an
+    event); a finished model keeps no checkpoint. Returns a `FinetuneResult` whose ref is the name."""
+    from brushpen.adapters import FinetuneResult
+    from brushpen.store import atomic_write_text
+
+    req.validate()
+    folder = model_dir(req.out)
+    if (folder / "model.safetensors").exists() and not req.resume:
+        raise BadParameter(f"the store already holds a detector '{req.out}': pick another --out")
+    t0 = time.time()
+    net = train_detector(req.config(folder), command=req.command(), log=lambda m: None, progress=progress)
+    record = json.loads((folder / "train.json").read_text(encoding="utf-8"))
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+    metrics = {"val_auc": record["val_auc"], "steps": record["steps"], "params": net.num_params(),
+               "widths": list(net.config.widths), "train_seconds": round(time.time() - t0, 1)}
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_text(folder / "card.md", (
+        f"# {req.out}: a detector trained by brushpen\n\n{net.num_params():,} parameters, widths "
+        f"{','.join(map(str, net.config.widths))}; {record['steps']} steps of batch {req.batch}, lr {req.lr:g}, "
+        f"augmentation `{req.augment}`, localisation weight {req.loc_weight:g}, seed {req.seed}, on the families "
+        f"{', '.join(record['families'])}. Validation AUC **{record['val_auc']:.4f}**.\n\n    {req.command()}\n\n"
+        "Licence: as the data it was trained on (`train.json`, `data_md`).\n"))
+    return FinetuneResult(ref=req.out, path=folder, metrics=metrics)
