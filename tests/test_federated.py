@@ -153,7 +153,8 @@ def test_two_sites_and_a_tls_server_train_a_detector(data: dict, fed_env: dict, 
 def test_simulate_splits_by_family(data: dict, fed_env: dict) -> None:
     out = subprocess.run([PYTHON, "-m", "brushpen.cli.main", "federate", "simulate", "--data", str(data["set"]),
                           "--sites", "2", "--partition", "by-family", "--rounds", "2", "--local-steps", "20",
-                          "--batch", "16", "--strategy", "fedprox", "--out", "sim", "--threads", "1"],
+                          "--batch", "16", "--strategy", "fedprox", "--out", "sim", "--threads", "1",
+                          "--dp-noise", "0.8", "--dp-clip", "0.5"],
                          env=fed_env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     # each site sees one generator; the reals are shared out by hash
@@ -161,6 +162,15 @@ def test_simulate_splits_by_family(data: dict, fed_env: dict) -> None:
     assert re.search(r"site2: \d\d real, 64 fake \(nearest\)", out.stderr), out.stderr
     rec = record(fed_env, "sim")
     assert rec["config"]["strategy"] == "fedprox" and rec["rounds"] == 2
+    # central DP: Flower's clipping and noise, epsilon from Opacus's accountant, growing by round
+    from brushpen.safety.federated_flower import FederationConfig, epsilon
+
+    dp = FederationConfig(out="x", dp_noise=0.8, dp_clip=0.5)
+    assert rec["privacy"]["dp"] and rec["privacy"]["epsilon"] == pytest.approx(epsilon(dp, 2))
+    assert [h["epsilon"] for h in rec["history"][1:]] == pytest.approx([epsilon(dp, 1), epsilon(dp, 2)])
+    assert epsilon(dp, 1) < epsilon(dp, 2) < epsilon(FederationConfig(out="x", dp_noise=0.4), 2)
+    card = (Path(fed_env["BRUSHPEN_WEIGHTS"]) / "safety" / "sim" / "card.md").read_text()
+    assert "Central differential privacy" in card and "No secure aggregation" in card
     assert set(rec["history"][-1]["sites"]) == {"site1", "site2"}
     assert {"auc", "auc_bilinear", "auc_nearest"} <= set(rec["central"])
 

@@ -36,6 +36,10 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-lr", type=float, default=d.server_lr, help="fedadam/fedyogi: the server's step")
     p.add_argument("--max-update", type=float, default=d.max_update,
                    help="reject a site's update whose norm is over this x the others' median or the model's norm")
+    p.add_argument("--dp-noise", type=float, default=d.dp_noise,
+                   help="central differential privacy: the Gaussian noise multiplier (0: off)")
+    p.add_argument("--dp-clip", type=float, default=d.dp_clip, help="DP: each site's update clipped to this L2 norm")
+    p.add_argument("--dp-delta", type=float, default=d.dp_delta, help="DP: the delta of the epsilon reported")
     p.add_argument("--central", type=Path, default=None,
                    help="a build-fakes set held by the server: its test split scores every round, its val split "
                         "calibrates the result")
@@ -103,7 +107,8 @@ def _config(args: argparse.Namespace):
     return FederationConfig(out=args.out, rounds=args.rounds, local_steps=args.local_steps, strategy=args.strategy,
                             min_sites=args.min_sites, expect_sites=args.expect_sites, proximal_mu=args.proximal_mu,
                             server_lr=args.server_lr,
-                            max_update=args.max_update, central=args.central, round_timeout=args.round_timeout,
+                            max_update=args.max_update, dp_noise=args.dp_noise, dp_clip=args.dp_clip,
+                            dp_delta=args.dp_delta, central=args.central, round_timeout=args.round_timeout,
                             seed=args.seed, host=getattr(args, "host", "0.0.0.0"), port=getattr(args, "port", 9092),
                             tls=getattr(args, "tls", None), resume=getattr(args, "resume", False))
 
@@ -125,7 +130,8 @@ def _logging() -> None:
 
 def _summary(record: dict) -> str:
     return json.dumps({"model": record["config"]["out"], "rounds": record["rounds"], "central": record["central"],
-                       "rejected": sum(len(h["rejected"]) for h in record["history"])}, default=str)
+                       "rejected": sum(len(h["rejected"]) for h in record["history"]),
+                       "epsilon": record["privacy"]["epsilon"]}, default=str)
 
 
 def run_server(args: argparse.Namespace) -> int:

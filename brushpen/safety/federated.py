@@ -111,6 +111,8 @@ def set_weights(model: Detector, weights: list[np.ndarray]) -> None:
         if tuple(w.shape) != tuple(state[k].shape):
             raise BadInput(f"tensor {k}: shape {tuple(w.shape)} where the detector has {tuple(state[k].shape)}")
         state[k] = torch.from_numpy(np.asarray(w)).to(state[k].dtype)
+        if k.endswith("running_var"):   # DP noise on the aggregate can push a variance below zero
+            state[k] = state[k].clamp_min(1e-5)
     model.load_state_dict(state)
 
 

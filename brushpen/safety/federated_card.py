@@ -10,6 +10,17 @@ def _f(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
+def privacy_line(p: dict) -> str:
+    line = "Privacy: the sites sent weights only, never images. "
+    if p.get("dp"):
+        line += (f"Central differential privacy: each site's update clipped to L2 norm {p['clip']:g}, Gaussian "
+                 f"noise (multiplier {p['noise_multiplier']:g}) on the aggregate: (epsilon {p['epsilon']:.2f}, delta "
+                 f"{p['delta']:g}) at the site level, by Opacus's RDP accountant. ")
+    else:
+        line += "No differential privacy: the published weights carry no formal bound. "
+    return line + "No secure aggregation: the server saw each site's update."
+
+
 def card(cfg: Any, record: dict) -> str:
     history = [h for h in record["history"] if h["round"] > 0]
     sites = sorted({s for h in history for s in h["sites"]})
@@ -19,8 +30,7 @@ def card(cfg: Any, record: dict) -> str:
              + (f" (mu {cfg.proximal_mu:g})" if cfg.strategy == "fedprox" else "")
              + (f" (server lr {cfg.server_lr:g})" if cfg.strategy in ("fedadam", "fedyogi") else "")
              + f", quorum {cfg.min_sites}, updates over {cfg.max_update:g}x rejected, seed {cfg.seed}.",
-             "", "Privacy: the sites sent weights only; no differential privacy and no secure aggregation "
-             "were applied to this model.", ""]
+             "", privacy_line(record.get("privacy") or {}), ""]
     if record.get("central"):
         c = record["central"]
         lines += ["## Central held-out set (test split)", "",

@@ -52,6 +52,9 @@ class FederationConfig:
     proximal_mu: float = 0.01                 # FedProx's pull towards the global weights
     server_lr: float = 0.01                   # FedAdam/FedYogi's server step (eta)
     max_update: float = 10.0                  # rejection threshold, see `Guarded`
+    dp_noise: float = 0.0                     # central DP: Gaussian noise multiplier (0: off)
+    dp_clip: float = 1.0                      # central DP: each site's update clipped to this L2 norm
+    dp_delta: float = 1e-5                    # the delta of the (epsilon, delta) reported
     central: Path | None = None               # a build-fakes set: its test split scores every round
     round_timeout: float = 900.0              # a site silent this long in a round counts as failed
     host: str = "0.0.0.0"
@@ -71,6 +74,27 @@ class FederationConfig:
             raise BadParameter("--rounds, --local-steps and --min-sites must be >= 1, --expect-sites >= 0")
         if self.max_update <= 1:
             raise BadParameter("--max-update must be > 1")
+        if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
+            raise BadParameter("--dp-noise must be >= 0, --dp-clip > 0 and --dp-delta in (0, 1)")
+
+    @property
+    def dp_sites(self) -> int:
+        """The sites each DP round counts on (Flower calibrates the noise to a fixed number)."""
+        return max(self.expect_sites, self.min_sites)
+
+
+def epsilon(cfg: FederationConfig, rounds: int) -> float | None:
+    """The epsilon spent at `cfg.dp_delta` after `rounds` rounds of central DP (Opacus's RDP
+    accountant: every site takes part in every round, so the sampling rate is 1); None without DP.
+    Site-level: it bounds what the model reveals about any one site's whole data set."""
+    if cfg.dp_noise <= 0 or rounds <= 0:
+        return None
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 256))
+    rdp = compute_rdp(q=1.0, noise_multiplier=cfg.dp_noise, steps=rounds, orders=orders)
+    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=cfg.dp_delta)
+    return float(eps)
 
 
 def state_dir(out: str) -> Path:
@@ -195,7 +219,9 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
         set_weights(net, weights)
         scores = central.score(net)
         rec.entry(server_round)["central"] = scores
-        rec.save(server_round) if server_round > 0 else None
+        if server_round > 0:
+            rec.weights = weights   # the round's global model, noise and all
+            rec.save(server_round)
         return 1.0 - scores["auc"], scores
 
     def mean_of(key: str) -> Callable:
@@ -226,13 +252,15 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
             if len(kept) < cfg.min_sites:
                 log.warning("round %s: %d usable updates, fewer than the quorum of %d: the global model stays",
                             entry["round"], len(kept), cfg.min_sites)
-                rec.save(server_round)
                 return None, {}
-            params, metrics = super().aggregate_fit(server_round, kept, failures)
-            if params is not None:
-                rec.weights = parameters_to_ndarrays(params)
+            return super().aggregate_fit(server_round, kept, failures)
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            # the round's new global model (after the DP wrapper's noise): what a restart resumes from
+            rec.weights = parameters_to_ndarrays(parameters)
+            rec.entry(server_round)["epsilon"] = epsilon(cfg, rec.offset + server_round)
             rec.save(server_round)
-            return params, metrics
+            return super().configure_evaluate(server_round, parameters, client_manager)
 
         def aggregate_evaluate(self, server_round, results, failures):
             entry = rec.entry(server_round)
@@ -242,12 +270,18 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
             rec.save(server_round)
             return super().aggregate_evaluate(server_round, results, failures)
 
-    return Guarded(min_fit_clients=cfg.min_sites, min_available_clients=cfg.min_sites,
+    guarded = Guarded(min_fit_clients=cfg.min_sites, min_available_clients=cfg.min_sites,
                    min_evaluate_clients=cfg.min_sites, fraction_fit=1.0, fraction_evaluate=1.0,
                    initial_parameters=ndarrays_to_parameters(rec.weights), evaluate_fn=evaluate_fn,
                    on_fit_config_fn=lambda r: {"local_steps": cfg.local_steps, "round": rec.offset + r},
                    fit_metrics_aggregation_fn=mean_of("loss"), evaluate_metrics_aggregation_fn=mean_of("auc"),
                    **extra)
+    if cfg.dp_noise <= 0:
+        return guarded
+    # Flower's central DP: each update clipped to dp_clip, Gaussian noise on the aggregate. It skips
+    # a round that has a failed site, since its noise is calibrated to dp_sites sites.
+    return fs.DifferentialPrivacyServerSideFixedClipping(guarded, noise_multiplier=cfg.dp_noise,
+                                                         clipping_norm=cfg.dp_clip, num_sampled_clients=cfg.dp_sites)
 
 
 def client_manager(expect: int):
@@ -320,8 +354,11 @@ def publish(cfg: FederationConfig, rec: Recorder, central: Central | None) -> di
     final = central.score(net) if central is not None else None
     folder = model_dir(cfg.out)
     save_detector(net, folder)
-    record = {"config": json.loads(json.dumps(asdict(cfg), default=str)),
-              "rounds": sum(h["round"] > 0 for h in rec.history), "history": rec.history, "central": final,
+    rounds = sum(h["round"] > 0 for h in rec.history)
+    privacy = {"dp": cfg.dp_noise > 0, "noise_multiplier": cfg.dp_noise, "clip": cfg.dp_clip,
+               "delta": cfg.dp_delta, "epsilon": epsilon(cfg, rounds), "secure_aggregation": False}
+    record = {"config": json.loads(json.dumps(asdict(cfg), default=str)), "privacy": privacy,
+              "rounds": rounds, "history": rec.history, "central": final,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(folder / "federation.json", record)
     (folder / "card.md").write_text(card(cfg, record), encoding="utf-8")

@@ -49,7 +49,8 @@ def server_argv(cfg: FederationConfig, threads: int) -> list[str]:
             str(cfg.rounds), "--local-steps", str(cfg.local_steps), "--strategy", cfg.strategy, "--min-sites",
             str(cfg.min_sites), "--expect-sites", str(cfg.expect_sites), "--proximal-mu", str(cfg.proximal_mu),
             "--server-lr", str(cfg.server_lr),
-            "--max-update", str(cfg.max_update), "--round-timeout", str(cfg.round_timeout), "--seed", str(cfg.seed),
+            "--max-update", str(cfg.max_update), "--dp-noise", str(cfg.dp_noise), "--dp-clip", str(cfg.dp_clip),
+            "--dp-delta", str(cfg.dp_delta), "--round-timeout", str(cfg.round_timeout), "--seed", str(cfg.seed),
             "--threads", str(threads)]
     return argv + (["--central", str(cfg.central)] if cfg.central else []) + (["--resume"] if cfg.resume else [])
 
