@@ -30,13 +30,16 @@ def _png(im) -> bytes:
     return buf.getvalue()
 
 
-def training_zip(n: int = 24, seed: int = 0) -> bytes:
+def training_zip(n: int = 24, seed: int = 0, families: tuple[str, ...] = ()) -> bytes:
+    """n reals and n fakes; with `families`, the fakes in fake/FAMILY/ folders, one generator each."""
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(n):
             zf.writestr(f"real/{i:03d}.png", _png(texture(rng)))
-            zf.writestr(f"fake/{i:03d}.png", _png(fake_of(texture(rng), 1)))
+            kind = i % len(families) if families else 1
+            folder = f"fake/{families[kind]}" if families else "fake"
+            zf.writestr(f"{folder}/{i:03d}.png", _png(fake_of(texture(rng), kind)))
     return buf.getvalue()
 
 
@@ -146,6 +149,9 @@ def test_bad_uploads_and_bodies_are_refused_with_a_message(server: Server) -> No
                          ({"steps": "many"}, "bad hyperparameters")):
         with pytest.raises(openai.BadRequestError, match=words):
             client.fine_tuning.jobs.create(model="detector", training_file=ok.id, suffix="x", hyperparameters=hyper)
+    with pytest.raises(openai.BadRequestError, match="too small"):   # the nested auto settings reach the check
+        client.fine_tuning.jobs.create(model="detector", training_file=ok.id, suffix="x",
+                                       hyperparameters={"auto": {"budget_s": 1}})
     with pytest.raises(openai.BadRequestError, match="bad adapter name"):
         client.fine_tuning.jobs.create(model="detector", training_file=ok.id, suffix="../x")
     with pytest.raises(openai.NotFoundError, match="unknown model"):
@@ -154,3 +160,31 @@ def test_bad_uploads_and_bodies_are_refused_with_a_message(server: Server) -> No
         client.fine_tuning.jobs.create(model="detector", training_file="file-missing", suffix="x")
     with pytest.raises(openai.NotFoundError, match="no fine-tuning job"):
         client.fine_tuning.jobs.retrieve("ftjob-missing")
+
+
+def test_a_federated_job_trains_a_detector_across_sites(server: Server) -> None:
+    """hyperparameters.federated: the zip split into sites (each its own process, over Flower) that
+    train one new detector; one event per round with the global AUC and each site's."""
+    client = server.client()
+    f = client.files.create(file=("data.zip", training_zip(40, seed=2, families=("bilinear", "nearest"))),
+                            purpose="fine-tune")
+    for fed, words in (({"sites": 0}, "sites must be"), ({"partition": "random"}, "partition must be"),
+                       ({"rounds": "ten"}, "rounds must be int"), ({"strategy": "fedsgd"}, "unknown strategy"),
+                       ({"budget": 1}, "federated takes")):
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.fine_tuning.jobs.create(model="detector", training_file=f.id, suffix="fed",
+                                           hyperparameters={"federated": fed})
+    job = client.fine_tuning.jobs.create(model="detector", training_file=f.id, suffix="fed-api", hyperparameters={
+        "federated": {"sites": 2, "partition": "by-family", "rounds": 2, "local_steps": 20}})
+    done = wait_job(server, job.id, ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded", done
+    assert done["fine_tuned_model"] == "fed-api" and done["metrics"]["rounds"] == 2
+    events = list(reversed(client.fine_tuning.jobs.list_events(job.id, limit=1000).data))
+    rounds = [e.data for e in events if e.data and "round" in e.data]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert set(rounds[-1]["site_auc"]) == {"site1", "site2"} and 0 <= rounds[-1]["global_auc"] <= 1
+    assert any("site1:" in e.message and "(bilinear)" in e.message for e in events)   # one generator per site
+    assert (server.store / "safety" / "fed-api" / "federation.json").exists()
+    with pytest.raises(openai.BadRequestError, match="already holds a detector 'fed-api'"):
+        client.fine_tuning.jobs.create(model="detector", training_file=f.id, suffix="fed-api",
+                                       hyperparameters={"federated": {"sites": 2}})

@@ -198,6 +198,9 @@ def test_export_tab_exports_and_shows_the_report(client: Client, server: Server)
         client.predict("nope", True, False, api_name="/export")
 
 
+NO_FED = (False, 4, "iid", 10, 50, "fedavg", 0)   # the Federated section's inputs, switched off
+
+
 def wait_for_job(client: Client, job_id: str, status: str, timeout: float = 300) -> tuple:
     """Poll the tab's status until the job succeeds; the last poll's outputs."""
     import time
@@ -227,11 +230,11 @@ def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, t
                 zf.writestr(f"{kind}/{i}.png", buf.getvalue())
     label = "Detector: detector (zip with fake/ and real/)"
     with pytest.raises(Exception, match="upload the training data"):
-        client.predict(label, None, "ui-made", 2, 20, False, 10, 0, api_name="/start_finetune")
-    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-made", 2, 20, False, 10, 0,
+        client.predict(label, None, "ui-made", 2, 20, False, 10, 0, *NO_FED, api_name="/start_finetune")
+    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-made", 2, 20, False, 10, 0, *NO_FED,
                                         api_name="/start_finetune")
     assert job_id.startswith("ftjob-") and job_id in status
-    status, plot, log, _, _ = wait_for_job(client, job_id, status)
+    status, plot, log, _, _, _ = wait_for_job(client, job_id, status)
     assert "Adapter: `detector:ui-made`" in status
     points = plot["value"]["data"] if isinstance(plot, dict) and "value" in plot else plot
     assert points, "no loss points reached the plot"
@@ -244,9 +247,9 @@ def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, t
 
     # Auto: a budget instead of settings; the trials show up as a live table and a plot, then the best
     # trial's adapter and the importances.
-    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-auto", 2, 20, True, 2, 3,
+    job_id, status, *_ = client.predict(label, handle_file(str(data)), "ui-auto", 2, 20, True, 2, 3, *NO_FED,
                                         api_name="/start_finetune")
-    status, _, _, table, points = wait_for_job(client, job_id, status)
+    status, _, _, table, points, _ = wait_for_job(client, job_id, status)
     assert "Adapter: `detector:ui-auto`" in status
     rows = table["data"] if isinstance(table, dict) else table
     assert [r[0] for r in rows] == [0, 1, 2] and rows[0][3].startswith("lr 0.005, rank 2")
@@ -254,3 +257,21 @@ def test_finetune_tab_runs_a_job_to_an_adapter(client: Client, server: Server, t
     assert values, "no trial reached the plot"
     job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}").json()
     assert job["hyperparameters"]["auto"]["budget_s"] == 120 and job["metrics"]["trials"] == 3
+
+    # Federated: the zip split into sites (fake/GENERATOR/ folders are the families), AUC per round
+    # for the global model and each site, and a new detector in the store.
+    fed_zip = tmp_path / "fed.zip"
+    with zipfile.ZipFile(fed_zip, "w") as zf:
+        for i in range(40):
+            fake = f"fake/{('bilinear', 'nearest')[i % 2]}"
+            for kind, im in (("real", texture(rng)), (fake, fake_of(texture(rng), i % 2))):
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                zf.writestr(f"{kind}/{i}.png", buf.getvalue())
+    job_id, status, *_ = client.predict(label, handle_file(str(fed_zip)), "ui-fed", 2, 0, False, 10, 0, True, 2,
+                                        "by-family", 2, 20, "fedavg", 0, api_name="/start_finetune")
+    status, *_, rounds = wait_for_job(client, job_id, status)
+    assert "Detector: `ui-fed`" in status
+    rows = rounds["value"]["data"] if isinstance(rounds, dict) and "value" in rounds else rounds
+    rows = rows["data"] if isinstance(rows, dict) else rows
+    assert {r[2] for r in rows} == {"global", "site1", "site2"} and {r[0] for r in rows} == {1, 2}

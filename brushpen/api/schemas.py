@@ -272,7 +272,9 @@ class FineTuningJobCreate(Strict):
     model: StoreRef = Field(..., max_length=200)
     training_file: str = Field(..., max_length=100)
     suffix: str = Field(..., min_length=1, max_length=64)
-    hyperparameters: dict[str, int | float | bool | str] = Field(default_factory=dict)
+    # scalars, and the two nested settings: {"auto": {"budget_s": ...}} and {"federated": {"sites": ...}}
+    hyperparameters: dict[str, int | float | bool | str | dict[str, int | float | bool | str]] = \
+        Field(default_factory=dict)
     validation_file: None = None
     seed: int | None = None
     metadata: dict[str, str] | None = None

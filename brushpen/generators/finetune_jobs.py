@@ -11,6 +11,10 @@ plots them.
 
 The training data is an uploaded file (purpose `fine-tune`): a JSONL of copy examples for the
 copywriter, a zip of images for the GAN, a zip with `fake/` and `real/` folders for the detector.
+
+A detector job with `hyperparameters.federated` is a federated simulation instead
+(`safety.federated_sim`): the zip is split into sites that train one new detector together, named
+by the suffix, with one event per round (the global model's AUC and each site's).
 """
 
 from __future__ import annotations
@@ -91,7 +95,44 @@ def allowed_hyperparameters(family: str) -> list[str]:
     from brushpen.generators.tune import SPACES
 
     own = [f.name for f in dataclasses.fields(request_class(family)) if f.name not in RESERVED]
-    return own + (["auto"] if family in SPACES else [])
+    return own + (["auto"] if family in SPACES else []) + (["federated"] if family == "safety" else [])
+
+
+# The `federated` hyperparameter: each key's type, and its default.
+FEDERATED = {"sites": (int, 4), "partition": (str, "iid"), "rounds": (int, 10), "local_steps": (int, 50),
+             "strategy": (str, "fedavg"), "min_sites": (int, 0), "dp_noise": (float, 0.0), "dp_clip": (float, 1.0),
+             "seed": (int, 0)}
+MAX_SITES = 8
+
+
+def _federated(body: dict) -> dict | None:
+    """The `federated` hyperparameter, checked and completed with defaults (`FEDERATED`)."""
+    from brushpen.safety.federated import PARTITIONS
+    from brushpen.safety.federated_flower import FederationConfig
+
+    fed = body["hyperparameters"].get("federated")
+    if fed is None:
+        return None
+    if not isinstance(fed, dict) or set(fed) - set(FEDERATED):
+        raise BadParameter("federated takes {" + ", ".join(f'"{k}"' for k in FEDERATED) + "}")
+    out = {}
+    for key, (kind, default) in FEDERATED.items():
+        value = fed.get(key, default)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if isinstance(value, bool) or not ok:
+            raise BadParameter(f"federated.{key} must be {'a number' if kind is float else kind.__name__}")
+        out[key] = kind(value)
+    if not 1 <= out["sites"] <= MAX_SITES:
+        raise BadParameter(f"federated.sites must be 1..{MAX_SITES}")
+    if out["partition"] not in PARTITIONS:
+        raise BadParameter(f"federated.partition must be one of {', '.join(PARTITIONS)}")
+    out["min_sites"] = out["min_sites"] or out["sites"]
+    FederationConfig(out=body["suffix"], **federation_args(out)).check()
+    return out
+
+
+def federation_args(fed: dict) -> dict:
+    return {k: fed[k] for k in ("rounds", "local_steps", "strategy", "min_sites", "dp_noise", "dp_clip", "seed")}
 
 
 def _auto(body: dict) -> dict | None:
@@ -144,6 +185,13 @@ def create_job(store: JobStore, req: FinetuneJobRequest) -> FinetuneJob:
         from brushpen.generators.tune import check_budget, space_of
 
         check_budget(space_of(family), probe, auto["budget_s"])
+    if _federated(body) is not None:
+        from brushpen.safety.detector_train import model_dir
+
+        if auto is not None:
+            raise BadParameter("a job is either auto or federated, not both")
+        if model_dir(req.suffix).exists():
+            raise BadParameter(f"the store already holds a detector '{req.suffix}': pick another suffix")
     job_id = "ftjob-" + secrets.token_hex(12)
     store.create_single(job_id, req.training_file, ENDPOINT, body)
     return get_job(store, job_id)
@@ -252,9 +300,11 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
         add_event(store, job_id, ev.message or f"step {ev.step}/{ev.total}",
                   {"step": ev.step, "total_steps": ev.total, "train_loss": ev.loss, **ev.metrics})
 
-    auto = _auto(body)
+    auto, fed = _auto(body), _federated(body)
     try:
-        if auto is None:
+        if fed is not None:
+            result = _federate(store, job_id, body, data, fed, resume)
+        elif auto is None:
             result = finetune(req, progress)
         else:
             result = _tune(store, job_id, family, req, auto, resume, progress)
@@ -264,7 +314,8 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
     except BrushpenError as e:
         add_event(store, job_id, scrub_paths(f"failed: {e}"), level="error")
         raise
-    add_event(store, job_id, f"done: adapter {result.ref}", {"fine_tuned_model": result.ref})
+    add_event(store, job_id, f"done: {'detector' if fed else 'adapter'} {result.ref}",
+              {"fine_tuned_model": result.ref})
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool))}
     return 200, {"fine_tuned_model": result.ref, "adapter_path": scrub_paths(str(result.path)), "metrics": metrics}
 
@@ -290,6 +341,42 @@ def _tune(store: JobStore, job_id: str, family: str, req: Any, auto: dict, resum
         **({"refit_length": res.refit["length"], "refit_value": res.refit["value"],
             "refit_published": res.refit["published"]} if res.refit else {}),
         **{f"best_{k}": v for k, v in res.best_params.items()}})
+
+
+def _federate(store: JobStore, job_id: str, body: dict, data: Path, fed: dict, resume: bool) -> Any:
+    """A federated job: the zip split into `sites` that train a new detector together (each its own
+    process); one event per round with the global model's AUC and each site's."""
+    from brushpen.adapters import FinetuneResult
+    from brushpen.safety.detector_train import model_dir
+    from brushpen.safety.federated import LocalConfig
+    from brushpen.safety.federated_flower import FederationConfig, state_dir
+    from brushpen.safety.federated_sim import simulate
+    from brushpen.safety.lora_train import _unpack_zip
+
+    folder = _unpack_zip(data, work_dir(job_id) / "data")
+    name = body["suffix"]
+    cfg = FederationConfig(out=name, resume=resume and (state_dir(name) / "state.json").exists(),
+                           **federation_args(fed))
+
+    def on_round(entry: dict) -> None:
+        if store.status(job_id) == "cancelling":
+            raise Cancelled("cancelled")
+        sites = {s: v.get("val_auc") for s, v in entry["sites"].items()}
+        central = (entry.get("central") or {}).get("auc")
+        add_event(store, job_id, f"round {entry['round']}/{cfg.rounds}: global AUC "
+                  + (f"{central:.4f}" if central is not None else "-") + ", "
+                  + ", ".join(f"{s} {v:.4f}" for s, v in sites.items() if v is not None)
+                  + (f"; rejected {len(entry['rejected'])}" if entry["rejected"] else ""),
+                  {"round": entry["round"], "rounds": cfg.rounds, "global_auc": central, "site_auc": sites,
+                   "epsilon": entry.get("epsilon")})
+
+    record = simulate(folder, fed["sites"], fed["partition"], cfg, LocalConfig(seed=fed["seed"]), threads=1,
+                      log=lambda m: add_event(store, job_id, m), on_round=on_round)
+    central = record.get("central") or {}
+    return FinetuneResult(ref=name, path=model_dir(name), metrics={
+        "global_auc": central.get("auc"), "rounds": record["rounds"], "sites": fed["sites"],
+        "partition": fed["partition"], "strategy": fed["strategy"], "epsilon": record["privacy"]["epsilon"],
+        "rejected": sum(len(h["rejected"]) for h in record["history"])})
 
 
 def base_dir(model: str) -> Path:

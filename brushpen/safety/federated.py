@@ -41,13 +41,21 @@ class LocalConfig:
 
 def site_samples(data: Path) -> list[Sample]:
     """A site's images: a build-fakes set (its manifest's splits), or `real/` and `fake/` folders of
-    any images (a fixed fifth held out for validation)."""
+    any images (a fixed fifth held out for validation); sub-folders of `fake/` (`fake/GENERATOR/`)
+    are its families."""
     data = Path(data)
     if (data / "manifest.jsonl").exists():
         return gather([], [data])
     if not (data / "real").is_dir() or not (data / "fake").is_dir():
         raise BadInput(f"{data} holds neither a build-fakes set (manifest.jsonl) nor real/ and fake/ folders")
-    return read_any(data / "real", 0) + read_any(data / "fake", 1)
+    fake = data / "fake"
+    subs = sorted(p for p in fake.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p for p in fake.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if subs and not loose and not any((fake / split).is_dir() for split in ("train", "val", "test")):
+        fakes = [s for sub in subs for s in read_any(sub, 1)]
+    else:
+        fakes = read_any(fake, 1)
+    return read_any(data / "real", 0) + fakes
 
 
 def _bucket(text: str, n: int, seed: int) -> int:

@@ -23,6 +23,18 @@ from brushpen.safety.federated_flower import FederationConfig, state_dir
 from brushpen.store import atomic_write_json
 
 
+def _die_with_parent() -> None:
+    """Linux: a federation's processes are killed when the process that started them dies (a
+    studio killed mid-job leaves no server or site behind)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,16 +73,53 @@ def site_argv(server: str, samples: Path, name: str, local: LocalConfig, threads
             local.augment, "--seed", str(local.seed), "--threads", str(threads)]
 
 
+def central_share(samples: list[Sample], work: Path, fraction: float = 0.2) -> tuple[list[Sample], Path]:
+    """Plain folders have no test split: a seeded fifth of the images becomes the central held-out
+    set (a manifest under `work/central`, for `federated_flower.Central`); the rest go to the sites."""
+    import hashlib
+
+    rows, kept = [], []
+    for s in samples:
+        if int(hashlib.sha256(str(s.path).encode()).hexdigest(), 16) % 1000 < fraction * 1000:
+            s = Sample(s.path, s.label, s.family, "test", s.mask, s.source)
+        kept.append(s)
+        if s.split in ("test", "val"):   # val calibrates the published model
+            rows.append({"path": str(s.path), "label": s.label, "family": s.family, "split": s.split})
+    folder = work / "central"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return kept, folder
+
+
+def _report(state: Path, reported: int, on_round: Callable[[dict], None], final: bool = False) -> int:
+    """Pass each newly finished round of the server's saved history to `on_round`; the rounds reported."""
+    try:
+        record = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return reported
+    done = record["round"] if final else record["round"] - 1   # the last saved one may still gain site scores
+    for entry in record["history"]:
+        if reported < entry["round"] <= done:
+            on_round(entry)
+            reported = entry["round"]
+    return reported
+
+
 def simulate(data: Path, sites: int, how: str, cfg: FederationConfig, local: LocalConfig, threads: int = 1,
-             log: Callable[[str], None] = print) -> dict:
-    """Split `data` into `sites`, run the federation as separate local processes, return its record."""
+             log: Callable[[str], None] = print, on_round: Callable[[dict], None] | None = None) -> dict:
+    """Split `data` into `sites`, run the federation as separate local processes, return its record.
+    `on_round(entry)` sees each round's history entry as it finishes; raising from it stops the
+    federation (every process is killed)."""
     cfg.check()
-    parts = partition(site_samples(data), sites, how, cfg.seed)
     work = state_dir(cfg.out) / "simulation"
     work.mkdir(parents=True, exist_ok=True)
-    cfg.host, cfg.port = "127.0.0.1", free_port()
+    samples = site_samples(data)
     if cfg.central is None and (Path(data) / "manifest.jsonl").exists():
         cfg.central = Path(data)
+    elif cfg.central is None:
+        samples, cfg.central = central_share(samples, work)
+    parts = partition(samples, sites, how, cfg.seed)
+    cfg.host, cfg.port = "127.0.0.1", free_port()
     cfg.min_sites, cfg.expect_sites = min(cfg.min_sites, sites), sites   # every site in the first round
     python = [sys.executable, "-m", "brushpen.cli.main"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -78,7 +127,8 @@ def simulate(data: Path, sites: int, how: str, cfg: FederationConfig, local: Loc
     try:
         out = work / "server.log"
         procs.append(("server", subprocess.Popen(python + server_argv(cfg, threads), env=env, stdout=out.open("w"),
-                                                 stderr=subprocess.STDOUT), out))
+                                                 stderr=subprocess.STDOUT,
+                                                 preexec_fn=_die_with_parent), out))
         for i, part in enumerate(parts):
             name = f"site{i + 1}"
             fams = sorted({s.family for s in part if s.label == 1})
@@ -88,15 +138,20 @@ def simulate(data: Path, sites: int, how: str, cfg: FederationConfig, local: Loc
             out = work / f"{name}.log"
             procs.append((name, subprocess.Popen(python + site_argv(f"127.0.0.1:{cfg.port}", listing, name, local,
                                                                     threads),
-                                                 env=env, stdout=out.open("w"), stderr=subprocess.STDOUT), out))
-        server = procs[0][1]
+                                                 env=env, stdout=out.open("w"), stderr=subprocess.STDOUT,
+                                                 preexec_fn=_die_with_parent), out))
+        server, reported, state = procs[0][1], 0, state_dir(cfg.out) / "state.json"
         while server.poll() is None:
             time.sleep(0.5)
             for name, p, out in procs[1:]:
                 if p.poll() not in (None, 0):
                     raise BadInput(f"{name} stopped ({p.returncode}): {_tail(out)}")
+            if on_round is not None:
+                reported = _report(state, reported, on_round)
         if server.returncode != 0:
             raise BadInput(f"the server stopped ({server.returncode}): {_tail(procs[0][2])}")
+        if on_round is not None:
+            _report(state, reported, on_round, final=True)
         for _, p, _ in procs[1:]:
             p.wait(timeout=60)
     finally:

@@ -1,7 +1,9 @@
 """The Fine-tune tab: start a LoRA fine-tune from an uploaded zip or JSONL, watch its progress and
-loss, and list the adapters it made. Jobs go into the same job store the API's batch and
-fine-tuning jobs use, and the server's batch worker runs them, so a job started here shows up at
-`GET /v1/fine_tuning/jobs` too and survives a restart of the studio."""
+loss, and list the adapters it made; or, for the detector, a federated simulation (the zip split
+into sites that train one new detector, AUC per round for each site and the global model). Jobs go
+into the same job store the API's batch and fine-tuning jobs use, and the server's batch worker runs
+them, so a job started here shows up at `GET /v1/fine_tuning/jobs` too and survives a restart of the
+studio."""
 
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ def _store() -> JobStore:
 
 @user_errors
 def start(base_label: str, upload: str | None, name: str, rank: float, length: float, auto: bool = False,
-          budget_min: float = 0, trials: float = 0):
+          budget_min: float = 0, trials: float = 0, federated: bool = False, sites: float = 4,
+          partition: str = "iid", rounds: float = 10, local_steps: float = 50, strategy: str = "fedavg",
+          dp_noise: float = 0.0):
     if not upload:
         raise BadInput("upload the training data first (a .zip of images or a .jsonl of examples)")
     path = Path(upload)
@@ -52,6 +56,11 @@ def start(base_label: str, upload: str | None, name: str, rank: float, length: f
         hyper[fam.length_field] = float(length) if fam.length_is_float else int(length)
     if auto:   # the settings above are the hand-set trial 0; the search tries others within the budget
         hyper["auto"] = {"budget_s": float(budget_min or 0) * 60, **({"trials": int(trials)} if trials else {})}
+    if federated:
+        if family != "safety":
+            raise BadInput("federated training is for the detector: pick the detector as the base model")
+        hyper = {"federated": {"sites": int(sites), "partition": partition, "rounds": int(rounds),
+                               "local_steps": int(local_steps), "strategy": strategy, "dp_noise": float(dp_noise)}}
     store = _store()
     record = store.add_file(path.name, FILE_PURPOSE, data)
     job = finetune_jobs.create_job(store, FinetuneJobRequest(model, record.id, name.strip(), hyper))
@@ -81,18 +90,30 @@ def _trials(job_id: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     return table, points, words
 
 
+def _rounds(job_id: str) -> pd.DataFrame:
+    """A federated job's AUC per round: the global model's (on the held-out share) and each site's."""
+    rows = []
+    for e in reversed(finetune_jobs.events(_store(), job_id, limit=5000)):
+        if e.data and "round" in e.data:
+            if e.data.get("global_auc") is not None:
+                rows.append((e.data["round"], e.data["global_auc"], "global"))
+            rows += [(e.data["round"], v, site) for site, v in e.data["site_auc"].items() if v is not None]
+    return pd.DataFrame(rows, columns=["round", "auc", "model"])
+
+
 def poll(job_id: str | None):
-    """(status line, loss plot data, recent event log, trials table, metric by trial) of a job."""
+    """(status line, loss plot data, recent event log, trials table, metric by trial, AUC by round)."""
     if not job_id:
         return ("", pd.DataFrame({"step": [], "loss": []}), "", pd.DataFrame(columns=TRIAL_COLUMNS),
-                pd.DataFrame({"trial": [], "value": []}))
+                pd.DataFrame({"trial": [], "value": []}), pd.DataFrame(columns=["round", "auc", "model"]))
     store = _store()
     job = finetune_jobs.get_job(store, job_id)
     prog = job.progress or {}
     done = f" step {prog.get('step')}/{prog.get('total_steps')}" if prog.get("step") is not None else ""
     status = f"**{job.id}**: {SHOWN_STATUS[job.status]}{done}"
     if job.fine_tuned_model:
-        status += f". Adapter: `{job.fine_tuned_model}`; use it as the model name anywhere."
+        what = "Detector" if "federated" in job.hyperparameters else "Adapter"
+        status += f". {what}: `{job.fine_tuned_model}`; use it as the model name anywhere."
     if job.error:
         status += f". Error: {job.error.get('message')}"
     log = "\n".join(e.message for e in reversed(finetune_jobs.events(store, job_id, limit=12)))
@@ -100,7 +121,7 @@ def poll(job_id: str | None):
         pd.DataFrame(columns=TRIAL_COLUMNS), pd.DataFrame({"trial": [], "value": []}), "")
     if importances:
         status += f". {importances}"
-    return status, _plot(job_id), log, table, points
+    return status, _plot(job_id), log, table, points, _rounds(job_id)
 
 
 @user_errors
@@ -138,6 +159,21 @@ def build() -> None:
             budget = gr.Number(10, label=t("Budget (minutes)"), minimum=0.1, elem_id="finetune-budget")
             trials = gr.Number(0, label=t("At most this many trials (0: as the budget allows)"), precision=0,
                                minimum=0, elem_id="finetune-trials")
+        with gr.Accordion(t("Federated (detector): sites that keep their images train one detector"), open=False):
+            gr.Markdown("The zip is split into sites; each site and the server run as their own process and only "
+                        "weights travel (Flower). A fifth of the images is the held-out set that scores the global "
+                        "model; the name above names the new detector. See docs/federated.md.")
+            with gr.Row():
+                federated = gr.Checkbox(False, label=t("Federated"), elem_id="finetune-federated")
+                sites = gr.Number(4, label=t("Sites"), precision=0, minimum=1, maximum=finetune_jobs.MAX_SITES)
+                partition = gr.Dropdown(["iid", "by-family", "by-source"], value="iid", label=t("Split"),
+                                        info="by-family: fake/GENERATOR/ folders dealt to sites")
+                strategy = gr.Dropdown(["fedavg", "fedprox", "fedadam", "fedyogi"], value="fedavg",
+                                       label=t("Strategy"))
+            with gr.Row():
+                rounds = gr.Number(10, label=t("Rounds"), precision=0, minimum=1)
+                local_steps = gr.Number(50, label=t("Local steps per round"), precision=0, minimum=1)
+                dp_noise = gr.Number(0, label=t("DP noise multiplier (0: off)"), minimum=0)
         with gr.Row():
             go = gr.Button(t("Start fine-tune"), variant="primary")
             stop = gr.Button(t("Cancel"))
@@ -148,11 +184,14 @@ def build() -> None:
         trial_table = gr.Dataframe(headers=TRIAL_COLUMNS, interactive=False, label=t("Trials (Auto)"),
                                    elem_id="finetune-trials-table")
         trial_plot = gr.ScatterPlot(x="trial", y="value", title="Metric by trial (Auto)", height=220)
+        round_plot = gr.LinePlot(x="round", y="auc", color="model", title="AUC per round (Federated)", height=240,
+                                 elem_id="finetune-rounds")
         adapters = gr.Dataframe(value=adapters_table, headers=["base", "adapter"], interactive=False,
                                 label=t("Adapters in the store"))
         timer = gr.Timer(2.0)
-        shown = [status, plot, log, trial_table, trial_plot]
-        go.click(start, [base, upload, name, rank, length, auto, budget, trials], [job_id, *shown],
+        shown = [status, plot, log, trial_table, trial_plot, round_plot]
+        go.click(start, [base, upload, name, rank, length, auto, budget, trials, federated, sites, partition, rounds,
+                         local_steps, strategy, dp_noise], [job_id, *shown],
                  concurrency_id="light", api_name="start_finetune")
         stop.click(cancel, job_id, shown, concurrency_id="light", api_name="cancel_finetune")
         timer.tick(user_errors(poll), job_id, shown, concurrency_id="poll", show_progress="hidden",

@@ -47,6 +47,10 @@ KO = {
     "Training data (.zip or .jsonl)": "학습 데이터 (.zip 또는 .jsonl)", "Adapter name": "어댑터 이름",
     "LoRA rank": "LoRA 랭크", "Length (GAN kimg / copy steps / detector steps; 0 = default)":
     "길이 (GAN kimg / 카피 단계 / 판별기 단계; 0 = 기본값)", "Job": "작업", "Events": "이벤트",
+    "Federated (detector): sites that keep their images train one detector":
+    "연합 학습 (판별기): 이미지를 각자 보관한 사이트들이 판별기 하나를 함께 학습", "Federated": "연합 학습",
+    "Sites": "사이트 수", "Split": "분할", "Strategy": "전략", "Rounds": "라운드 수",
+    "Local steps per round": "라운드당 로컬 단계 수", "DP noise multiplier (0: off)": "DP 노이즈 배수 (0: 끔)",
 }
 
 I18N = gr.I18n(ko=KO)
