@@ -142,6 +142,8 @@ def test_two_sites_and_a_tls_server_train_a_detector(data: dict, fed_env: dict, 
     moved = sum(float(np.abs(a - b).sum()) for a, b in zip(get_weights(model), start))
     assert moved > 1.0   # the weights moved from where the server started them
     assert rec["central"]["auc"] > 0.6 and model.calibration.rule != "uncalibrated"
+    metrics = json.loads((Path(fed_env["BRUSHPEN_WEIGHTS"]) / "safety" / "fed2" / "metrics.json").read_text())
+    assert metrics["auc"] == round(rec["central"]["auc"], 4) and metrics["rounds"] == 2   # `models list` shows it
     card = (Path(fed_env["BRUSHPEN_WEIGHTS"]) / "safety" / "fed2" / "card.md").read_text()
     assert "clinic1, clinic2" in card and "`fedavg`" in card and "| 2 |" in card
     # the same name again is refused: the store's detector is never overwritten

@@ -361,6 +361,10 @@ def publish(cfg: FederationConfig, rec: Recorder, central: Central | None) -> di
               "rounds": rounds, "history": rec.history, "central": final,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(folder / "federation.json", record)
+    # what `models list` shows: the central held-out AUC (absent without a central set)
+    atomic_write_json(folder / "metrics.json", {**({"auc": round(final["auc"], 4)} if final else {}),
+                                                "rounds": rounds, "strategy": cfg.strategy,
+                                                "epsilon": privacy["epsilon"]})
     (folder / "card.md").write_text(card(cfg, record), encoding="utf-8")
     return {"model": cfg.out, "path": str(folder), **record}
 
