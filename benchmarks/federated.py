@@ -3,14 +3,15 @@ site alone against federated, on the checker's fake set split into sites, one th
 
     .venv/bin/python benchmarks/federated.py [--data ~/.cache/brushpen/data/fakes] [--sites 4]
         [--partitions iid,by-family,by-source] [--rounds 20] [--local-steps 50] [--dp 0.3,1.0]
-        [--json out.json]
+        [--central-steps N] [--arms centralised,alone,federated] [--json out.json]
 
 For each partition (`brushpen federate simulate --partition P`):
 - **centralised**: one detector on every site's training images pooled;
 - **site alone**: one detector per site on its own images;
 - **federated**: `federate simulate` (FedAvg), each site and the server their own process.
 Every arm runs the same local training (`federated.Site`: balanced, augmented batches, AdamW at a
-constant lr) for rounds x local-steps steps, and is scored on the same held-out set, the data's TEST
+constant lr) for rounds x local-steps steps (the centralised one for `--central-steps`, e.g. sites x
+that, the federation's total compute), and is scored on the same held-out set, the data's TEST
 split (which no site trains on): AUC overall and per fake family. Also: the rounds the federation
 took to come within 0.01 of its final central AUC, bytes each site sent per round, wall time; and
 with `--dp`, the by-family federation again under central DP at each noise multiplier, with epsilon.
@@ -107,11 +108,14 @@ def run(args: argparse.Namespace) -> dict:
     for how in args.partitions.split(","):
         parts = partition(samples, args.sites, how, 0)
         row: dict = {"sites": []}
-        pooled = [s for p in parts for s in p]
-        site, secs = alone(pooled, steps, local, "all")
-        row["centralised"] = {"auc": score(site.model), "seconds": round(secs, 1)}
-        print(how, "centralised", row["centralised"], flush=True)
-        for i, part in enumerate(parts):
+        arms = args.arms.split(",")
+        if "centralised" in arms:
+            pooled = [s for p in parts for s in p]
+            site, secs = alone(pooled, args.central_steps or steps, local, "all")
+            row["centralised"] = {"auc": score(site.model), "seconds": round(secs, 1),
+                                  "steps": args.central_steps or steps}
+            print(how, "centralised", row["centralised"], flush=True)
+        for i, part in enumerate(parts if "alone" in arms else []):
             site, secs = alone(part, steps, local, f"site{i + 1}")
             seen = sorted({s.family for s in part if s.label == 1})
             row["sites"].append({"name": f"site{i + 1}", "families": seen, "auc": score(site.model),
@@ -120,9 +124,10 @@ def run(args: argparse.Namespace) -> dict:
         from brushpen.safety.detector import load_detector
         from brushpen.safety.detector_train import model_dir
 
-        record = federate(data, args.sites, how, args, f"fed-{how}")
-        row["federated"] = {"auc": score(load_detector(model_dir(f"fed-{how}"))), **summary(record)}
-        print(how, "federated", row["federated"], flush=True)
+        if "federated" in arms:
+            record = federate(data, args.sites, how, args, f"fed-{how}")
+            row["federated"] = {"auc": score(load_detector(model_dir(f"fed-{how}"))), **summary(record)}
+            print(how, "federated", row["federated"], flush=True)
         out["partitions"][how] = row
     if args.dp:
         out["dp"] = {}
@@ -142,7 +147,8 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(r: dict) -> str:
     lines = []
     for how, row in r["partitions"].items():
-        fams = [k for k in row["centralised"]["auc"] if k != "all"]
+        first = row.get("centralised") or row.get("federated") or row["sites"][0]
+        fams = [k for k in first["auc"] if k != "all"]
         lines += [f"**{how}** ({r['sites']} sites, {r['rounds']} rounds x {r['local_steps']} steps)", "",
                   "| arm | families trained on | AUC all | " + " | ".join(fams) + " | unseen families, mean |",
                   "|---|---|---|" + "---|" * (len(fams) + 1)]
@@ -152,17 +158,21 @@ def markdown(r: dict) -> str:
             return (f"| {name} | {', '.join(seen) if len(seen) < len(fams) else 'all'} | {auc['all']:.4f} | "
                     + " | ".join(f"{auc[f]:.4f}" for f in fams) + f" | {'-' if mean is None else f'{mean:.4f}'} |")
 
-        lines.append(line("centralised", fams, row["centralised"]["auc"], []))
+        if "centralised" in row:
+            lines.append(line(f"centralised ({row['centralised'].get('steps', r['steps'])} steps)", fams,
+                              row["centralised"]["auc"], []))
         for s in row["sites"]:
             unseen = [f for f in fams if f not in s["families"]]
             lines.append(line(s["name"] + " alone", s["families"], s["auc"], unseen))
-            if unseen:   # the goal: federated beats each site alone on the families that site never saw
+            if unseen and "federated" in row:   # the goal: federated beats each site alone on what it never saw
                 lines.append(line(f"federated, on {s['name']}'s unseen", fams, row["federated"]["auc"], unseen))
-        lines.append(line("federated", fams, row["federated"]["auc"], []))
-        f = row["federated"]
-        lines += ["", f"Federated: within 0.01 of its final AUC after {f['rounds_to_converge']} rounds; "
-                  f"{f['bytes_per_site_round'] / 1e3:.0f} kB sent per site per round (as much received); "
-                  f"{f['wall_s']:.0f} s wall. Centralised: {row['centralised']['seconds']:.0f} s.", ""]
+        if "federated" in row:
+            f = row["federated"]
+            lines += [line("federated", fams, f["auc"], []), "",
+                      f"Federated: within 0.01 of its final AUC after {f['rounds_to_converge']} rounds; "
+                      f"{f['bytes_per_site_round'] / 1e3:.0f} kB sent per site per round (as much received); "
+                      f"{f['wall_s']:.0f} s wall."]
+        lines.append("")
     for noise, d in (r.get("dp") or {}).items():
         lines.append(f"DP noise {noise} (clip {d['clip']}): AUC {d['auc']['all']:.4f}, epsilon {d['epsilon']:.2f} "
                      f"(delta 1e-5)")
@@ -178,6 +188,9 @@ def main() -> int:
     ap.add_argument("--local-steps", type=int, default=50)
     ap.add_argument("--dp", default="", help="noise multipliers for the DP runs (by-family), e.g. 0.3,1.0")
     ap.add_argument("--dp-clip", type=float, default=1.0)
+    ap.add_argument("--central-steps", type=int, default=0,
+                    help="the centralised arm's steps (0: rounds x local steps)")
+    ap.add_argument("--arms", default="centralised,alone,federated")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)
