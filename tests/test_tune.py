@@ -178,6 +178,8 @@ def test_detector_train_tunes_a_whole_detector_into_the_store(env: dict) -> None
     old = env["root"] / "old"
     base = [PYTHON, "-m", "brushpen.cli.main", "tune", "detector-train", "--fake", str(old / "fakes"), "--real",
             str(old / "real"), "--steps", "20", "--snap", "10", "--batch", "16", "--threads", "1"]
+    stale = env["store"] / "safety" / "scratch.t2" / "checkpoint"   # as a pruned trial leaves it
+    stale.mkdir(parents=True)
     out = subprocess.run(base + ["--out", "scratch", "--budget", "5m", "--trials", "3", "--refit", "0.2"],
                          env=run_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

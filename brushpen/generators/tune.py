@@ -542,7 +542,10 @@ def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows:
         raise BadInput(f"the best trial's adapter {src.name} is gone and {final.name} holds another trial")
     for t in st.trials:   # finished trials' leftovers; a trial still running elsewhere keeps its own
         if t.state.is_finished():
-            _remove_trial(Path(t.user_attrs["path"]) if "path" in t.user_attrs else None, f"{req.out}.t{t.number}")
+            name = f"{req.out}.t{t.number}"
+            if space.kind == "model":   # a pruned or failed trial left its half-trained folder too
+                _remove_trial(_model_dir(space, name), name)
+            _remove_trial(Path(t.user_attrs["path"]) if "path" in t.user_attrs else None, name)
     ref = req.out if space.kind == "model" else f"{src.parent.parent.name}:{req.out}"
     return TuneResult(ref=ref, path=final, study=st.study_name, storage=scrub_paths(url),
                       best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
