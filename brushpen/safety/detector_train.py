@@ -100,8 +100,14 @@ def detector_loss(model: torch.nn.Module, x: torch.Tensor, m: torch.Tensor, y: t
 @torch.no_grad()
 def logits_of(model: Detector, images: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
-    device = next(model.parameters()).device
-    out = [model(to_tensor(images[i:i + batch]).to(device))[0].cpu() for i in range(0, len(images), batch)]
+    # a torch detector may sit on a device (a checkpoint during training); edge backends take CPU tensors
+    params = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    device = params.device if params is not None else torch.device("cpu")
+    out = []
+    for i in range(0, len(images), batch):
+        logit = model(to_tensor(images[i:i + batch]).to(device) if device.type != "cpu" else
+                      to_tensor(images[i:i + batch]))[0]
+        out.append(logit.cpu() if device.type != "cpu" else logit)
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
