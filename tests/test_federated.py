@@ -68,11 +68,26 @@ def free_port() -> int:
     return pick()
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """A test that fails half-way leaves no server or site running behind it."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start(env: dict, argv: list[str], name: str) -> subprocess.Popen:
     """A process whose stderr (Flower logs every message) goes to a file: a pipe nobody reads fills up."""
     log = Path(env["BRUSHPEN_HOME"]).parent / f"{name}.{time.monotonic_ns()}.log"
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     proc.log = log
+    STARTED.append(proc)
     return proc
 
 
