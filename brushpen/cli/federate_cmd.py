@@ -48,15 +48,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
 
 
-def _site_flags(p: argparse.ArgumentParser) -> None:
+def _local_flags(p: argparse.ArgumentParser) -> None:
+    """A site's local training, for `site` and (every site alike) `simulate`."""
     _, d = _defaults()
-    p.add_argument("--name", default=None, help="how the server's records name this site (default: the host name)")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--loc-weight", type=float, default=d.loc_weight)
     p.add_argument("--augment", choices=("chain", "basic"), default=d.augment)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--samples", type=Path, help="a sample list written by `federate simulate`")
     c.add_argument("--ca", type=Path, default=None, help="the federation's ca.pem: TLS to the server")
     c.add_argument("--wait", type=float, default=600.0, help="seconds to keep retrying while the server is away")
-    _site_flags(c)
+    c.add_argument("--name", default=None, help="how the server's records name this site (default: the host name)")
+    _local_flags(c)
+    c.add_argument("--seed", type=int, default=_defaults()[1].seed)
+    c.add_argument("--threads", type=int, default=1)
     c.set_defaults(func=run_site)
 
     m = group.add_parser("simulate", help="split one data set into sites and federate them on this machine")
@@ -87,13 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--sites", type=int, default=4)
     m.add_argument("--partition", choices=PARTITIONS, default="iid")
     _server_flags(m)
+    _local_flags(m)
     m.set_defaults(func=run_simulate)
-    for action in m._actions:   # the site's knobs too, under the same names
-        if action.dest in ("seed", "threads"):
-            action.help = "for the server and every site"
-    for flag, kwargs in (("--batch", {"type": int}), ("--lr", {"type": float}), ("--loc-weight", {"type": float}),
-                         ("--augment", {"choices": ("chain", "basic")})):
-        m.add_argument(flag, default=getattr(_defaults()[1], flag[2:].replace("-", "_")), **kwargs)
 
     t = group.add_parser("certs", help="a private CA and server certificate for TLS between server and sites")
     t.add_argument("--out", type=Path, required=True)
