@@ -40,8 +40,13 @@ def cli(env: dict, *args: str) -> list[str]:
 
 
 def finished(db: Path) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED', 'FAIL')").fetchone()[0]
+    """Finished trials; 0 while Optuna is still creating the study's tables in a new file."""
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED', 'FAIL')"
+                               ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
 
 
 def running(db: Path) -> bool:
