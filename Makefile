@@ -11,7 +11,7 @@ PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install chromium run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune data clean-venv
+.PHONY: install chromium postgresql run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 # Flower (federated training) pins fastapi, starlette, uvicorn, rich, typer and protobuf below the
@@ -41,7 +41,13 @@ run: $(STAMP)
 chromium:
 	@test -x /usr/bin/chromium || { apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; }
 
-test: $(STAMP) chromium
+# The scale-out tests start a real PostgreSQL server (Debian's, as an ordinary user, in a temporary
+# folder); install its binaries when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get install -y postgresql || { apt-get update && apt-get install -y postgresql; }; }
+
+test: $(STAMP) chromium postgresql
 	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP)

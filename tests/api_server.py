@@ -75,8 +75,8 @@ class Server:
     """`brushpen studio` (with `--no-ui` unless `ui`) on a free port; `start()` waits until /health answers."""
 
     def __init__(self, home: Path, store: Path, api_key: str | None = None, log: Path | None = None,
-                 ui: bool = False, **env: str):
-        self.home, self.store, self.api_key, self.ui = home, store, api_key, ui
+                 ui: bool = False, args: tuple[str, ...] = (), **env: str):
+        self.home, self.store, self.api_key, self.ui, self.args = home, store, api_key, ui, tuple(args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or home.parent / f"server-{self.port}.log"
@@ -86,7 +86,7 @@ class Server:
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait for /health; returns the seconds it took."""
         args = [PYTHON, "-m", "brushpen.cli.main", "studio", *([] if self.ui else ["--no-ui"]),
-                "--port", str(self.port)]
+                "--port", str(self.port), *self.args]
         if self.api_key:
             args += ["--api-key", self.api_key]
         env = subprocess_env(BRUSHPEN_HOME=str(self.home), BRUSHPEN_WEIGHTS=str(self.store), **self.env)

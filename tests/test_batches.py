@@ -204,7 +204,7 @@ def test_batches_made_in_one_second_run_in_creation_order(tmp_path: Path) -> Non
     assert len({store.get_batch(b).created_at for b in made}) <= 2
     started = []
     for _ in made:
-        bid = store.next_batch()
-        started.append(bid)
-        store.finalize(bid, "completed")
+        claim = store.claim("test-worker", ["/v1/completions"], lease_s=60)
+        started.append(claim.batch_id)
+        store.finalize(claim.batch_id, "completed")
     assert started == made

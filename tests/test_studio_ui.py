@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -184,6 +185,14 @@ def test_models_tab_shows_cards_and_metrics(client: Client, server: Server) -> N
     assert card.startswith("# shapes") and metrics == {"fid": 321.5, "kimg": 0.1}
     card, _ = client.predict("diffusers/tiny", api_name="/model_card")
     assert card == "_(this model has no card)_"
+
+
+def test_models_tab_shows_the_job_queue_and_its_worker(client: Client, server: Server) -> None:
+    batches, workers, summary = client.predict(api_name="/job_queue")
+    rows = workers["data"] if isinstance(workers, dict) else workers
+    assert len(rows) == 1 and rows[0][1] == "images,text,finetune", rows   # the studio's own worker
+    assert float(rows[0][4]) < 60, "its heartbeat is stale"
+    assert re.match(r"\d+ open jobs, \d+ lines to run, 1 workers on sqlite:///", summary), summary
 
 
 def test_export_tab_exports_and_shows_the_report(client: Client, server: Server) -> None:

@@ -23,13 +23,14 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from starlette.routing import compile_path
 
 import brushpen
-from brushpen.api import (handlers, routes_batches, routes_detect, routes_finetune, routes_images, routes_models,
-                          routes_text, service)
+from brushpen.api import (handlers, metrics, routes_batches, routes_detect, routes_finetune, routes_images,
+                          routes_models, routes_text, service)
 from brushpen.api.auth import FailedAuth, require_key
 from brushpen.api.deps import Queue
 from brushpen.api.limits import BodyLimit, WorkQueue
 from brushpen.api.responses import ErrorResponse, Health
-from brushpen.generators.jobs import JobStore, Worker
+from brushpen.generators.jobs import JobStore
+from brushpen.generators.worker import Worker
 
 
 def _env_int(name: str, default: int) -> int:
@@ -122,6 +123,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(routes_images.public)
+    app.include_router(metrics.router, responses=errors)
     # Any other /v1 path is still ours, not the UI's mounted below: behind the key, OpenAI's 404 shape.
     fallback = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 

@@ -12,16 +12,18 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from brushpen.api.limits import WorkQueue
-from brushpen.generators.jobs import JobStore, Worker
+from brushpen.generators.jobs import JobStore
+from brushpen.generators.worker import Worker
 
 
 def job_store(request: Request) -> JobStore:
-    """The SQLite store of files, batches and fine-tuning jobs."""
+    """The store of files, batches and fine-tuning jobs (SQLite, or PostgreSQL with BRUSHPEN_JOBS_URL)."""
     return request.app.state.jobs
 
 
 def job_worker(request: Request) -> Worker:
-    """The batch worker: `wake()` it after a create or a cancel, so it does not wait for its poll."""
+    """The embedded worker: `wake()` it after a create or a cancel, so it does not wait for its poll
+    (a no-op under `--no-worker`, where `brushpen worker` processes poll the store)."""
     return request.app.state.worker
 
 

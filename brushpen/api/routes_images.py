@@ -19,6 +19,7 @@ from brushpen.api.deps import Queue
 from brushpen.api.responses import ErrorResponse, ImagesResponse
 from brushpen.api.schemas import ImageGenerationRequest
 from brushpen.config import get_settings
+from brushpen.generators.jobs import shared_outputs
 from brushpen.store import atomic_write_bytes
 
 router = APIRouter(tags=["images"])
@@ -28,7 +29,10 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
 
 
 def image_dir() -> Path:
-    return get_settings().home / "api" / "images"
+    """Where linked PNGs live: the folder replicas share (`BRUSHPEN_OUTPUTS`), so a link works on
+    whichever replica the load balancer sends the browser to; else under `$BRUSHPEN_HOME`."""
+    shared = shared_outputs()
+    return shared / "images" if shared is not None else get_settings().home / "api" / "images"
 
 
 def save_png(data: bytes) -> str:

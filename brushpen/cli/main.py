@@ -14,13 +14,14 @@ from brushpen.errors import BrushpenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from brushpen.cli import (c2pa_cmd, copy_cmd, data_cmd, detect_cmd, export_cmd, federate_cmd, finetune_cmd, gan_cmd,
-                              image_cmd, models_cmd, studio_cmd, text_cmd, tune_cmd, watermark_cmd)
+    from brushpen.cli import (batch_cmd, c2pa_cmd, copy_cmd, data_cmd, detect_cmd, export_cmd, federate_cmd,
+                              finetune_cmd, gan_cmd, image_cmd, models_cmd, studio_cmd, text_cmd, tune_cmd,
+                              watermark_cmd, worker_cmd)
 
     parser = argparse.ArgumentParser(prog="brushpen", description="brushpen: a generative content studio")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (models_cmd, data_cmd, gan_cmd, image_cmd, text_cmd, copy_cmd, studio_cmd, watermark_cmd, c2pa_cmd,
-                   detect_cmd, export_cmd, finetune_cmd, tune_cmd, federate_cmd):
+                   detect_cmd, export_cmd, finetune_cmd, tune_cmd, federate_cmd, batch_cmd, worker_cmd):
         module.register(sub)
     return parser
 

@@ -15,6 +15,7 @@ import os
 import sys
 
 from brushpen.config import apply_threads, get_settings
+from brushpen.generators.jobs_db import URL_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--api-key", default=None, help="require this key (default: $BRUSHPEN_API_KEY; none: open)")
     s.add_argument("--no-ui", action="store_true", help="serve the REST API only")
     s.add_argument("--threads", type=int, default=None, help="torch threads (default: $BRUSHPEN_THREADS or all)")
+    s.add_argument("--no-worker", action="store_true",
+                   help="serve the API and UI without running jobs: `brushpen worker` processes run them")
+    s.add_argument("--jobs-url", default=None, metavar="URL",
+                   help="the job store: postgresql://... shared by replicas and workers (default: "
+                        "$BRUSHPEN_JOBS_URL, else SQLite under $BRUSHPEN_HOME)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run_studio)
 
@@ -37,14 +43,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_server_app(api_key: str | None, ui: bool = True):
-    """The FastAPI app with the studio mounted at / (when its package is present and `ui` is set)."""
+def build_server_app(api_key: str | None, ui: bool = True, worker: bool = True):
+    """The FastAPI app with the studio mounted at / (when its package is present and `ui` is set);
+    with `worker` it runs jobs too."""
     from fastapi.responses import RedirectResponse
 
     from brushpen.api import ApiSettings, create_app
     from brushpen.api.auth import LoginLimit, key_matches
 
     settings = ApiSettings.from_env(api_key)
+    settings.batch_worker = worker
     app = create_app(settings)
     if ui:   # before Gradio is imported: some of its modules read the folder once, at import
         temp = get_settings().home / "gradio-tmp"
@@ -109,10 +117,13 @@ def run_studio(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach port {args.port} can "
               "use the models and the batch queue. Set --api-key or BRUSHPEN_API_KEY.", file=sys.stderr)
+    if args.jobs_url:
+        os.environ[URL_ENV] = args.jobs_url
     threads = apply_threads(args.threads)
-    app = build_server_app(api_key, ui=not args.no_ui)
+    app = build_server_app(api_key, ui=not args.no_ui, worker=not args.no_worker)
     docs = "/docs" if app.docs_url else "/openapi.json behind the key"
+    jobs = f"{app.state.jobs.describe()}, {'no worker' if args.no_worker else 'worker in process'}"
     print(f"brushpen studio on http://{args.host}:{args.port}  (API: /v1, docs: {docs}, torch threads: {threads}, "
-          f"auth: {'on' if api_key else 'off'})", file=sys.stderr, flush=True)
+          f"auth: {'on' if api_key else 'off'}, jobs: {jobs})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

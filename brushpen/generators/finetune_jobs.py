@@ -287,7 +287,7 @@ def run_job(store: JobStore, body: dict) -> tuple[int, dict]:
     further = [False]
 
     def progress(ev: FinetuneEvent) -> None:
-        if store.status(job_id) == "cancelling":
+        if store.status(job_id) in ("cancelling", "cancelled"):
             raise Cancelled("cancelled")
         if not further[0] and ev.step > reached:
             further[0] = True
@@ -359,7 +359,7 @@ def _federate(store: JobStore, job_id: str, body: dict, data: Path, fed: dict, r
                            **federation_args(fed))
 
     def on_round(entry: dict) -> None:
-        if store.status(job_id) == "cancelling":
+        if store.status(job_id) in ("cancelling", "cancelled"):
             raise Cancelled("cancelled")
         sites = {s: v.get("val_auc") for s, v in entry["sites"].items()}
         central = (entry.get("central") or {}).get("auc")

@@ -1,233 +1,104 @@
-"""Batch jobs: uploaded JSONL files of requests, run by a worker thread, that survive crashes and restarts.
+"""Batch jobs: uploaded JSONL files of requests, run by workers, that survive crashes and restarts.
 
-Everything lives in one SQLite database under `$BRUSHPEN_HOME/jobs/` (WAL mode): uploaded files,
-batches and their lines, kept as brushpen's own records (`FileRecord`, `BatchRecord`, `JobEvent`);
-the API shows them in OpenAI's Files and Batch shapes, so `openai` clients work unchanged. Three
-rules make a job resumable with no lost and no duplicated output:
+Everything lives in one database: by default SQLite under `$BRUSHPEN_HOME/jobs/` (WAL mode), or
+PostgreSQL with `BRUSHPEN_JOBS_URL`, which many API replicas and worker processes share
+(`jobs_db`). It holds uploaded files, batches and their lines, kept as brushpen's own records
+(`FileRecord`, `BatchRecord`, `JobEvent`); the API shows them in OpenAI's Files and Batch shapes,
+so `openai` clients work unchanged. Four rules make a job resumable with no lost and no duplicated
+output:
 - a line's result is written in the same transaction that marks it done, so after a kill a line is
-  either done with its result or still pending, never half-way;
+  either done with its result or still pending, never half-way, and a second result is dropped;
+- a worker claims a line with a lease that its heartbeat extends; a line whose worker died is
+  claimed again when the lease runs out (at once, when the dead worker was on this machine);
 - a line whose request names no seed gets one derived from the batch id and its index
   (`line_seed`), so redoing a line cut off by a kill gives the very output it would have given;
 - the output and error files are written in the same transaction that marks the batch finished.
-A line that kills the worker `MAX_ATTEMPTS` times is failed, so one bad line cannot wedge a job.
+A line that kills its worker `MAX_ATTEMPTS` times is failed, so one bad line cannot wedge a job.
+Workers take lines round robin over fairness keys (a batch's `metadata.user`, else the batch), so
+one client's huge batch does not starve the others.
 
-This module knows nothing of HTTP: the API names the endpoints a batch may run, and hands the
-worker a `LineRunner` that executes one request body and returns (status code, response body),
-and the `ErrorBody` it writes for a line that fails outside the runner.
+This module knows nothing of HTTP: the API names the endpoints a batch may run; `worker.Worker`
+runs lines with a `LineRunner` it is given.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
+import os
 import secrets
-import sqlite3
-import threading
+import socket
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Iterator
+from typing import Collection
 
 from brushpen.config import get_settings
-from brushpen.errors import BadInput, BadParameter, BrushpenError, ModelNotFound
-from brushpen.store import scrub_paths
-
-log = logging.getLogger(__name__)
-
-COMPLETION_WINDOWS = {"24h": 24 * 3600}
-MAX_LINES = 10_000
-MAX_ATTEMPTS = 3
-FINISHED = ("completed", "failed", "cancelled", "expired")
-SINGLE_JOB_WINDOW = "none"   # the completion window of a one-line job (fine-tuning): how it differs from a batch
-LineRunner = Callable[[str, dict], "tuple[int, dict]"]   # (endpoint, body) -> (status, body)
-ErrorBody = Callable[[int, str], dict]                   # (status, message) -> the line's response body
-_running = threading.local()   # which batch the worker thread is running, for runners that report progress
+from brushpen.errors import BadParameter, ModelNotFound
+from brushpen.generators.jobs_db import Conn, Database, jobs_url, open_database
+from brushpen.generators.jobs_records import (COMPLETION_WINDOWS, FINISHED, MAX_ATTEMPTS, MAX_LINES, OPEN,  # noqa: F401
+                                              SINGLE_JOB_WINDOW, BatchRecord, Claim, FileRecord, JobEvent,
+                                              WorkerRecord, current_batch_id, line_record_id, line_seed,
+                                              parse_batch_file, set_current_batch, shared_outputs)
+from brushpen.store import atomic_write_bytes
 
 
-def current_batch_id() -> str | None:
-    """The id of the batch the calling worker thread is running (None outside the worker)."""
-    return getattr(_running, "batch_id", None)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY, purpose TEXT NOT NULL, filename TEXT NOT NULL, bytes INTEGER NOT NULL,
-    created_at INTEGER NOT NULL, content BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY, input_file_id TEXT NOT NULL, endpoint TEXT NOT NULL,
-    completion_window TEXT NOT NULL, status TEXT NOT NULL, metadata TEXT,
-    created_at INTEGER NOT NULL, expires_at INTEGER, in_progress_at INTEGER, finalizing_at INTEGER,
-    completed_at INTEGER, failed_at INTEGER, expired_at INTEGER, cancelling_at INTEGER,
-    cancelled_at INTEGER, output_file_id TEXT, error_file_id TEXT,
-    total INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS lines (
-    batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    status_code INTEGER, response TEXT, PRIMARY KEY (batch_id, idx));
-CREATE INDEX IF NOT EXISTS batches_open ON batches (status, created_at);
-CREATE TABLE IF NOT EXISTS ft_events (
-    job_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at INTEGER NOT NULL, level TEXT NOT NULL,
-    message TEXT NOT NULL, data TEXT, PRIMARY KEY (job_id, seq));
-"""
-
-@dataclass
-class FileRecord:
-    id: str
-    purpose: str
-    filename: str
-    bytes: int
-    created_at: int
-
-
-@dataclass
-class BatchRecord:
-    """A batch, or a one-line job (fine-tuning), as its row in the store."""
-    id: str
-    input_file_id: str
-    endpoint: str
-    completion_window: str           # "24h", or SINGLE_JOB_WINDOW for a one-line job
-    status: str                      # validating, in_progress, finalizing, cancelling, or one of FINISHED
-    metadata: dict | None
-    created_at: int                  # the times are unix seconds, None until the batch gets there
-    expires_at: int | None
-    in_progress_at: int | None
-    finalizing_at: int | None
-    completed_at: int | None
-    failed_at: int | None
-    expired_at: int | None
-    cancelling_at: int | None
-    cancelled_at: int | None
-    output_file_id: str | None
-    error_file_id: str | None
-    total: int                       # lines: all of them, and those done and failed so far
-    completed: int
-    failed: int
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> BatchRecord:
-        return cls(**{**dict(row), "metadata": json.loads(row["metadata"]) if row["metadata"] else None})
-
-
-@dataclass
-class JobEvent:
-    """One progress event of a one-line job (a fine-tuning step, a message); `seq` counts from 0 per job."""
-    job_id: str
-    seq: int
-    created_at: int
-    level: str                       # info, warn, error
-    message: str
-    data: dict | None                # step, total_steps, train_loss, ...; None for a plain message
-
-
-def line_seed(batch_id: str, idx: int) -> int:
-    """The seed a line runs with when its request names none: fixed by the batch and the line."""
-    digest = hashlib.sha256(f"{batch_id}:{idx}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") >> 1   # 31 bits: valid for every generator
-
-
-def _line_id(batch_id: str, idx: int, prefix: str) -> str:
-    # Derived, not random, so a line redone after a crash writes the same output record.
-    return prefix + hashlib.sha256(f"{batch_id}:{idx}:{prefix}".encode()).hexdigest()[:24]
-
-
-def parse_batch_file(data: bytes, endpoint: str | None,
-                     endpoints: Collection[str] | None = None) -> list[tuple[str, dict]]:
-    """(custom_id, body) per line of an OpenAI batch input file; a clear error for the first bad line.
-
-    Every line's url must be one of `endpoints` (the ones the runner takes; None: any), and with
-    `endpoint` given (a batch's, not at upload) that one.
-    """
+def _proc_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot), to tell a live worker from a new process that
+    reuses its pid after a restart; None where /proc is not there."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"the batch file is not UTF-8 text: {e}") from None
-    out: list[tuple[str, dict]] = []
-    seen: set[str] = set()
-    for n, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"line {n} of the batch file is not JSON: {e}") from None
-        except RecursionError:
-            raise BadInput(f"line {n} of the batch file is nested too deeply to read") from None
-        if not isinstance(item, dict):
-            raise BadInput(f"line {n}: expected an object with custom_id, method, url and body")
-        custom_id, method, url, body = (item.get(k) for k in ("custom_id", "method", "url", "body"))
-        if not isinstance(custom_id, str) or not custom_id:
-            raise BadInput(f"line {n}: custom_id must be a non-empty string")
-        if custom_id in seen:
-            raise BadInput(f"line {n}: custom_id '{custom_id}' is used twice; each line needs its own")
-        if method != "POST":
-            raise BadInput(f"line {n}: method must be POST")
-        if not isinstance(url, str) or endpoints is not None and url not in endpoints:
-            raise BadInput(f"line {n}: url '{url}' cannot run in a batch: expected one of {', '.join(endpoints or ())}")
-        if endpoint is not None and url != endpoint:
-            raise BadInput(f"line {n}: url '{url}' differs from the batch endpoint '{endpoint}'")
-        if not isinstance(body, dict):
-            raise BadInput(f"line {n}: body must be a JSON object")
-        unknown = set(item) - {"custom_id", "method", "url", "body"}
-        if unknown:
-            raise BadInput(f"line {n}: unknown fields {', '.join(sorted(unknown))}")
-        seen.add(custom_id)
-        out.append((custom_id, body))
-    if not out:
-        raise BadInput("the batch file holds no requests")
-    if len(out) > MAX_LINES:
-        raise BadInput(f"the batch file holds {len(out):,} requests; the limit is {MAX_LINES:,}")
-    return out
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, proc_start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: alive
+        return True
+    return proc_start is None or _proc_start(pid) in (None, proc_start)
 
 
 class JobStore:
-    """Files, batches and lines in SQLite. Safe to share between threads: each call opens its own
-    connection, and every write is one short `BEGIN IMMEDIATE` transaction."""
+    """Files, batches and lines in SQLite or PostgreSQL. Safe to share between threads and processes:
+    every write is one short transaction.
 
-    def __init__(self, path: Path | None = None):
+    `path` is a SQLite file; without one, `url` (or `BRUSHPEN_JOBS_URL`) picks the database, and
+    without that it is `$BRUSHPEN_HOME/jobs/jobs.sqlite3`."""
+
+    def __init__(self, path: Path | None = None, url: str | None = None):
+        url = url if url is not None else (None if path is not None else jobs_url())
         self.path = Path(path) if path is not None else get_settings().home / "jobs" / "jobs.sqlite3"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        self.db: Database = open_database(self.path, url)
+        self.outputs = shared_outputs()
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        # FULL: a committed line must survive a power cut too, not only a killed process.
-        db.execute("PRAGMA synchronous=FULL")
-        try:
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def describe(self) -> str:
+        return self.db.describe()
 
     # ---- files ---------------------------------------------------------------------------
 
-    def add_file(self, filename: str, purpose: str, data: bytes, db: sqlite3.Connection | None = None) -> FileRecord:
-        rec = FileRecord("file-" + secrets.token_hex(12), purpose, filename, len(data), int(time.time()))
-        sql = "INSERT INTO files (id, purpose, filename, bytes, created_at, content) VALUES (?,?,?,?,?,?)"
-        args = (rec.id, rec.purpose, rec.filename, rec.bytes, rec.created_at, sqlite3.Binary(data))
+    def add_file(self, filename: str, purpose: str, data: bytes, db: Conn | None = None,
+                 file_id: str | None = None) -> FileRecord:
+        """Keep a file: in the database, or with `BRUSHPEN_OUTPUTS` set, a batch's output in that
+        shared folder (written before the row that points at it is committed)."""
+        rec = FileRecord(file_id or "file-" + secrets.token_hex(12), purpose, filename, len(data), int(time.time()))
+        location = None
+        if self.outputs is not None and purpose == "batch_output":
+            location = f"files/{rec.id}.jsonl"
+            atomic_write_bytes(self.outputs / location, data)
+            data = b""
+        sql = "INSERT INTO files (id, purpose, filename, bytes, created_at, content, location) VALUES (?,?,?,?,?,?,?)"
+        args = (rec.id, rec.purpose, rec.filename, rec.bytes, rec.created_at, data, location)
         if db is not None:
             db.execute(sql, args)
         else:
-            with self._write() as w:
+            with self.db.write() as w:
                 w.execute(sql, args)
         return rec
 
     def get_file(self, file_id: str) -> FileRecord:
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT id, purpose, filename, bytes, created_at FROM files WHERE id=?",
                              (file_id,)).fetchone()
         if row is None:
@@ -235,17 +106,27 @@ class JobStore:
         return FileRecord(**dict(row))
 
     def file_content(self, file_id: str) -> bytes:
-        with self._connect() as db:
-            row = db.execute("SELECT content FROM files WHERE id=?", (file_id,)).fetchone()
+        with self.db.read() as db:
+            row = db.execute("SELECT content, location FROM files WHERE id=?", (file_id,)).fetchone()
         if row is None:
             raise ModelNotFound(f"no file with id '{file_id}'")
-        return bytes(row["content"])
+        if not row["location"]:
+            return bytes(row["content"])
+        if self.outputs is None:
+            raise ModelNotFound(f"file '{file_id}' lies in the shared outputs folder, and this server has "
+                                f"no BRUSHPEN_OUTPUTS set")
+        try:
+            return (self.outputs / row["location"]).read_bytes()
+        except FileNotFoundError:
+            raise ModelNotFound(f"file '{file_id}' is missing from the shared outputs folder "
+                                f"(is BRUSHPEN_OUTPUTS the same volume on every replica?)") from None
 
     # ---- batches ---------------------------------------------------------------------------
 
     def create_batch(self, input_file_id: str, endpoint: str, completion_window: str = "24h",
                      metadata: dict | None = None, endpoints: Collection[str] | None = None) -> BatchRecord:
-        """A batch of an uploaded file's lines; `endpoints` are the ones the runner takes (None: any)."""
+        """A batch of an uploaded file's lines; `endpoints` are the ones the runner takes (None: any).
+        Its fairness key is `metadata.user` when given (OpenAI's name for the end user), else itself."""
         if endpoints is not None and endpoint not in endpoints:
             raise BadParameter(f"endpoint '{endpoint}' cannot run in a batch: expected one of {', '.join(endpoints)}")
         if completion_window not in COMPLETION_WINDOWS:
@@ -254,40 +135,50 @@ class JobStore:
             raise BadParameter(f"file '{input_file_id}' was not uploaded with purpose 'batch'")
         lines = parse_batch_file(self.file_content(input_file_id), endpoint, endpoints)
         batch_id = "batch_" + secrets.token_hex(12)
+        user = (metadata or {}).get("user")
+        fair_key = f"user:{user}" if isinstance(user, str) and user else f"batch:{batch_id}"
         now = int(time.time())
-        with self._write() as db:
+        with self.db.write() as db:
             db.execute("INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, metadata, "
-                       "created_at, expires_at, total) VALUES (?,?,?,?,?,?,?,?,?)",
+                       "created_at, expires_at, total, fair_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (batch_id, input_file_id, endpoint, completion_window, "validating",
                         json.dumps(metadata) if metadata else None, now,
-                        now + COMPLETION_WINDOWS[completion_window], len(lines)))
+                        now + COMPLETION_WINDOWS[completion_window], len(lines), fair_key))
             db.executemany("INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?,?,?,?)",
                            [(batch_id, i, cid, json.dumps(body)) for i, (cid, body) in enumerate(lines)])
         return self.get_batch(batch_id)
 
     def get_batch(self, batch_id: str) -> BatchRecord:
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
         if row is None:
             raise ModelNotFound(f"no batch with id '{batch_id}'")
         return BatchRecord.from_row(row)
 
     def list_batches(self, limit: int = 20, after: str | None = None) -> list[BatchRecord]:
-        with self._connect() as db:
+        order = self.db.order
+        with self.db.read() as db:
             # One-line jobs (fine-tuning) share the table but list apart: they have no completion window.
             if after:
-                rows = db.execute("SELECT * FROM batches WHERE created_at <= (SELECT created_at FROM batches "
-                                  "WHERE id=?) AND id != ? AND completion_window != ? ORDER BY created_at DESC, "
-                                  "id DESC LIMIT ?", (after, after, SINGLE_JOB_WINDOW, limit)).fetchall()
+                rows = db.execute(f"SELECT * FROM batches WHERE created_at <= (SELECT created_at FROM batches "
+                                  f"WHERE id=?) AND id != ? AND completion_window != ? ORDER BY created_at DESC, "
+                                  f"{order} DESC LIMIT ?", (after, after, SINGLE_JOB_WINDOW, limit)).fetchall()
             else:
-                rows = db.execute("SELECT * FROM batches WHERE completion_window != ? ORDER BY created_at DESC, "
-                                  "id DESC LIMIT ?", (SINGLE_JOB_WINDOW, limit)).fetchall()
+                rows = db.execute(f"SELECT * FROM batches WHERE completion_window != ? ORDER BY created_at DESC, "
+                                  f"{order} DESC LIMIT ?", (SINGLE_JOB_WINDOW, limit)).fetchall()
+        return [BatchRecord.from_row(r) for r in rows]
+
+    def open_batches(self) -> list[BatchRecord]:
+        """Batches and jobs not finished yet, oldest first (the studio's queue view)."""
+        with self.db.read() as db:
+            rows = db.execute(f"SELECT * FROM batches WHERE status IN ({','.join('?' * len(OPEN))}) "
+                              f"ORDER BY created_at, {self.db.order}", OPEN).fetchall()
         return [BatchRecord.from_row(r) for r in rows]
 
     def cancel(self, batch_id: str) -> BatchRecord:
-        """Ask the worker to stop a batch; lines already done stay in its output file."""
-        with self._write() as db:
-            row = db.execute("SELECT status FROM batches WHERE id=?", (batch_id,)).fetchone()
+        """Ask the workers to stop a batch; lines already done stay in its output file."""
+        with self.db.write() as db:
+            row = db.execute("SELECT status FROM batches WHERE id=?" + self.db.lock_rows, (batch_id,)).fetchone()
             if row is None:
                 raise ModelNotFound(f"no batch with id '{batch_id}'")
             if row["status"] in FINISHED:
@@ -296,86 +187,194 @@ class JobStore:
                        (int(time.time()), batch_id))
         return self.get_batch(batch_id)
 
-    # ---- the worker's side ---------------------------------------------------------------------
-
-    def next_batch(self) -> str | None:
-        """The oldest unfinished batch, moved to in_progress if it was waiting. Ties within one
-        second of `created_at` go by rowid, the order of creation (ids are random)."""
-        with self._write() as db:
-            row = db.execute("SELECT id, status FROM batches WHERE status IN "
-                             "('validating','in_progress','cancelling','finalizing') "
-                             "ORDER BY created_at, rowid LIMIT 1").fetchone()
-            if row is None:
-                return None
-            if row["status"] == "validating":
-                db.execute("UPDATE batches SET status='in_progress', in_progress_at=? WHERE id=?",
-                           (int(time.time()), row["id"]))
-            return row["id"]
-
     def status(self, batch_id: str) -> str:
-        with self._connect() as db:
+        with self.db.read() as db:
             return db.execute("SELECT status FROM batches WHERE id=?", (batch_id,)).fetchone()["status"]
 
-    def claim_line(self, batch_id: str) -> tuple[int, dict, int] | None:
-        """The next pending line (index, body, attempts so far), counting this attempt first, so a
-        line that crashes the process every time is recognised after a restart."""
-        with self._write() as db:
-            row = db.execute("SELECT idx, body, attempts FROM lines WHERE batch_id=? AND status='pending' "
-                             "ORDER BY idx LIMIT 1", (batch_id,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE lines SET attempts=attempts+1 WHERE batch_id=? AND idx=?", (batch_id, row["idx"]))
-            return row["idx"], json.loads(row["body"]), row["attempts"]
+    # ---- the workers' side: claims, leases, results ------------------------------------------
 
-    def finish_line(self, batch_id: str, idx: int, status_code: int, response: dict) -> None:
-        """Record a line's result and mark it done in one transaction; a second call is a no-op."""
+    def claim(self, worker_id: str, endpoints: Collection[str], lease_s: float) -> Claim | None:
+        """Lease the next line to run, round robin over fairness keys: the key served longest ago
+        first, then its batch served longest ago, then the batch's lowest pending line. The attempt
+        is counted now, so a line that kills its worker every time is recognised after a restart."""
+        now = time.time()
+        marks = ",".join("?" * len(endpoints))
+        with self.db.write() as db:
+            candidates = db.execute(
+                f"SELECT b.id, b.endpoint, COALESCE(b.fair_key, b.id) AS fkey FROM batches b "
+                f"LEFT JOIN fair f ON f.key = COALESCE(b.fair_key, b.id) "
+                f"WHERE b.status IN ('validating','in_progress') AND b.endpoint IN ({marks}) "
+                f"AND (b.expires_at IS NULL OR b.expires_at > ?) "
+                f"ORDER BY COALESCE(f.served_at, 0), COALESCE(b.served_at, 0), b.created_at, b.{self.db.order} "
+                f"LIMIT 64", (*endpoints, now)).fetchall()
+            for c in candidates:
+                row = db.execute("SELECT idx, body, attempts FROM lines WHERE batch_id=? AND status='pending' "
+                                 "AND (lease_until IS NULL OR lease_until < ?) ORDER BY idx LIMIT 1"
+                                 + self.db.skip_locked, (c["id"], now)).fetchone()
+                if row is None:
+                    continue
+                db.execute("UPDATE lines SET attempts=attempts+1, worker_id=?, lease_until=?, started_at=? "
+                           "WHERE batch_id=? AND idx=?", (worker_id, now + lease_s, now, c["id"], row["idx"]))
+                db.execute("UPDATE batches SET served_at=?, in_progress_at=COALESCE(in_progress_at, ?), status="
+                           "CASE WHEN status='validating' THEN 'in_progress' ELSE status END WHERE id=?",
+                           (now, int(now), c["id"]))
+                db.execute("INSERT INTO fair (key, served_at) VALUES (?,?) "
+                           "ON CONFLICT (key) DO UPDATE SET served_at=excluded.served_at", (c["fkey"], now))
+                return Claim(c["id"], row["idx"], c["endpoint"], json.loads(row["body"]), row["attempts"])
+        return None
+
+    def finish_line(self, batch_id: str, idx: int, status_code: int, response: dict,
+                    worker_id: str | None = None, seconds: float | None = None) -> bool:
+        """Record a line's result and mark it done in one transaction; a second call is a no-op.
+        Returns whether the batch has no pending line left (then `settle` finalizes it)."""
         ok = 200 <= status_code < 300
-        with self._write() as db:
-            cur = db.execute("UPDATE lines SET status=?, status_code=?, response=? WHERE batch_id=? AND idx=? "
-                             "AND status='pending'", ("done" if ok else "failed", status_code,
-                                                      json.dumps(response), batch_id, idx))
+        with self.db.write() as db:
+            cur = db.execute("UPDATE lines SET status=?, status_code=?, response=?, lease_until=NULL, "
+                             "finished_at=?, seconds=? WHERE batch_id=? AND idx=? AND status='pending'",
+                             ("done" if ok else "failed", status_code, json.dumps(response), time.time(),
+                              seconds, batch_id, idx))
             if cur.rowcount:
                 column = "completed" if ok else "failed"
                 db.execute(f"UPDATE batches SET {column}={column}+1 WHERE id=?", (batch_id,))
+                if worker_id:
+                    column = "lines_done" if ok else "lines_failed"
+                    db.execute(f"UPDATE workers SET {column}={column}+1 WHERE id=?", (worker_id,))
+            left = db.execute("SELECT COUNT(*) AS n FROM lines WHERE batch_id=? AND status='pending'",
+                              (batch_id,)).fetchone()["n"]
+        return left == 0
 
-    def finalize(self, batch_id: str, final_status: str) -> None:
-        """Write the output and error files and mark the batch finished, all in one transaction."""
+    def settle(self) -> list[tuple[str, str]]:
+        """Finalize what is due: cancelled batches once no line of theirs is running, expired ones,
+        and finished ones whose last worker died before finalizing. Returns (batch, new status)."""
+        now = time.time()
+        done = []
+        with self.db.read() as db:
+            rows = db.execute("SELECT b.id, b.status, b.expires_at, "
+                              "(SELECT COUNT(*) FROM lines l WHERE l.batch_id=b.id AND l.status='pending') AS pending, "
+                              "(SELECT COUNT(*) FROM lines l WHERE l.batch_id=b.id AND l.status='pending' "
+                              "AND l.lease_until > ?) AS running "
+                              "FROM batches b WHERE b.status IN ('validating','in_progress','cancelling','finalizing')",
+                              (now,)).fetchall()
+        for r in rows:
+            if r["status"] == "cancelling":
+                final = "cancelled" if r["running"] == 0 else None
+            elif r["expires_at"] and now > r["expires_at"]:
+                final = "expired"
+            else:
+                final = "completed" if r["pending"] == 0 else None
+            if final and self.finalize(r["id"], final):
+                done.append((r["id"], final))
+        return done
+
+    def finalize(self, batch_id: str, final_status: str) -> bool:
+        """Write the output and error files and mark the batch finished, all in one transaction.
+        Returns False when another worker finalized it first."""
         now = int(time.time())
-        with self._write() as db:
+        with self.db.write() as db:
+            row = db.execute("SELECT status FROM batches WHERE id=?" + self.db.lock_rows, (batch_id,)).fetchone()
+            if row is None or row["status"] in FINISHED:
+                return False
             db.execute("UPDATE batches SET finalizing_at=COALESCE(finalizing_at, ?) WHERE id=?", (now, batch_id))
             rows = db.execute("SELECT idx, custom_id, status, status_code, response FROM lines WHERE batch_id=? "
                               "AND status != 'pending' ORDER BY idx", (batch_id,)).fetchall()
-            outputs = {"done": [], "failed": []}
+            outputs: dict[str, list[str]] = {"done": [], "failed": []}
             for r in rows:
-                record = {"id": _line_id(batch_id, r["idx"], "batch_req_"), "custom_id": r["custom_id"],
+                record = {"id": line_record_id(batch_id, r["idx"], "batch_req_"), "custom_id": r["custom_id"],
                           "response": {"status_code": r["status_code"],
-                                       "request_id": _line_id(batch_id, r["idx"], "req_"),
+                                       "request_id": line_record_id(batch_id, r["idx"], "req_"),
                                        "body": json.loads(r["response"])}, "error": None}
                 outputs[r["status"]].append(json.dumps(record, ensure_ascii=False))
             ids = {}
             for kind, name in (("done", "output"), ("failed", "error")):
                 if outputs[kind]:
                     data = ("\n".join(outputs[kind]) + "\n").encode("utf-8")
-                    ids[name] = self.add_file(f"{batch_id}_{name}.jsonl", "batch_output", data, db).id
+                    # Derived, not random: a finalize retried after a crash rewrites the same shared file.
+                    file_id = line_record_id(batch_id, -1, f"file-{name}-")
+                    ids[name] = self.add_file(f"{batch_id}_{name}.jsonl", "batch_output", data, db, file_id).id
             stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at",
                      "failed": "failed_at"}[final_status]
             db.execute(f"UPDATE batches SET status=?, {stamp}=?, output_file_id=?, error_file_id=? WHERE id=?",
                        (final_status, now, ids.get("output"), ids.get("error"), batch_id))
+        return True
+
+    def count_as_first_attempt(self, batch_id: str, idx: int) -> None:
+        """Forget a line's earlier attempts: a long line (a fine-tuning job) that got further than
+        ever before is not one that stops the server, however often a restart interrupted it."""
+        with self.db.write() as db:
+            db.execute("UPDATE lines SET attempts=1 WHERE batch_id=? AND idx=? AND status='pending'", (batch_id, idx))
+
+    def attempts(self, batch_id: str) -> dict[int, int]:
+        """How many times each line was started (tests use it to show no line ran twice)."""
+        with self.db.read() as db:
+            return {r["idx"]: r["attempts"] for r in
+                    db.execute("SELECT idx, attempts FROM lines WHERE batch_id=?", (batch_id,))}
+
+    def line_workers(self, batch_id: str) -> dict[int, str | None]:
+        """Which worker ran (or runs) each line."""
+        with self.db.read() as db:
+            return {r["idx"]: r["worker_id"] for r in
+                    db.execute("SELECT idx, worker_id FROM lines WHERE batch_id=?", (batch_id,))}
+
+    # ---- workers: registration and heartbeats ------------------------------------------------
+
+    def register_worker(self, worker_id: str, families: Collection[str]) -> None:
+        """Announce a worker, first freeing the lines of any dead worker on this machine, whose leases
+        need not run out (a studio restarted after a crash picks its job up at once)."""
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        self.release_dead_local()
+        with self.db.write() as db:
+            db.execute("INSERT INTO workers (id, host, pid, proc_start, families, started_at, heartbeat_at) "
+                       "VALUES (?,?,?,?,?,?,?)", (worker_id, host, pid, _proc_start(pid), ",".join(families), now, now))
+
+    def release_dead_local(self) -> int:
+        """Free the leased lines of this machine's workers whose process is gone; returns how many."""
+        with self.db.read() as db:
+            rows = db.execute("SELECT id, pid, proc_start FROM workers WHERE host=?",
+                              (socket.gethostname(),)).fetchall()
+        freed = 0
+        for r in rows:
+            if not _alive(r["pid"], r["proc_start"]):
+                freed += self.retire_worker(r["id"])
+        return freed
+
+    def retire_worker(self, worker_id: str) -> int:
+        """Forget a worker and free its leased lines (a clean stop, or a dead one); returns how many."""
+        with self.db.write() as db:
+            cur = db.execute("UPDATE lines SET lease_until=NULL WHERE worker_id=? AND status='pending' "
+                             "AND lease_until IS NOT NULL", (worker_id,))
+            db.execute("DELETE FROM workers WHERE id=?", (worker_id,))
+            return cur.rowcount
+
+    def heartbeat(self, worker_id: str, running: Collection[tuple[str, int]], lease_s: float) -> None:
+        """A worker is alive: extend the leases of the lines it runs."""
+        now = time.time()
+        with self.db.write() as db:
+            db.execute("UPDATE workers SET heartbeat_at=? WHERE id=?", (now, worker_id))
+            for batch_id, idx in running:
+                db.execute("UPDATE lines SET lease_until=? WHERE batch_id=? AND idx=? AND worker_id=? "
+                           "AND status='pending'", (now + lease_s, batch_id, idx, worker_id))
+
+    def workers(self) -> list[WorkerRecord]:
+        with self.db.read() as db:
+            rows = db.execute("SELECT id, host, pid, families, started_at, heartbeat_at, lines_done, lines_failed "
+                              "FROM workers ORDER BY started_at").fetchall()
+        return [WorkerRecord(**dict(r)) for r in rows]
 
     # ---- one-line jobs (fine-tuning) and their progress events ------------------------------
 
     def create_single(self, job_id: str, file_id: str, endpoint: str, body: dict) -> None:
         """A job of one line: the line's custom_id is the job's id."""
-        with self._write() as db:
+        with self.db.write() as db:
             db.execute("INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, metadata, "
-                       "created_at, expires_at, total) VALUES (?,?,?,?,?,?,?,?,?)",
-                       (job_id, file_id, endpoint, SINGLE_JOB_WINDOW, "validating", None, int(time.time()), None, 1))
+                       "created_at, expires_at, total, fair_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (job_id, file_id, endpoint, SINGLE_JOB_WINDOW, "validating", None, int(time.time()), None, 1,
+                        f"batch:{job_id}"))
             db.execute("INSERT INTO lines (batch_id, idx, custom_id, body) VALUES (?,?,?,?)",
                        (job_id, 0, job_id, json.dumps(body)))
 
     def single(self, job_id: str, endpoint: str) -> tuple[BatchRecord, dict] | None:
         """(the batch, its one line's row: body, status, status_code, response) of a one-line job, or None."""
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT * FROM batches WHERE id=? AND endpoint=?", (job_id, endpoint)).fetchone()
             if row is None:
                 return None
@@ -385,104 +384,20 @@ class JobStore:
 
     def job_ids(self, endpoint: str, limit: int) -> list[str]:
         """The newest jobs of one endpoint first."""
-        with self._connect() as db:
-            return [r["id"] for r in db.execute("SELECT id FROM batches WHERE endpoint=? ORDER BY created_at DESC, "
-                                                "id DESC LIMIT ?", (endpoint, limit))]
+        with self.db.read() as db:
+            return [r["id"] for r in db.execute(f"SELECT id FROM batches WHERE endpoint=? ORDER BY created_at DESC, "
+                                                f"{self.db.order} DESC LIMIT ?", (endpoint, limit))]
 
     def add_event(self, job_id: str, level: str, message: str, data: dict | None) -> None:
-        with self._write() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM ft_events WHERE job_id=?",
-                             (job_id,)).fetchone()[0]
+        with self.db.write() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 AS seq FROM ft_events WHERE job_id=?",
+                             (job_id,)).fetchone()["seq"]
             db.execute("INSERT INTO ft_events (job_id, seq, created_at, level, message, data) VALUES (?,?,?,?,?,?)",
                        (job_id, seq, int(time.time()), level, message, json.dumps(data) if data else None))
 
     def events(self, job_id: str, limit: int, after: int | None = None) -> list[JobEvent]:
         """A job's events with a seq above `after`, newest first."""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT * FROM ft_events WHERE job_id=? AND seq > ? ORDER BY seq DESC LIMIT ?",
                               (job_id, -1 if after is None else after, limit)).fetchall()
         return [JobEvent(**{**dict(r), "data": json.loads(r["data"]) if r["data"] else None}) for r in rows]
-
-    def count_as_first_attempt(self, batch_id: str, idx: int) -> None:
-        """Forget a line's earlier attempts: a long line (a fine-tuning job) that got further than
-        ever before is not one that stops the server, however often a restart interrupted it."""
-        with self._write() as db:
-            db.execute("UPDATE lines SET attempts=1 WHERE batch_id=? AND idx=? AND status='pending'", (batch_id, idx))
-
-    def attempts(self, batch_id: str) -> dict[int, int]:
-        """How many times each line was started (tests use it to show no line ran twice)."""
-        with self._connect() as db:
-            return {r["idx"]: r["attempts"] for r in
-                    db.execute("SELECT idx, attempts FROM lines WHERE batch_id=?", (batch_id,))}
-
-
-class Worker:
-    """Runs batches one line at a time in a daemon thread; `wake()` after a create or cancel.
-
-    `error_body` makes the response of a line that fails outside `run_line` (it raised, or it
-    stopped the server too often), so every error line has the shape of the runner's own."""
-
-    def __init__(self, store: JobStore, run_line: LineRunner, error_body: ErrorBody, poll_s: float = 1.0):
-        self.store, self.run_line, self.error_body, self.poll_s = store, run_line, error_body, poll_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="brushpen-batch-worker", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch_id = self.store.next_batch()
-                if batch_id is not None:
-                    self.run_batch(batch_id)
-                    continue
-            except Exception:  # a broken database must not kill the worker silently forever
-                log.exception("batch worker error; retrying")
-            self._wake.wait(self.poll_s)
-            self._wake.clear()
-
-    def run_batch(self, batch_id: str) -> None:
-        """Run the pending lines of one batch, then finalize it (completed, cancelled or expired)."""
-        expires_at = self.store.get_batch(batch_id).expires_at
-        while not self._stop.is_set():
-            status = self.store.status(batch_id)
-            if status == "cancelling":
-                return self.store.finalize(batch_id, "cancelled")
-            if expires_at and time.time() > expires_at:
-                return self.store.finalize(batch_id, "expired")
-            claimed = self.store.claim_line(batch_id)
-            if claimed is None:
-                return self.store.finalize(batch_id, "completed")
-            idx, body, attempts = claimed
-            if attempts >= MAX_ATTEMPTS:
-                self.store.finish_line(batch_id, idx, 500, self.error_body(
-                    500, f"this request stopped the server {attempts} times; it was not retried again"))
-                continue
-            body.setdefault("seed", line_seed(batch_id, idx))
-            endpoint = self.store.get_batch(batch_id).endpoint
-            _running.batch_id = batch_id
-            try:
-                status_code, response = self._run_one(endpoint, body)
-            finally:
-                _running.batch_id = None
-            self.store.finish_line(batch_id, idx, status_code, response)
-
-    def _run_one(self, endpoint: str, body: dict) -> tuple[int, dict]:
-        try:
-            return self.run_line(endpoint, body)
-        except BrushpenError as e:
-            status = getattr(e, "http_status", 400)
-            return status, self.error_body(status, scrub_paths(str(e)))
-        except Exception as e:  # one broken line fails alone; the batch goes on
-            log.exception("batch line failed")
-            return 500, self.error_body(500, f"internal error ({type(e).__name__}); see the server log")

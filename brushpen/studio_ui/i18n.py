@@ -13,7 +13,8 @@ KO = {
     # tabs and buttons
     "Images": "이미지", "Copy": "카피", "Checker": "판별기", "History": "기록", "Models": "모델",
     "Export": "내보내기", "Fine-tune": "파인튜닝", "Generate": "생성", "Write": "작성", "Check": "검사",
-    "Walk": "이동", "Refresh": "새로고침", "Cancel": "취소", "Start fine-tune": "파인튜닝 시작",
+    "Walk": "이동", "Refresh": "새로고침", "Job queue": "작업 대기열", "Open batches and jobs": "진행 중인 배치와 작업",
+    "Workers": "워커", "Refresh the queue": "대기열 새로고침", "Cancel": "취소", "Start fine-tune": "파인튜닝 시작",
     "Send to Images": "이미지 탭으로 보내기", "Send to checker": "판별기로 보내기", "🎲 Random": "🎲 무작위",
     "PNG info": "PNG 정보", "Sampling": "샘플링", "Seed walk": "시드 이동",
     # images

@@ -1,10 +1,11 @@
-"""The Models tab: every model in the store with its card and metrics."""
+"""The Models tab: every model in the store with its card and metrics, and the job queue."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from brushpen.store import list_models
+from brushpen.studio_ui import queue_panel
 from brushpen.studio_ui.i18n import t
 
 
@@ -33,3 +34,4 @@ def build() -> None:
         pick.change(_show, pick, [card, metrics], concurrency_id="models", api_name="model_card")
         refresh.click(lambda: (_rows(), gr.update(choices=[m.ref for m in list_models()])),
                       None, [table, pick], concurrency_id="models")
+        queue_panel.build()
