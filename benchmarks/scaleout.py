@@ -8,7 +8,9 @@ binaries, a temporary data directory, fsync on):
   finished (the store's own timestamps; what the workers sustain), and "wall", from submitting to
   the batch's completion, which adds the workers' start (torch import, the model's load).
 - the store's overhead per line: claim + finish + settle check of an empty line, by one process,
-  on SQLite and on PostgreSQL (loopback), median over `--store-lines` lines.
+  on SQLite and on PostgreSQL (loopback), median over `--store-lines` lines; and the store's
+  ceiling, the lines/s of empty lines that 8 claimers at once get through, which bounds how many
+  workers one database can feed.
 Each arm runs `--reps` times, interleaved, and the median counts. The cores of this machine bound
 the scaling: past them, more workers share the same cores.
 
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +84,29 @@ def store_overhead(store: JobStore, lines: int) -> float:
     return statistics.median(times)
 
 
+def store_ceiling(store: JobStore, lines: int, threads: int) -> float:
+    """Lines/s the store alone sustains: `threads` claimers running empty lines at once (one process;
+    psycopg and sqlite3 release the GIL while they wait on the database)."""
+    data = "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": IMAGES, "body": {}}) + "\n"
+                   for i in range(lines)).encode()
+    batch = store.create_batch(store.add_file("ceiling.jsonl", "batch", data).id, IMAGES)
+
+    def work(name: str) -> None:
+        while (c := store.claim(name, [IMAGES], 60)) is not None:
+            if store.finish_line(c.batch_id, c.idx, 200, {"ok": True}, name, 0.0):
+                store.settle()
+
+    start = time.perf_counter()
+    pool = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    assert store.get_batch(batch.id).completed == lines
+    return lines / elapsed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=300)
@@ -88,6 +114,7 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--store-lines", type=int, default=500)
+    ap.add_argument("--store-only", action="store_true", help="only the store's overhead and ceiling")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="brushpen-pg-"))
@@ -103,7 +130,7 @@ def main() -> int:
         stores = {"sqlite": (JobStore(home / "jobs" / "jobs.sqlite3"), sqlite_env),
                   "postgres": (JobStore(url=pg.url), pg_env)}
         data = batch_file(args.lines, args.n)
-        arms = [("postgres", w) for w in map(int, args.workers.split(","))] + [("sqlite", 1)]
+        arms = [] if args.store_only else [("postgres", w) for w in map(int, args.workers.split(","))] + [("sqlite", 1)]
         runs: dict[str, list[dict]] = {f"{s}:{w}": [] for s, w in arms}
         for rep in range(args.reps):
             for s, w in arms:
@@ -113,10 +140,11 @@ def main() -> int:
                 print(f"rep {rep} {s} x{w}: busy {r['busy_lps']:.1f} lines/s, wall {r['wall_lps']:.1f} lines/s, "
                       f"{r['workers_used']} workers ran lines", flush=True)
         overhead = {s: store_overhead(store, args.store_lines) for s, (store, _) in stores.items()}
+        ceiling = {s: store_ceiling(store, args.store_lines * 2, 8) for s, (store, _) in stores.items()}
     finally:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
-    one = statistics.median(r["busy_lps"] for r in runs["postgres:1"])
+    one = statistics.median(r["busy_lps"] for r in runs["postgres:1"]) if "postgres:1" in runs else 1.0
     print(f"\n{os.cpu_count()} cores; {args.lines} lines of emoji64 x{args.n} images; 1 torch thread per worker; "
           f"medians of {args.reps}\n")
     print("| store | workers | busy lines/s | speed-up | wall lines/s (with worker start) |")
@@ -127,12 +155,12 @@ def main() -> int:
         wall = statistics.median(r["wall_lps"] for r in runs[f"{s}:{w}"])
         table[f"{s}:{w}"] = {"busy_lps": busy, "wall_lps": wall}
         print(f"| {s} | {w} | {busy:.1f} | {busy / one:.2f}x | {wall:.1f} |")
-    print("\n| store | claim + finish per line (median) |")
-    print("|---|---|")
+    print("\n| store | claim + finish per line, 1 client (median) | lines/s of empty lines, 8 clients |")
+    print("|---|---|---|")
     for s, v in overhead.items():
-        print(f"| {s} | {v * 1000:.2f} ms |")
+        print(f"| {s} | {v * 1000:.2f} ms | {ceiling[s]:.0f} |")
     if args.out:
-        args.out.write_text(json.dumps({"arms": table, "runs": runs, "overhead_s": overhead,
+        args.out.write_text(json.dumps({"arms": table, "runs": runs, "overhead_s": overhead, "ceiling_lps": ceiling,
                                         "cores": os.cpu_count(), "lines": args.lines, "n": args.n}, indent=2))
     return 0
 

@@ -95,6 +95,8 @@ class Worker:
     def run_until_idle(self) -> None:
         """Run lines in this thread until none is left to claim (the CLI's `--once`, and tests)."""
         self._register()
+        if not self._beat.is_alive():   # a long line (fine-tuning) keeps its lease
+            self._beat.start()
         while self._step():
             pass
         self.store.settle()
