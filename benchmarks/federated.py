@@ -3,12 +3,14 @@ site alone against federated, on the checker's fake set split into sites, one th
 
     .venv/bin/python benchmarks/federated.py [--data ~/.cache/brushpen/data/fakes] [--sites 4]
         [--partitions iid,by-family,by-source] [--rounds 20] [--local-steps 50] [--dp 0.3,1.0]
-        [--central-steps N] [--arms centralised,alone,federated] [--json out.json]
+        [--central-steps N] [--arms centralised,alone,federated] [--strategy fedavg|fedprox|fedadam|fedyogi]
+        [--proximal-mu MU] [--server-lr ETA] [--json out.json]
 
 For each partition (`brushpen federate simulate --partition P`):
 - **centralised**: one detector on every site's training images pooled;
 - **site alone**: one detector per site on its own images;
-- **federated**: `federate simulate` (FedAvg), each site and the server their own process.
+- **federated**: `federate simulate` (`--strategy`, FedAvg by default), each site and the server
+  their own process.
 Every arm runs the same local training (`federated.Site`: balanced, augmented batches, AdamW at a
 constant lr) for rounds x local-steps steps (the centralised one for `--central-steps`, e.g. sites x
 that, the federation's total compute), and is scored on the same held-out set, the data's TEST
@@ -77,7 +79,8 @@ def federate(data: Path, sites: int, how: str, args: argparse.Namespace, out: st
     from brushpen.safety.federated_sim import simulate
 
     cfg = FederationConfig(out=out, rounds=args.rounds, local_steps=args.local_steps, min_sites=sites,
-                           dp_noise=dp, dp_clip=args.dp_clip)
+                           dp_noise=dp, dp_clip=args.dp_clip, strategy=args.strategy, proximal_mu=args.proximal_mu,
+                           server_lr=args.server_lr)
     t0 = time.monotonic()
     record = simulate(data, sites, how, cfg, LocalConfig(), threads=1, log=lambda m: print(m, flush=True))
     record["wall_s"] = round(time.monotonic() - t0, 1)
@@ -191,6 +194,9 @@ def main() -> int:
     ap.add_argument("--central-steps", type=int, default=0,
                     help="the centralised arm's steps (0: rounds x local steps)")
     ap.add_argument("--arms", default="centralised,alone,federated")
+    ap.add_argument("--strategy", default="fedavg", help="the federation's strategy: fedavg, fedprox, fedadam, fedyogi")
+    ap.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx's pull towards the global weights")
+    ap.add_argument("--server-lr", type=float, default=0.01, help="FedAdam/FedYogi's server step")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)

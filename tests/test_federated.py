@@ -280,6 +280,12 @@ def test_partitions_and_the_update_screen(data: dict) -> None:
     iid = partition(samples, 3, "iid")
     paths = [s.path for part in iid for s in part]
     assert len(paths) == len(set(paths)) == sum(s.split != "test" for s in samples)   # disjoint, test kept out
+    for split in ("train", "val"):   # an equal share of each split's reals and fakes, whatever the seed
+        for label in (0, 1):
+            for seed in range(5):
+                counts = [sum(s.split == split and s.label == label for s in p)
+                          for p in partition(samples, 3, "iid", seed)]
+                assert max(counts) - min(counts) <= 1, (split, label, seed, counts)
     by_family = partition(samples, 2, "by-family")
     assert [{s.family for s in p if s.label == 1} for p in by_family] == [{"bilinear"}, {"nearest"}]
     with pytest.raises(BadParameter, match="one fake family per site"):

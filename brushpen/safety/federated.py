@@ -58,15 +58,15 @@ def site_samples(data: Path) -> list[Sample]:
     return read_any(data / "real", 0) + fakes
 
 
-def _bucket(text: str, n: int, seed: int) -> int:
-    return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest(), 16) % n
+def _order(text: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
 def partition(samples: list[Sample], sites: int, how: str, seed: int = 0) -> list[list[Sample]]:
     """Split the train and val samples into `sites` disjoint sites (the test split stays out: it is
     the central held-out set).
 
-    - iid: every sample to a site by a seeded hash of its file.
+    - iid: the samples of each split and label dealt round robin in a seeded hash order of their files.
     - by-family: the fake families dealt round robin (a site sees only its own generators); reals IID.
     - by-source: real photos grouped by source (`photo_source`) and the groups dealt round robin; a
       fake follows the photo it was made from, a fake drawn from noise goes IID."""
@@ -82,14 +82,19 @@ def partition(samples: list[Sample], sites: int, how: str, seed: int = 0) -> lis
     if how == "by-source" and len(sources) < sites:
         raise BadParameter(f"by-source needs at least one photo source per site: {len(sources)} for {sites} sites")
     out: list[list[Sample]] = [[] for _ in range(sites)]
+    spread: dict[tuple[str, int], list[Sample]] = {}   # the samples dealt IID, by split and label
     for s in pool:
         if how == "by-family" and s.label == 1:
-            site = families.index(s.family) % sites
+            out[families.index(s.family) % sites].append(s)
         elif how == "by-source" and photo_source(s) is not None:
-            site = sources.index(photo_source(s)) % sites
+            out[sources.index(photo_source(s)) % sites].append(s)
         else:
-            site = _bucket(str(s.path), sites, seed)
-        out[site].append(s)
+            spread.setdefault((s.split, s.label), []).append(s)
+    # Dealt round robin in a seeded hash order, not hashed one by one: every site gets an equal share
+    # of each split's reals and fakes, so a small upload does not leave a site without any by chance.
+    for group in spread.values():
+        for k, s in enumerate(sorted(group, key=lambda s: _order(str(s.path), seed))):
+            out[k % sites].append(s)
     for i, site in enumerate(out):
         for split in ("train", "val"):
             labels = {s.label for s in site if s.split == split}
@@ -156,7 +161,7 @@ class Site:
         self.model.train()
         losses = []
         for _ in range(steps):
-            rng = np.random.default_rng([self.cfg.seed, _bucket(self.name, 2**31, 0), self.steps_done])
+            rng = np.random.default_rng([self.cfg.seed, int(_order(self.name, 0), 16) % 2**31, self.steps_done])
             idx = self.sampler.batch(self.cfg.batch, rng)
             x, m, y = make_batch(self.images, self.masks, self.labels, idx, rng, self.cfg.model.tile,
                                  recipe=self.cfg.augment)
