@@ -11,7 +11,7 @@ PORT ?= 7860
 # A checkout of NVlabs/stylegan2-ada-pytorch, kept outside this repo, for the side-by-side anchor.
 SG2_REFERENCE ?=
 
-.PHONY: install chromium postgresql run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune data clean-venv
+.PHONY: install chromium postgresql run test test-slow bench bench-copy-tune bench-copy-panel bench-edge bench-finetune bench-scaleout data clean-venv
 
 # torch first, pinned: a CPU wheel of 2.13.0 lies on disk, and a loose requirement pulls CUDA builds.
 # Flower (federated training) pins fastapi, starlette, uvicorn, rich, typer and protobuf below the
@@ -88,6 +88,11 @@ bench-finetune: $(STAMP)
 	$(PY) benchmarks/finetune_gan.py --threads 1
 	$(PY) benchmarks/finetune_text.py --adapter taglines --threads 1
 	$(PY) benchmarks/finetune_detector.py shipped --threads 1
+
+# Batch throughput against worker processes on PostgreSQL, and the store's cost per line (about 6
+# minutes; BENCHMARKS.md, "Scale-out"); needs Debian's postgresql, as `make test` installs it.
+bench-scaleout: $(STAMP) postgresql
+	$(PY) benchmarks/scaleout.py --lines 300 --n 4 --reps 3
 
 clean-venv:
 	rm -rf $(VENV)

@@ -41,6 +41,9 @@ from brushpen.generators.jobs_records import (COMPLETION_WINDOWS, FINISHED, MAX_
 from brushpen.store import atomic_write_bytes
 
 
+STALE_WORKER_S = 86400.0   # a registered worker this long without a heartbeat is forgotten
+
+
 def _proc_start(pid: int) -> str | None:
     """When a process started (clock ticks since boot), to tell a live worker from a new process that
     reuses its pid after a restart; None where /proc is not there."""
@@ -319,10 +322,13 @@ class JobStore:
 
     def register_worker(self, worker_id: str, families: Collection[str]) -> None:
         """Announce a worker, first freeing the lines of any dead worker on this machine, whose leases
-        need not run out (a studio restarted after a crash picks its job up at once)."""
+        need not run out (a studio restarted after a crash picks its job up at once), and forgetting
+        workers silent for a day anywhere."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         self.release_dead_local()
         with self.db.write() as db:
+            # A worker silent for a day on another machine is gone; its leases ran out long ago.
+            db.execute("DELETE FROM workers WHERE heartbeat_at < ?", (now - STALE_WORKER_S,))
             db.execute("INSERT INTO workers (id, host, pid, proc_start, families, started_at, heartbeat_at) "
                        "VALUES (?,?,?,?,?,?,?)", (worker_id, host, pid, _proc_start(pid), ",".join(families), now, now))
 
