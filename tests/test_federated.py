@@ -300,3 +300,39 @@ def test_partitions_and_the_update_screen(data: dict) -> None:
     reasons = screen(g, updates, 10.0)
     assert reasons[:2] == [None, None] and "over" in reasons[2] and "not finite" in reasons[3]
     assert "wrong shapes" in reasons[4]
+
+
+def test_adaptive_strategies_average_the_batchnorm_statistics() -> None:
+    """FedAdam moves the parameters by its normalised step, but BatchNorm's running statistics, which
+    are measurements, take the sites' example-weighted average as under FedAvg."""
+    from types import SimpleNamespace
+
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from brushpen.safety.detector import Detector
+    from brushpen.safety.federated import get_weights, weight_names
+    from brushpen.safety.federated_flower import FederationConfig, Recorder, make_strategy
+
+    cfg = FederationConfig(out="unit", strategy="fedadam", min_sites=2, server_lr=0.01)
+    start = get_weights(Detector(cfg.model))
+    names = weight_names(Detector(cfg.model))
+    stats = [i for i, n in enumerate(names) if n.endswith(("running_mean", "running_var"))]
+    params = [i for i, n in enumerate(names) if i not in stats]
+    assert stats and params
+    strategy = make_strategy(cfg, Recorder(cfg, start, 0, []), None)
+    strategy.global_weights = start
+    results = []
+    for k, (value, n) in enumerate(((1.0, 10), (3.0, 30))):
+        sent = [w + 0.01 * (k + 1) for w in start]
+        for i in stats:
+            sent[i] = np.full_like(start[i], value)
+        results.append((SimpleNamespace(cid=f"site{k}"),
+                        FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent), n, {"site": f"site{k}", "loss": 0.5})))
+    new, _ = strategy.aggregate_fit(1, results, [])
+    new = parameters_to_ndarrays(new)
+    for i in stats:
+        assert np.allclose(new[i], 2.5), names[i]   # (1 x 10 + 3 x 30) / 40
+    plain = 0.25 * 0.01 + 0.75 * 0.02   # FedAvg's move of every parameter
+    moved = [float(np.mean(new[i] - start[i])) for i in params]
+    assert all(abs(m - plain) > 1e-4 for m in moved), "the parameters were averaged, not stepped by Adam"
+    assert np.allclose(strategy.current_weights[stats[0]], 2.5)   # Adam's own copy agrees

@@ -32,7 +32,7 @@ import numpy as np
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.safety.detector import Detector, DetectorConfig
-from brushpen.safety.federated import Site, get_weights, set_weights
+from brushpen.safety.federated import Site, get_weights, set_weights, weight_names
 from brushpen.store import atomic_write_bytes, atomic_write_json
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -212,6 +212,8 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
     extra = {"proximal_mu": cfg.proximal_mu} if cfg.strategy == "fedprox" else \
         {"eta": cfg.server_lr, "tau": 1e-3} if cfg.strategy in ("fedadam", "fedyogi") else {}
     net = Detector(cfg.model)
+    adaptive = cfg.strategy in ("fedadam", "fedyogi")
+    statistics = [i for i, name in enumerate(weight_names(net)) if name.endswith(("running_mean", "running_var"))]
 
     def evaluate_fn(server_round: int, weights: list[np.ndarray], config: dict) -> tuple[float, dict] | None:
         if central is None:
@@ -253,7 +255,21 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
                 log.warning("round %s: %d usable updates, fewer than the quorum of %d: the global model stays",
                             entry["round"], len(kept), cfg.min_sites)
                 return None, {}
-            return super().aggregate_fit(server_round, kept, failures)
+            params, metrics = super().aggregate_fit(server_round, kept, failures)
+            if adaptive and params is not None:
+                params = self._average_statistics(params, kept)
+            return params, metrics
+
+        def _average_statistics(self, params, kept):
+            """BatchNorm's running statistics are measurements, not parameters: FedAdam and FedYogi would
+            move them by their normalised step; they take the sites' weighted average, as in FedAvg."""
+            weights = parameters_to_ndarrays(params)
+            sent = [parameters_to_ndarrays(res.parameters) for _, res in kept]
+            counts = [res.num_examples for _, res in kept]
+            for i in statistics:
+                weights[i] = np.average([w[i] for w in sent], axis=0, weights=counts).astype(weights[i].dtype)
+            self.current_weights = weights   # the adaptive optimiser's own copy of the global model
+            return ndarrays_to_parameters(weights)
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             # the round's new global model (after the DP wrapper's noise): what a restart resumes from
