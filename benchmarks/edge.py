@@ -131,8 +131,12 @@ def _heldout_ids(tokenizer, n_tokens: int, window: int):
 def lm_table(model: str, args: argparse.Namespace) -> list[dict]:
     from brushpen.edge.lm import token_agreement
 
+    from brushpen.edge.common import available_backends
+    from brushpen.edge.export import model_family
+
     rows = []
-    for variant in ("torch", "onnx", "onnx-int8"):
+    exported = available_backends(model_family(model)[0])
+    for variant in ["torch"] + [v for v in ("onnx", "onnx-int8") if v in exported]:
         cmd = [sys.executable, __file__, "--worker", "lm", "--model", model, "--variant", variant,
                "--threads", str(args.threads), "--new-tokens", str(args.new_tokens), "--reps", str(args.reps),
                "--briefs", str(args.briefs), "--agree-tokens", str(args.agree_tokens),
@@ -159,8 +163,9 @@ def lm_table(model: str, args: argparse.Namespace) -> list[dict]:
         print(f"| {r['variant']} | {r['file_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['ttft_ms']:.0f} | "
               f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / ref['decode_tok_s']:.2f}x | {r['agree']:.3f} | "
               f"{r['same']}/{len(r['tokens'])} | {next_tok} | {ppl} |")
-    if len(rows) >= 3:
-        r8, r32 = rows[2], rows[1]
+    by_name = {r["variant"]: r for r in rows}
+    if "onnx" in by_name and "onnx-int8" in by_name:
+        r8, r32 = by_name["onnx-int8"], by_name["onnx"]
         print(f"\nint8 vs ORT fp32: greedy agreement {token_agreement(r32['tokens'], r8['tokens']):.3f}, "
               f"identical {sum(a == b for a, b in zip(r32['tokens'], r8['tokens']))}/{len(r8['tokens'])}; "
               f"perplexity {r32['ppl']:.3f} -> {r8['ppl']:.3f} ({100 * (r8['ppl'] / r32['ppl'] - 1):+.1f}%); "
@@ -193,7 +198,7 @@ def llama_cpp_row(model: str, args: argparse.Namespace) -> dict:
 
 from edge_gan import gan_table, gan_worker  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table, "emoji64": gan_table}
+FAMILIES = {"smollm2-135m": lm_table, "fortunes-lm": lm_table, "qwen2.5-coder-0.5b": lm_table, "emoji64": gan_table}
 WORKERS = {"gan": gan_worker}
 
 

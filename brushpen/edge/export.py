@@ -28,8 +28,9 @@ class ExportRequest:
 def model_family(model: str) -> tuple[Path, str]:
     """(folder, family) of a model name, including the text base model that lives outside the store."""
     from brushpen.text.base import BASE_ALIASES, resolve_text_model
+    from brushpen.text.install import INSTALLABLE
 
-    if str(model) in BASE_ALIASES:
+    if str(model) in BASE_ALIASES or str(model) in INSTALLABLE:
         return resolve_text_model(model), "text"
     path = resolve_model(model)
     family = path.parent.name if path.parent.name in FAMILIES else None

@@ -8,7 +8,9 @@ int8 at run time; parity is greedy decoding under onnxruntime against PyTorch gr
 on fixed prompts; the report lands in `edge/report.json`.
 
 Small models (fortunes-lm) keep their graphs in the store's `edge/` folder; SmolLM2's 540 MB graph
-is derived, so it goes to `$BRUSHPEN_HOME/edge/text/<name>/` (see `edge.common.edge_dir`).
+is derived, so it goes to `$BRUSHPEN_HOME/edge/text/<name>/` (see `edge.common.edge_dir`). A model
+whose fp32 graph would pass protobuf's 2 GB (the installable qwen2.5-coder-0.5b: 2.5 GB) exports its
+int8 graph only (670 MB); torch stays its fp32 backend.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PARITY_PROMPTS = ("The best thing about", "Write one punchy headline for a baker
 PARITY_NEW_TOKENS = 24
 INT8_BLOCK = 32                    # inputs per int8 weight scale (and per activation scale)
 OPSET_LM = 23                      # RMSNormalization, RotaryEmbedding and Attention (see edge.lm_onnx)
+FP32_FILE_LIMIT = 2**31 - 2**26    # protobuf's 2 GB, less room for the graph itself: bigger models export int8 only
 
 
 def graph_specs(num_layers: int, num_kv_heads: int, head_dim: int, vocab: int) -> tuple[list, list]:
@@ -63,6 +66,13 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     edge = edge_dir(model_dir, big=approx_bytes > COMMIT_LIMIT)
     edge.mkdir(parents=True, exist_ok=True)
 
+    # The tied output layer is written twice (a Gather table and a transposed MatMul weight).
+    config = tm.model.config
+    graph_bytes = approx_bytes + (4 * config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0)
+    keep_fp32 = graph_bytes < FP32_FILE_LIMIT
+    if not keep_fp32 and not int8:
+        raise BadParameter(f"the fp32 graph of {model_dir.name} would be {graph_bytes / 2**30:.1f} GB, over ONNX's "
+                           "2 GB single-file limit: export it with --int8 (torch serves it in fp32)")
     progress("exporting the fp32 graph", 0.1)
     proto, shape = export_proto(tm.model)
     name = f"{model_dir.parent.name}/{model_dir.name}"
@@ -70,9 +80,15 @@ def export(model_dir: Path, int8: bool = False, student: bool = False, progress:
     extra = {"num_layers": shape.num_layers, "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
              "vocab_size": shape.vocab_size, "max_positions": shape.max_positions,
              "exporter": "brushpen.edge.lm_onnx (opset 23 RMSNormalization, RotaryEmbedding, Attention)"}
-    sha = write_onnx(proto, edge / "model.onnx")
-    write_info(VariantInfo(name, "onnx", "model.onnx", OPSET_LM, inputs, outputs, sha, source, None, extra), edge)
-    variants = ["onnx"]
+    variants = []
+    if keep_fp32:
+        sha = write_onnx(proto, edge / "model.onnx")
+        write_info(VariantInfo(name, "onnx", "model.onnx", OPSET_LM, inputs, outputs, sha, source, None, extra),
+                   edge)
+        variants.append("onnx")
+    else:   # a graph from an earlier export must not pose as this one's fp32 twin
+        for stale in ("model.onnx", "model.json"):
+            (edge / stale).unlink(missing_ok=True)
     if int8:
         progress("quantizing to int8", 0.45)
         proto8 = quantize(proto)
@@ -118,9 +134,11 @@ def quantize(proto) -> object:
                                                                   MatMulNBitsQuantizer)
 
     with tempfile.TemporaryDirectory() as tmp:
+        # Through files with external data: a 0.5B model's fp32 graph is over protobuf's 2 GB.
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "gather8.onnx"
-        onnx.save_model(proto, src)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+        onnx.save_model(proto, src, save_as_external_data=True, location="fp32.onnx.data")
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                         use_external_data_format=True)
         model = onnx.load_model(dst)
     config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
                                           op_types_to_quantize=("MatMul",))

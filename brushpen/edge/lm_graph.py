@@ -1,6 +1,7 @@
-"""The copywriter LM as a Llama forward with the KV cache as plain tensors: the reference for the ONNX graph.
+"""The copywriter LM as a Llama (or Qwen2) forward with the KV cache as plain tensors: the ONNX graph's reference.
 
-`LlamaGraph` loads a Hugging Face Llama state dict (SmolLM2, the shipped `fortunes-lm`) and runs
+`LlamaGraph` loads a Hugging Face Llama state dict (SmolLM2, the shipped `fortunes-lm`) or a Qwen2 one
+(the installable `qwen2.5-coder-0.5b`: Llama plus q/k/v biases) and runs
 
     (input_ids, attention_mask, position_ids, num_logits, past_key_0, past_value_0, ...)
         -> (logits, present_key_0, present_value_0, ...)
@@ -39,6 +40,7 @@ class LlamaShape:
     rope_theta: float
     max_positions: int
     tie_word_embeddings: bool
+    qkv_bias: bool = False          # Qwen2 adds a bias to the q, k and v projections; Llama does not
 
     @classmethod
     def from_hf(cls, config) -> "LlamaShape":
@@ -46,11 +48,14 @@ class LlamaShape:
         rope_type = rope.get("rope_type", "default")
         if rope_type != "default":
             raise ValueError(f"rope_type '{rope_type}' is not supported by the ONNX export (only 'default')")
+        if getattr(config, "use_sliding_window", False):
+            raise ValueError("sliding-window attention is not supported by the ONNX export")
+        qkv_bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
         theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
                    config.num_attention_heads, config.num_key_value_heads, head_dim, float(config.rms_norm_eps),
-                   float(theta), int(config.max_position_embeddings), bool(config.tie_word_embeddings))
+                   float(theta), int(config.max_position_embeddings), bool(config.tie_word_embeddings), qkv_bias)
 
 
 class RMSNorm(nn.Module):
@@ -72,9 +77,9 @@ class Attention(nn.Module):
     def __init__(self, s: LlamaShape):
         super().__init__()
         self.s = s
-        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=False)
-        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
-        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=False)
+        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=s.qkv_bias)
+        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
         self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, bias, past_k, past_v):

@@ -94,6 +94,9 @@ def build_model(graph: LlamaGraph, inputs: list[TensorSpec], outputs: list[Tenso
                  f"{p}/input_norm", epsilon=eps, axis=-1)
         wqkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).T
         qkv = b.op("MatMul", [h, b.weight(f"{p}.qkv_proj.weight_t", wqkv)], f"{p}/qkv_proj/MatMul")
+        if s.qkv_bias:
+            bqkv = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias])
+            qkv = b.op("Add", [qkv, b.weight(f"{p}.qkv_proj.bias", bqkv)], f"{p}/qkv_proj/Add")
         q, k, v = b.op("Split", [qkv, "split_qkv"], f"{p}/split_qkv", outputs=3, axis=-1)
         q = b.op("RotaryEmbedding", [q, "cos_cache", "sin_cache", "position_ids"], f"{p}/rotary_q",
                  num_heads=s.num_heads)

@@ -64,6 +64,13 @@ class OrtCausalLM:
             out = self.session.run(None, feed)
         return out[0], out[1:]
 
+    def shared_prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray,
+                       batch: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Prefill of a batch whose rows are one prompt (a brief's drafts): run it once, copy the result
+        to every row. The int8 kernels quantize each row on its own, so a row's numbers are the same."""
+        logits, past = self.forward(ids[:1], mask[:1], pos[:1], self.empty_past(1))
+        return np.repeat(logits, batch, axis=0), [np.repeat(p, batch, axis=0) for p in past]
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at every position of a (left-padded) batch in one call, as `model(ids).logits` gives."""
         ids = input_ids.numpy()
@@ -95,8 +102,11 @@ class OrtCausalLM:
         # Prefill: the whole prompt against an empty cache; after that one token per step.
         step_ids, step_pos = ids.numpy(), positions(mask.numpy())
         past = self.empty_past(batch)
-        for _ in range(max_new_tokens):
-            logits, past = self.forward(step_ids, mask.numpy(), step_pos, past)
+        for step in range(max_new_tokens):
+            if step == 0 and batch > 1 and bool((ids == ids[:1]).all()) and bool((mask == mask[:1]).all()):
+                logits, past = self.shared_prefill(step_ids, mask.numpy(), step_pos, batch)
+            else:
+                logits, past = self.forward(step_ids, mask.numpy(), step_pos, past)
             scores = torch.from_numpy(logits[:, -1, :]).float()
             for proc in processors:
                 scores = proc(ids, scores)
