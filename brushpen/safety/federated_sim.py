@@ -60,7 +60,8 @@ def server_argv(cfg: FederationConfig, threads: int) -> list[str]:
     argv = ["federate", "server", "--out", cfg.out, "--host", cfg.host, "--port", str(cfg.port), "--rounds",
             str(cfg.rounds), "--local-steps", str(cfg.local_steps), "--strategy", cfg.strategy, "--min-sites",
             str(cfg.min_sites), "--expect-sites", str(cfg.expect_sites), "--proximal-mu", str(cfg.proximal_mu),
-            "--server-lr", str(cfg.server_lr),
+            *(["--server-lr", str(cfg.server_lr)] if cfg.server_lr is not None else []),
+            "--server-momentum", str(cfg.server_momentum),
             "--max-update", str(cfg.max_update), "--dp-noise", str(cfg.dp_noise), "--dp-clip", str(cfg.dp_clip),
             "--dp-delta", str(cfg.dp_delta), "--round-timeout", str(cfg.round_timeout), "--seed", str(cfg.seed),
             "--threads", str(threads)]

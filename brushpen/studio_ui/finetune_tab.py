@@ -168,7 +168,7 @@ def build() -> None:
                 sites = gr.Number(4, label=t("Sites"), precision=0, minimum=1, maximum=finetune_jobs.MAX_SITES)
                 partition = gr.Dropdown(["iid", "by-family", "by-source"], value="iid", label=t("Split"),
                                         info="by-family: fake/GENERATOR/ folders dealt to sites")
-                strategy = gr.Dropdown(["fedavg", "fedprox", "fedadam", "fedyogi"], value="fedavg",
+                strategy = gr.Dropdown(["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"], value="fedavg",
                                        label=t("Strategy"))
             with gr.Row():
                 rounds = gr.Number(10, label=t("Rounds"), precision=0, minimum=1)
