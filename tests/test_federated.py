@@ -328,7 +328,8 @@ def test_adaptive_strategies_average_the_batchnorm_statistics(kind: str) -> None
         for i in stats:
             sent[i] = np.full_like(start[i], value)
         results.append((SimpleNamespace(cid=f"site{k}"),
-                        FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent), n, {"site": f"site{k}", "loss": 0.5})))
+                        FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sent), n,
+                               {"site": f"site{k}", "loss": 0.5})))
     new, _ = strategy.aggregate_fit(1, results, [])
     new = parameters_to_ndarrays(new)
     for i in stats:
@@ -341,3 +342,22 @@ def test_adaptive_strategies_average_the_batchnorm_statistics(kind: str) -> None
         assert np.allclose(parameters_to_ndarrays(strategy.initial_parameters)[stats[0]], 2.5)   # its own copy
     else:
         assert np.allclose(strategy.current_weights[stats[0]], 2.5)   # Adam's own copy agrees
+
+
+def test_average_last_serves_the_mean_of_the_last_rounds_global_models() -> None:
+    """`--average-last K`: the served, saved and published model is the mean of the last K rounds'
+    global models, taken once per round (evaluate_fn and configure_evaluate both report it)."""
+    from brushpen.safety.federated_flower import FederationConfig, Recorder
+
+    start = [np.zeros(3, np.float32), np.zeros((), np.int64)]
+    rec = Recorder(FederationConfig(out="unit", average_last=3), start, 0, [])
+    for r, value in enumerate((3.0, 6.0, 9.0, 12.0), start=1):
+        got = rec.observe(r, [np.full(3, value, np.float32), np.array(2 * r, np.int64)])
+        assert rec.observe(r, [np.full(3, 100.0, np.float32), np.array(0, np.int64)]) is got   # once a round
+    assert np.allclose(rec.weights[0], 9.0) and rec.weights[0].dtype == np.float32   # (6 + 9 + 12) / 3
+    assert rec.weights[1] == 6 and rec.weights[1].dtype == np.int64                    # (4 + 6 + 8) / 3
+    single = Recorder(FederationConfig(out="unit"), start, 0, [])
+    single.observe(1, [np.full(3, 5.0, np.float32), np.array(1, np.int64)])
+    assert np.allclose(single.weights[0], 5.0)
+    with pytest.raises(BadParameter, match="average-last"):
+        FederationConfig(out="unit", average_last=0).check()

@@ -46,6 +46,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
                    help="a build-fakes set held by the server: its test split scores every round, its val split "
                         "calibrates the result")
     p.add_argument("--round-timeout", type=float, default=d.round_timeout)
+    p.add_argument("--average-last", type=int, default=d.average_last,
+                   help="serve and publish the mean of the last K rounds' global models (1: the last one)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=1)
 
@@ -107,6 +109,7 @@ def _config(args: argparse.Namespace):
                             server_lr=args.server_lr, server_momentum=args.server_momentum,
                             max_update=args.max_update, dp_noise=args.dp_noise, dp_clip=args.dp_clip,
                             dp_delta=args.dp_delta, central=args.central, round_timeout=args.round_timeout,
+                            average_last=args.average_last,
                             seed=args.seed, host=getattr(args, "host", "0.0.0.0"), port=getattr(args, "port", 9092),
                             tls=getattr(args, "tls", None), resume=getattr(args, "resume", False))
 

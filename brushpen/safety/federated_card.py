@@ -31,7 +31,9 @@ def card(cfg: Any, record: dict) -> str:
              + (f" (server lr {cfg.server_eta:g})" if cfg.strategy in ("fedadam", "fedyogi") else "")
              + (f" (server lr {cfg.server_eta:g}, momentum {cfg.server_momentum:g})" if cfg.strategy == "fedavgm"
                 else "")
-             + f", quorum {cfg.min_sites}, updates over {cfg.max_update:g}x rejected, seed {cfg.seed}.",
+             + f", quorum {cfg.min_sites}, updates over {cfg.max_update:g}x rejected, seed {cfg.seed}"
+             + (f"; the published weights are the mean of the last {cfg.average_last} rounds' global models"
+                if getattr(cfg, "average_last", 1) > 1 else "") + ".",
              "", privacy_line(record.get("privacy") or {}), ""]
     if record.get("central"):
         c = record["central"]

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,7 @@ class FederationConfig:
     server_lr: float | None = None            # FedAvgM/FedAdam/FedYogi's server step (None: DEFAULT_SERVER_LR)
     server_momentum: float = 0.9              # FedAvgM's momentum on the averaged update
     max_update: float = 10.0                  # rejection threshold, see `Guarded`
+    average_last: int = 1                     # serve and publish the mean of the last K rounds' global models
     dp_noise: float = 0.0                     # central DP: Gaussian noise multiplier (0: off)
     dp_clip: float = 1.0                      # central DP: each site's update clipped to this L2 norm
     dp_delta: float = 1e-5                    # the delta of the (epsilon, delta) reported
@@ -76,6 +78,8 @@ class FederationConfig:
             raise BadParameter("--rounds, --local-steps and --min-sites must be >= 1, --expect-sites >= 0")
         if self.server_lr is not None and not self.server_lr > 0 or not 0 <= self.server_momentum < 1:
             raise BadParameter("--server-lr must be > 0 and --server-momentum in [0, 1)")
+        if self.average_last < 1:
+            raise BadParameter("--average-last must be >= 1")
         if self.max_update <= 1:
             raise BadParameter("--max-update must be > 1")
         if self.dp_noise < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
@@ -196,6 +200,21 @@ class Recorder:
 
     def __init__(self, cfg: FederationConfig, weights: list[np.ndarray], done: int, history: list[dict]):
         self.cfg, self.weights, self.offset, self.history = cfg, weights, done, history
+        self.recent: deque[list[np.ndarray]] = deque(maxlen=cfg.average_last)
+        self.observed: int | None = None
+
+    def observe(self, server_round: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """Take the round's new global model (after any DP noise); once per round. With `average_last`
+        K > 1 the model served, saved and published is the mean of the last K rounds' global models,
+        a side model that the sites never train from (averaging the end of the trajectory smooths
+        the round-to-round swing of a non-IID federation). A restarted server starts its window anew
+        and resumes training from the saved (averaged) model."""
+        if self.observed != server_round:
+            self.observed = server_round
+            self.recent.append(weights)
+            self.weights = weights if len(self.recent) == 1 else \
+                [np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*self.recent)]
+        return self.weights
 
     def entry(self, server_round: int) -> dict:
         number = self.offset + server_round
@@ -230,11 +249,12 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
     def evaluate_fn(server_round: int, weights: list[np.ndarray], config: dict) -> tuple[float, dict] | None:
         if central is None:
             return None
+        if server_round > 0:
+            weights = rec.observe(server_round, weights)   # the round's global model, noise and all
         set_weights(net, weights)
         scores = central.score(net)
         rec.entry(server_round)["central"] = scores
         if server_round > 0:
-            rec.weights = weights   # the round's global model, noise and all
             rec.save(server_round)
         return 1.0 - scores["auc"], scores
 
@@ -289,7 +309,7 @@ def make_strategy(cfg: FederationConfig, rec: Recorder, central: Central | None)
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             # the round's new global model (after the DP wrapper's noise): what a restart resumes from
-            rec.weights = parameters_to_ndarrays(parameters)
+            rec.observe(server_round, parameters_to_ndarrays(parameters))
             rec.entry(server_round)["epsilon"] = epsilon(cfg, rec.offset + server_round)
             rec.save(server_round)
             return super().configure_evaluate(server_round, parameters, client_manager)

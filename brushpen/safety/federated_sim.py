@@ -63,7 +63,8 @@ def server_argv(cfg: FederationConfig, threads: int) -> list[str]:
             *(["--server-lr", str(cfg.server_lr)] if cfg.server_lr is not None else []),
             "--server-momentum", str(cfg.server_momentum),
             "--max-update", str(cfg.max_update), "--dp-noise", str(cfg.dp_noise), "--dp-clip", str(cfg.dp_clip),
-            "--dp-delta", str(cfg.dp_delta), "--round-timeout", str(cfg.round_timeout), "--seed", str(cfg.seed),
+            "--dp-delta", str(cfg.dp_delta), "--round-timeout", str(cfg.round_timeout),
+            "--average-last", str(cfg.average_last), "--seed", str(cfg.seed),
             "--threads", str(threads)]
     return argv + (["--central", str(cfg.central)] if cfg.central else []) + (["--resume"] if cfg.resume else [])
 
