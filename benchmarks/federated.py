@@ -4,7 +4,7 @@ site alone against federated, on the checker's fake set split into sites, one th
     .venv/bin/python benchmarks/federated.py [--data ~/.cache/brushpen/data/fakes] [--sites 4]
         [--partitions iid,by-family,by-source] [--rounds 20] [--local-steps 50] [--dp 0.3,1.0]
         [--central-steps N] [--arms centralised,alone,federated] [--strategy fedavg|fedprox|fedavgm|fedadam|fedyogi]
-        [--proximal-mu MU] [--server-lr ETA] [--server-momentum M] [--average-last K] [--json out.json]
+        [--proximal-mu MU] [--server-lr ETA] [--server-momentum M] [--average-last K] [--seed S] [--json out.json]
 
 For each partition (`brushpen federate simulate --partition P`):
 - **centralised**: one detector on every site's training images pooled;
@@ -81,9 +81,10 @@ def federate(data: Path, sites: int, how: str, args: argparse.Namespace, out: st
     cfg = FederationConfig(out=out, rounds=args.rounds, local_steps=args.local_steps, min_sites=sites,
                            dp_noise=dp, dp_clip=args.dp_clip, strategy=args.strategy, proximal_mu=args.proximal_mu,
                            server_lr=args.server_lr, server_momentum=args.server_momentum,
-                           average_last=args.average_last)
+                           average_last=args.average_last, seed=args.seed)
     t0 = time.monotonic()
-    record = simulate(data, sites, how, cfg, LocalConfig(), threads=1, log=lambda m: print(m, flush=True))
+    record = simulate(data, sites, how, cfg, LocalConfig(seed=args.seed), threads=1,
+                      log=lambda m: print(m, flush=True))
     record["wall_s"] = round(time.monotonic() - t0, 1)
     return record
 
@@ -202,6 +203,7 @@ def main() -> int:
                     help="FedAvgM/FedAdam/FedYogi's server step (default: 1 for FedAvgM, 0.01 for the others)")
     ap.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM's server momentum")
     ap.add_argument("--average-last", type=int, default=1, help="publish the mean of the last K global models")
+    ap.add_argument("--seed", type=int, default=0, help="the federation's seed (server and sites)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)
