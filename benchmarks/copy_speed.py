@@ -9,6 +9,7 @@ budget, for the equal-budget comparison in BENCHMARKS.md.
 
     .venv/bin/python benchmarks/copy_speed.py --threads 1
     .venv/bin/python benchmarks/copy_speed.py --threads 1 --model qwen2.5-coder-0.5b --repeats 1
+    .venv/bin/python benchmarks/copy_speed.py --threads 1 --model qwen2.5-coder-0.5b --backend onnx-int8
 """
 
 from __future__ import annotations
@@ -33,17 +34,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
+                    help="onnx-int8 after `brushpen export MODEL --int8` (or `brushpen models install`)")
     args = ap.parse_args()
     apply_threads(args.threads)
     briefs = [b for b in json.loads(BRIEFS.read_text(encoding="utf-8")) if b["kind"] == "tagline"]
 
     def request(b: dict, seed: int, **kw) -> CopyRequest:
         return CopyRequest(**{"brief": b["brief"], "kind": "tagline", "tone": b["tone"], "audience": b["audience"],
-                              "n": 3, "seed": seed, "model": args.model, **kw})
+                              "n": 3, "seed": seed, "model": args.model, "backend": args.backend, **kw})
 
     generate_copy(request(briefs[0], 99))   # load and warm up
-    print(f"threads {args.threads}, model {args.model or 'smollm2-135m'}, {len(briefs)} tagline briefs × "
-          f"{args.repeats} repeats\n")
+    print(f"threads {args.threads}, model {args.model or 'smollm2-135m'} ({args.backend}), "
+          f"{len(briefs)} tagline briefs × {args.repeats} repeats\n")
     print("| setting | sequences drafted | median s per brief | variants returned (of 3) |")
     print("|---|---|---|---|")
     for label, kw in SETTINGS:

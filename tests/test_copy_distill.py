@@ -85,3 +85,30 @@ def test_splits_hold_out_whole_offerings_in_the_finetune_format(tmp_path: Path) 
             seen[name].add(next(b.offering for b in briefs if b.brief == ex.brief))
     assert seen["heldout.jsonl"] and seen["heldout.jsonl"] <= held and not seen["train.jsonl"] & held
     assert len(lines) == meta["heldout"]
+
+
+def test_two_shards_share_one_run(tmp_path: Path) -> None:
+    """`--shard 0/2` and `--shard 1/2` run side by side in one folder: each writes its own briefs,
+    and the splits hold the union."""
+    out = tmp_path / "distill"
+    cmds = [[PYTHON, "-m", "brushpen.cli.main", "data", "copy-distill", "--teacher", "fortunes-lm", "--backend",
+             "torch", "--count", "6", "--n", "1", "--draft", "2", "--threads", "1", "--shard", f"{k}/2",
+             "--out", str(out)] for k in (0, 1)]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+             for c in cmds]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    for k in (0, 1):
+        ids = [json.loads(line)["id"] for line in (out / f"progress-{k}-of-2.jsonl").read_text().splitlines()]
+        assert ids == [i for i in range(6) if i % 2 == k]
+    assert [r["id"] for r in distill.all_done_rows(out)] == list(range(6))
+    # The finished run again: nothing left to do, and the splits count all six briefs.
+    cmds[0][cmds[0].index("--shard") + 1] = "0/1"
+    done = subprocess.run(cmds[0], capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "progress.jsonl").exists() or not (out / "progress.jsonl").read_text()
+    assert json.loads(done.stdout)["briefs_done"] == 6
+    bad = subprocess.run(cmds[1][:-4] + ["--shard", "2/2", "--out", str(out)], capture_output=True, text=True,
+                         timeout=600, env=subprocess_env())
+    assert bad.returncode == 2 and "shard" in bad.stderr

@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--draft", type=int, default=3, help="deliberate mode's candidates per variant")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="write only the briefs whose number %% N == K, so N processes share the work (default 0/1)")
     d.add_argument("--out", type=Path, default=None,
                    help="default: $BRUSHPEN_HOME/data/copy-distill (an unfinished run there is resumed)")
     d.set_defaults(func=run_copy_distill)
@@ -109,9 +111,16 @@ def run_copy_distill(args: argparse.Namespace) -> int:
     from brushpen.config import apply_threads
     from brushpen.text.distill import distill
 
+    from brushpen.errors import BadParameter
+
+    try:
+        part, parts = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise BadParameter(f"--shard {args.shard!r}: want K/N, e.g. 0/2") from None
     apply_threads(args.threads)
     out = args.out or get_settings().data_dir / "copy-distill"
     info = distill(out, args.teacher, args.count, seed=args.seed, backend=args.backend, n=args.n, draft=args.draft,
-                   log=lambda line: print(line, file=sys.stderr, flush=True))
-    print(json.dumps({"out": str(out), **{k: info[k] for k in ("train", "heldout", "briefs_with_no_passing_copy")}}))
+                   shard=(part, parts), log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({"out": str(out), **{k: info[k] for k in ("briefs_done", "train", "heldout",
+                                                                "briefs_with_no_passing_copy")}}))
     return 0

@@ -16,9 +16,9 @@ purpose: the checks refuse copy that invents one, so the kept copy shows the stu
 brief's facts and nothing else.
 
 The work is resumable: every brief's result is appended to `progress.jsonl` as it finishes (a torn
-last line is dropped on resume), and `train.jsonl`, `heldout.jsonl` and `dataset.json` are written
-atomically from it at the end. The held-out split is whole offerings, so the student's held-out loss
-is measured on products it never saw.
+last line is dropped on resume); `--shard K/N` splits it between processes, and `train.jsonl`,
+`heldout.jsonl` and `dataset.json` are written atomically from it at the end. The held-out split is
+whole offerings, so the student's held-out loss is measured on products it never saw.
 """
 
 from __future__ import annotations
@@ -164,31 +164,52 @@ def _done_rows(progress: Path) -> list[dict]:
     return rows
 
 
+def progress_file(out: Path, shard: tuple[int, int] = (0, 1)) -> Path:
+    """`progress.jsonl`, or `progress-K-of-N.jsonl` for shard K of N (briefs whose id % N == K)."""
+    k, n = shard
+    return out / ("progress.jsonl" if n == 1 else f"progress-{k}-of-{n}.jsonl")
+
+
+def all_done_rows(out: Path) -> list[dict]:
+    """Every finished brief in `out`, whichever shard wrote it, by id."""
+    rows: dict[int, dict] = {}
+    for f in sorted(Path(out).glob("progress*.jsonl")):
+        for r in _done_rows(f):
+            rows.setdefault(r["id"], r)
+    return [rows[i] for i in sorted(rows)]
+
+
 def distill(out: Path, teacher: str, count: int, seed: int = 0, backend: str = "onnx-int8", n: int = 2,
-            draft: int = 3, log: Callable[[str], None] = print) -> dict:
-    """Teacher copy for `count` synthetic briefs into `out` (resuming a run there); returns dataset.json."""
+            draft: int = 3, shard: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> dict:
+    """Teacher copy for `count` synthetic briefs into `out` (resuming a run there); returns dataset.json.
+
+    With `shard=(K, N)`, this process writes only the briefs whose id % N == K, so N processes (or
+    machines sharing `out`) split the work; each writes the splits from every brief done so far, and
+    the last to finish writes the whole set."""
     from brushpen.generators.copy import CopyRequest, generate_copy
 
+    k, shards = shard
+    if shards < 1 or not 0 <= k < shards:
+        raise BadParameter(f"shard {k}/{shards}: want K/N with 0 <= K < N")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = out / "progress.jsonl"
-    done = _done_rows(progress)
-    if done:   # rewrite without a torn tail before appending
-        atomic_write_text(progress, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
-    briefs = synthetic_briefs(count, seed)
-    start, t0 = len(done), time.perf_counter()
+    progress = progress_file(out, shard)
+    mine = _done_rows(progress)
+    if mine:   # rewrite without a torn tail before appending
+        atomic_write_text(progress, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mine))
+    finished = {r["id"] for r in all_done_rows(out)}
+    todo = [b for b in synthetic_briefs(count, seed) if b.id % shards == k and b.id not in finished]
+    t0 = time.perf_counter()
     with progress.open("a", encoding="utf-8") as f:
-        for b in briefs[start:]:
+        for i, b in enumerate(todo, 1):
             result = generate_copy(CopyRequest(b.brief, b.kind, b.tone, b.audience, n=n, seed=seed * 100_000 + b.id,
                                                model=teacher, backend=backend, draft=draft))
             row = {**asdict(b), "copies": result.texts}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
-            done.append(row)
-            if (b.id + 1) % 25 == 0:
-                rate = (b.id + 1 - start) / (time.perf_counter() - t0)
-                log(f"{b.id + 1}/{count} briefs, {sum(len(r['copies']) for r in done)} copies kept, "
-                    f"{rate * 60:.1f} briefs/min")
+            if i % 25 == 0 or i == len(todo):
+                log(f"shard {k}/{shards}: {i}/{len(todo)} briefs, {i / (time.perf_counter() - t0) * 60:.1f} briefs/min")
+    done = [r for r in all_done_rows(out) if r["id"] < count]
     return write_splits(out, done, teacher, backend, count, seed, n, draft)
 
 
@@ -203,7 +224,8 @@ def write_splits(out: Path, done: list[dict], teacher: str, backend: str, count:
             (heldout if r["offering"] in held else train).append({k: v for k, v in line.items() if v is not None})
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    meta = {"teacher": teacher, "backend": backend, "briefs": count, "seed": seed, "variants_per_brief": n,
+    meta = {"teacher": teacher, "backend": backend, "briefs": count, "briefs_done": len(done), "seed": seed,
+            "variants_per_brief": n,
             "draft": draft, "kept": len(train) + len(heldout), "train": len(train), "heldout": len(heldout),
             "briefs_with_no_passing_copy": sum(not r["copies"] for r in done),
             "heldout_offerings": sorted(held), "filter": "deliberate mode: every check of brushpen.text.checks"}
