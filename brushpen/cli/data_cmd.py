@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--count", type=int, default=1200, help="synthetic briefs (each gives up to --n copies)")
     d.add_argument("--n", type=int, default=2, help="variants kept per brief")
     d.add_argument("--draft", type=int, default=3, help="deliberate mode's candidates per variant")
+    d.add_argument("--temperature", type=float, default=None,
+                   help="the teacher's sampling temperature (default 0.3, cooler than the studio's 0.7)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--shard", default="0/1", metavar="K/N",
@@ -109,7 +111,7 @@ def run_copy_pairs(args: argparse.Namespace) -> int:
 
 def run_copy_distill(args: argparse.Namespace) -> int:
     from brushpen.config import apply_threads
-    from brushpen.text.distill import distill
+    from brushpen.text.distill import TEACHER_TEMPERATURE, distill
 
     from brushpen.errors import BadParameter
 
@@ -120,6 +122,7 @@ def run_copy_distill(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     out = args.out or get_settings().data_dir / "copy-distill"
     info = distill(out, args.teacher, args.count, seed=args.seed, backend=args.backend, n=args.n, draft=args.draft,
+                   temperature=TEACHER_TEMPERATURE if args.temperature is None else args.temperature,
                    shard=(part, parts), log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({"out": str(out), **{k: info[k] for k in ("briefs_done", "train", "heldout",
                                                                 "briefs_with_no_passing_copy")}}))

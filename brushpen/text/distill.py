@@ -109,12 +109,19 @@ OFFERINGS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Electric scooter rental", ("unlock with the app", "$0.25 a minute", "helmet included")),
 )
 
-AUDIENCES = (
-    "busy parents", "students", "small business owners", "retirees", "outdoor enthusiasts", "new homeowners",
-    "remote workers", "pet owners", "young professionals", "families with young kids", "music lovers",
-    "home cooks", "commuters", "first-time buyers", "local residents", None,
-)
+# Audiences broad enough to suit any offering: the first run drew narrow ones at random ("music
+# lovers" for a sourdough kit), and the teacher dutifully wrote "Sourdough Starter Kit for Music Fans".
+# Half the briefs name none (the prompt then says "a general audience").
+AUDIENCES = ("local residents", "first-time customers", "busy people", "young professionals", "families",
+             "people on a budget")
+NO_AUDIENCE_SHARE = 0.5
 TONES = ("friendly", "confident", "playful", "warm", "urgent", "premium", "calm", "witty", "energetic", None)
+
+
+# The teacher drafts cooler than the studio's deliberate mode (0.7): on 30 synthetic briefs its
+# copy at 0.3 read plainer, with fewer invented details and garbled phrases (BENCHMARKS.md, "The
+# distilled copywriter"); the picks still differ, by the `distinct` check.
+TEACHER_TEMPERATURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,8 @@ def synthetic_briefs(count: int, seed: int = 0) -> list[SyntheticBrief]:
         # "Dog harness with reflective stitching", but "Yoga mat, natural rubber, 6 mm thick".
         joiner = " " if chosen[0].startswith(("with ", "for ", "in ", "at ", "on ", "from ")) else ", "
         brief = offering + joiner + ", ".join(chosen)
-        out.append(SyntheticBrief(i, offering, brief, kinds[i % len(kinds)], rng.choice(TONES), rng.choice(AUDIENCES)))
+        audience = None if rng.random() < NO_AUDIENCE_SHARE else rng.choice(AUDIENCES)
+        out.append(SyntheticBrief(i, offering, brief, kinds[i % len(kinds)], rng.choice(TONES), audience))
     return out
 
 
@@ -180,7 +188,8 @@ def all_done_rows(out: Path) -> list[dict]:
 
 
 def distill(out: Path, teacher: str, count: int, seed: int = 0, backend: str = "onnx-int8", n: int = 2,
-            draft: int = 3, shard: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> dict:
+            draft: int = 3, temperature: float = TEACHER_TEMPERATURE, shard: tuple[int, int] = (0, 1),
+            log: Callable[[str], None] = print) -> dict:
     """Teacher copy for `count` synthetic briefs into `out` (resuming a run there); returns dataset.json.
 
     With `shard=(K, N)`, this process writes only the briefs whose id % N == K, so N processes (or
@@ -203,18 +212,34 @@ def distill(out: Path, teacher: str, count: int, seed: int = 0, backend: str = "
     with progress.open("a", encoding="utf-8") as f:
         for i, b in enumerate(todo, 1):
             result = generate_copy(CopyRequest(b.brief, b.kind, b.tone, b.audience, n=n, seed=seed * 100_000 + b.id,
-                                               model=teacher, backend=backend, draft=draft))
+                                               model=teacher, backend=backend, draft=draft,
+                                               temperature=temperature))
             row = {**asdict(b), "copies": result.texts}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             if i % 25 == 0 or i == len(todo):
                 log(f"shard {k}/{shards}: {i}/{len(todo)} briefs, {i / (time.perf_counter() - t0) * 60:.1f} briefs/min")
     done = [r for r in all_done_rows(out) if r["id"] < count]
-    return write_splits(out, done, teacher, backend, count, seed, n, draft)
+    return write_splits(out, done, teacher, backend, count, seed, n, draft, temperature)
+
+
+def teacher_source(teacher: str, backend: str, n: int, draft: int, temperature: float) -> dict:
+    """The teacher as the adapter card's "Data" section lists a source: package, version, licence, how."""
+    from brushpen.text.install import INSTALLABLE
+
+    how = (f"copy written by {teacher} ({backend}) for synthetic briefs (brushpen/text/distill.py: offerings x "
+           f"audiences x tones x kinds), deliberate mode with {draft} drafts per variant at temperature "
+           f"{temperature:g}, {n} variants a brief, "
+           f"kept only where every check passed")
+    if teacher in INSTALLABLE:
+        m = INSTALLABLE[teacher]
+        return {"package": "PyPI " + ", ".join(p.package for p in m.parts), "version": m.parts[0].version,
+                "licence": f"{m.licence}, the upstream {m.upstream.split(' ')[0]}'s terms", "how": how}
+    return {"package": teacher, "version": "", "licence": "see the teacher's card", "how": how}
 
 
 def write_splits(out: Path, done: list[dict], teacher: str, backend: str, count: int, seed: int, n: int,
-                 draft: int) -> dict:
+                 draft: int, temperature: float = TEACHER_TEMPERATURE) -> dict:
     held = heldout_offerings(seed)
     train, heldout = [], []
     for r in done:
@@ -226,8 +251,10 @@ def write_splits(out: Path, done: list[dict], teacher: str, backend: str, count:
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     meta = {"teacher": teacher, "backend": backend, "briefs": count, "briefs_done": len(done), "seed": seed,
             "variants_per_brief": n,
-            "draft": draft, "kept": len(train) + len(heldout), "train": len(train), "heldout": len(heldout),
+            "draft": draft, "temperature": temperature, "kept": len(train) + len(heldout), "train": len(train),
+            "heldout": len(heldout),
             "briefs_with_no_passing_copy": sum(not r["copies"] for r in done),
-            "heldout_offerings": sorted(held), "filter": "deliberate mode: every check of brushpen.text.checks"}
+            "heldout_offerings": sorted(held), "filter": "deliberate mode: every check of brushpen.text.checks",
+            "sources": {"teacher": teacher_source(teacher, backend, n, draft, temperature)}}
     atomic_write_json(out / "dataset.json", meta)
     return meta

@@ -250,6 +250,6 @@ def card(req: TextFinetuneRequest, info: AdapterInfo, metrics: dict) -> str:
               f"- {metrics['steps']} steps of batch {req.batch_size}, lr {req.lr:g}, {metrics['train_seconds']:.0f} s "
               f"on {metrics['threads']} thread(s) ({metrics['s_per_step']:.2f} s/step)",
               f"- trainable parameters: {metrics['trainable_params']:,}", "",
-              "## Licence", "Apache-2.0, as the base SmolLM2-135M-Instruct. Data: Faker (MIT), Debian fortunes "
-              "(BSD-style), where the dataset above uses them.", ""]
+              "## Licence", "Apache-2.0, as the base SmolLM2-135M-Instruct. Data: "
+              + ("; ".join(f"{key}: {src.get('licence')}" for key, src in sources.items()) or "the user's own"), ""]
     return "\n".join(lines)
