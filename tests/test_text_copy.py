@@ -320,3 +320,14 @@ def test_copy_tune_measures_score_what_they_say(monkeypatch: pytest.MonkeyPatch)
     assert not tune.score_variant("Save more.", ad)["fits_length"]
     assert tune.score_variant("The best bottle ever, the best bottle yet", bottle)["loops"]
     assert tune.distinct2(["a b c", "a b d"]) == 0.75                              # 3 distinct of 4 bigrams
+
+
+def test_the_shipped_distilled_student_serves_and_differs_from_the_base(text_model) -> None:
+    """`smollm2-135m:copy` (weights/text/smollm2-135m/adapters/copy) loads on the converted base,
+    which its adapter.json ties it to by hash, and changes what the base writes for the same seed."""
+    info = json.loads((REPO / "weights" / "text" / BASE_NAME / "adapters" / "copy" / "adapter.json").read_text())
+    assert info["rank"] == 8 and info["base"] == f"text/{BASE_NAME}"
+    student = generate_copy(small(model=f"{BASE_NAME}:copy", max_new_tokens=16))
+    base = generate_copy(small(max_new_tokens=16))
+    assert student.settings["model"] == f"{BASE_NAME}:copy" and len(student.texts) == 3
+    assert all(t.strip() for t in student.texts) and student.texts != base.texts
