@@ -230,8 +230,7 @@ def teacher_source(teacher: str, backend: str, n: int, draft: int, temperature: 
 
     how = (f"copy written by {teacher} ({backend}) for synthetic briefs (brushpen/text/distill.py: offerings x "
            f"audiences x tones x kinds), deliberate mode with {draft} drafts per variant at temperature "
-           f"{temperature:g}, {n} variants a brief, "
-           f"kept only where every check passed")
+           f"{temperature:g}, {n} variants a brief, kept only where every check passed")
     if teacher in INSTALLABLE:
         m = INSTALLABLE[teacher]
         return {"package": "PyPI " + ", ".join(p.package for p in m.parts), "version": m.parts[0].version,
@@ -251,9 +250,8 @@ def write_splits(out: Path, done: list[dict], teacher: str, backend: str, count:
     for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
         atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     meta = {"teacher": teacher, "backend": backend, "briefs": count, "briefs_done": len(done), "seed": seed,
-            "variants_per_brief": n,
-            "draft": draft, "temperature": temperature, "kept": len(train) + len(heldout), "train": len(train),
-            "heldout": len(heldout),
+            "variants_per_brief": n, "draft": draft, "temperature": temperature,
+            "kept": len(train) + len(heldout), "train": len(train), "heldout": len(heldout),
             "briefs_with_no_passing_copy": sum(not r["copies"] for r in done),
             "heldout_offerings": sorted(held), "filter": "deliberate mode: every check of brushpen.text.checks",
             "sources": {"teacher": teacher_source(teacher, backend, n, draft, temperature)}}
