@@ -10,7 +10,8 @@ from pathlib import Path
 
 from conftest import PYTHON, subprocess_env
 
-from brushpen.text import checks, distill
+from brushpen.generators import copy_distill as distill
+from brushpen.text import checks
 from brushpen.text.lora_data import parse_line
 from brushpen.text.prompts import KINDS
 

@@ -112,7 +112,7 @@ def run_copy_pairs(args: argparse.Namespace) -> int:
 def run_copy_distill(args: argparse.Namespace) -> int:
     from brushpen.config import apply_threads
     from brushpen.errors import BadParameter
-    from brushpen.text.distill import TEACHER_TEMPERATURE, distill
+    from brushpen.generators.copy_distill import TEACHER_TEMPERATURE, distill
 
     try:
         part, parts = (int(x) for x in args.shard.split("/"))

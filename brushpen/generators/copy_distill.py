@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from brushpen.errors import BadParameter
+from brushpen.generators.copy import CopyRequest, generate_copy
 from brushpen.store import atomic_write_json, atomic_write_text
 from brushpen.text.prompts import KINDS
 
@@ -196,8 +197,6 @@ def distill(out: Path, teacher: str, count: int, seed: int = 0, backend: str = "
     With `shard=(K, N)`, this process writes only the briefs whose id % N == K, so N processes (or
     machines sharing `out`) split the work; each writes the splits from every brief done so far, and
     the last to finish writes the whole set."""
-    from brushpen.generators.copy import CopyRequest, generate_copy
-
     k, shards = shard
     if shards < 1 or not 0 <= k < shards:
         raise BadParameter(f"shard {k}/{shards}: want K/N with 0 <= K < N")
@@ -228,8 +227,8 @@ def teacher_source(teacher: str, backend: str, n: int, draft: int, temperature: 
     """The teacher as the adapter card's "Data" section lists a source: package, version, licence, how."""
     from brushpen.text.install import INSTALLABLE
 
-    how = (f"copy written by {teacher} ({backend}) for synthetic briefs (brushpen/text/distill.py: offerings x "
-           f"audiences x tones x kinds), deliberate mode with {draft} drafts per variant at temperature "
+    how = (f"copy written by {teacher} ({backend}) for synthetic briefs (brushpen/generators/copy_distill.py: "
+           f"offerings x audiences x tones x kinds), deliberate mode with {draft} drafts per variant at temperature "
            f"{temperature:g}, {n} variants a brief, kept only where every check passed")
     if teacher in INSTALLABLE:
         m = INSTALLABLE[teacher]
