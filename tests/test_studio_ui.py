@@ -104,7 +104,7 @@ def test_copy_streams_into_one_box_per_variant(client: Client) -> None:
     texts = [final[i]["value"] for i in range(2)]
     assert all(texts) and final[2]["visible"] is False and "seed 7" in final[-1]
     direct = generate_copy(CopyRequest(brief=BRIEF, kind="headline", n=2, max_new_tokens=12, seed=7,
-                                       repetition_penalty=1.1, deliberate=False))   # as sent above
+                                       repetition_penalty=1.1, deliberate=False, model="smollm2-135m"))  # as sent
     assert texts == direct.texts
 
 
@@ -116,7 +116,7 @@ def test_deliberate_copy_shows_the_picks_and_the_misses(client: Client) -> None:
     assert "drafting 6 candidates" in outputs[0][-1]
     final = outputs[-1]
     direct = generate_copy(CopyRequest(brief=BRIEF, kind="email-subject", n=2, temperature=0.7, max_new_tokens=24,
-                                       seed=5, draft=3))
+                                       seed=5, draft=3, model="smollm2-135m"))
     assert [final[i]["value"] for i in range(len(direct.texts))] == direct.texts
     assert f"{len(direct.variants)} variant(s), seed 5" in final[-1]
     for v in direct.rejected:   # a run that came up short names each miss and the check it failed

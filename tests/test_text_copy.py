@@ -18,8 +18,10 @@ import torch
 
 from brushpen.cli.copy_cmd import _print_stream
 from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
-from brushpen.generators.copy import CopyRequest, generate_copy, generate_copy_batch, stream_copy
-from brushpen.text.base import BASE_NAME, _load_folder, convert_base, load_gguf, load_text_model
+from brushpen.generators.copy import (DELIBERATE_TEMPERATURE, PLAIN_TEMPERATURE, CopyRequest, copy_models,
+                                      generate_copy, generate_copy_batch, stream_copy)
+from brushpen.text.base import (BASE_NAME, COPY_MODEL, _load_folder, convert_base, default_copy_model, load_gguf,
+                                load_text_model)
 from brushpen.text.filter import check_brief, load_blocklist
 from brushpen.text.prompts import KINDS, build_prompt
 from brushpen.text.sampling import clean, fit_context
@@ -40,9 +42,10 @@ def text_model(base_dir: Path):
 
 
 def small(**kw) -> CopyRequest:
-    """Plain sampling: these tests pin its seeds, redraws and token streaming (deliberate mode has
-    tests/test_copy_deliberate.py)."""
-    return CopyRequest(**{"brief": BRIEF, "n": 3, "max_new_tokens": 12, "seed": 11, "deliberate": False, **kw})
+    """Plain sampling on the base: these tests pin its seeds, redraws and token streaming (deliberate
+    mode has tests/test_copy_deliberate.py; the default model, the last test here)."""
+    return CopyRequest(**{"brief": BRIEF, "n": 3, "max_new_tokens": 12, "seed": 11, "deliberate": False,
+                          "model": BASE_NAME, **kw})
 
 
 def test_briefs_file_covers_every_kind() -> None:
@@ -331,3 +334,21 @@ def test_the_shipped_distilled_student_serves_and_differs_from_the_base(text_mod
     base = generate_copy(small(max_new_tokens=16))
     assert student.settings["model"] == f"{BASE_NAME}:copy" and len(student.texts) == 3
     assert all(t.strip() for t in student.texts) and student.texts != base.texts
+
+
+def test_a_request_without_a_model_gets_the_distilled_copywriter(text_model) -> None:
+    """On torch the default is `smollm2-135m:copy`, with its own plain-sampling temperature (0.7:
+    at the base's 0.3 its variants collapse into one); the ONNX backends, whose graphs are of the
+    base, get the base; naming a model or an adapter keeps it."""
+    assert default_copy_model() == COPY_MODEL == f"{BASE_NAME}:copy"
+    assert CopyRequest(BRIEF).model == COPY_MODEL and CopyRequest(BRIEF).temperature == DELIBERATE_TEMPERATURE
+    assert CopyRequest(BRIEF, deliberate=False).temperature == 0.7
+    assert CopyRequest(BRIEF, deliberate=False, model="smollm2:copy").temperature == 0.7   # an alias of the base
+    assert CopyRequest(BRIEF, deliberate=False, model=BASE_NAME).temperature == PLAIN_TEMPERATURE
+    assert CopyRequest(BRIEF, deliberate=False, adapter="taglines").model is None
+    assert CopyRequest(BRIEF, backend="onnx-int8").model == BASE_NAME
+    assert copy_models()[:2] == [COPY_MODEL, BASE_NAME]
+    result = generate_copy(CopyRequest(BRIEF, kind="tagline", n=2, draft=2, seed=3))
+    assert result.settings["model"] == COPY_MODEL and result.settings["temperature"] == DELIBERATE_TEMPERATURE
+    with pytest.raises(BadParameter, match=f"pick model {BASE_NAME} for onnx"):
+        generate_copy(CopyRequest(BRIEF, model=COPY_MODEL, backend="onnx"))

@@ -112,9 +112,12 @@ class CopyExtras(Strict):
     """The copywriter's knobs beyond OpenAI's, shared by both text endpoints."""
 
     model: StoreRef | None = Field(None, max_length=200,
-                                   description="a copy model from /v1/models (default: smollm2-135m)")
+                                   description="a copy model from /v1/models (default: smollm2-135m:copy on torch, "
+                                               "smollm2-135m on onnx)")
     n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default: tuned 0.3; 0 = greedy")
+    temperature: float | None = Field(None, ge=0.0, le=2.0,
+                                      description="default: tuned per mode and model (0.7 deliberate; plain 0.3, "
+                                                  "0.7 for smollm2-135m:copy); 0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63, description="variant i uses seed+i")
     stop: str | list[str] | None = None

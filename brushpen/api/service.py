@@ -88,7 +88,7 @@ def copy_request(body: CompletionRequest | ChatCompletionRequest, brief: str, ma
     from brushpen.generators.copy import CopyRequest
 
     # Unset knobs (None) keep the copywriter's tuned defaults (docs/cli.md, "Copy"), not OpenAI's.
-    return from_values(CopyRequest, {**body.model_dump(), "brief": brief, "model": copy_model(body.model),
+    return from_values(CopyRequest, {**body.model_dump(), "brief": brief, "model": copy_model(body.model, body.backend),
                                      "stop": body.stops(), "max_new_tokens": max_tokens, "lang": body.language},
                        skip_none=True)
 

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--repetition-penalty", type=float, default=None)
     c.add_argument("--seed", type=int, default=None, help="variant i uses seed S+i (random when omitted)")
     c.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
-    c.add_argument("--model", default=None, help="smollm2-135m (default), text/NAME in the store, or a folder")
+    c.add_argument("--model", default=None,
+                   help="smollm2-135m:copy (default on torch: the distilled copywriter), smollm2-135m (the base; "
+                   "the default on onnx), an installed model, text/NAME in the store, or a folder")
     c.add_argument("--adapter", default=None, help="a LoRA adapter of the model, from `brushpen finetune text --out NAME`")
     c.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                    help="onnx / onnx-int8 run the graphs of `brushpen export MODEL --int8` under onnxruntime")

@@ -17,7 +17,7 @@ from typing import Any
 from brushpen.errors import ModelNotFound
 from brushpen.families import default_model
 from brushpen.store import list_models
-from brushpen.text.base import BASE_ALIASES, BASE_NAME
+from brushpen.text.base import BASE_ALIASES, BASE_NAME, default_copy_model
 
 TTL_S = 10.0
 DEFAULT_IMAGE_MODEL = default_model("gan")
@@ -128,6 +128,7 @@ def image_model(name: str | None) -> str:
     return _resolve(name, "images", DEFAULT_IMAGE_MODEL)
 
 
-def copy_model(name: str | None) -> str:
-    """The id of a copy model a client named (None: the SmolLM2 base); ModelNotFound otherwise."""
-    return _resolve(name, "copy", BASE_NAME)
+def copy_model(name: str | None, backend: str = "torch") -> str:
+    """The id of a copy model a client named (None: `default_copy_model(backend)`, the distilled
+    copywriter on torch); ModelNotFound otherwise."""
+    return _resolve(name, "copy", default_copy_model(backend))

@@ -31,7 +31,8 @@ from brushpen.edge.lm_runtime import load_ort_text_model
 from brushpen.errors import BadParameter
 from brushpen.store import list_models
 from brushpen.text import checks, prompts
-from brushpen.text.base import BASE_NAME, TextModel, load_text_model
+from brushpen.text.base import (BASE_NAME, COPY_MODEL, TextModel, default_copy_model, is_base_alias,
+                                load_text_model)
 from brushpen.text.filter import Blocklist, check_brief, load_blocklist
 from brushpen.text.install import INSTALLABLE, installed
 from brushpen.text.sampling import RawText, Row, Sampling, clean, generate_rows, stream_rows
@@ -54,6 +55,18 @@ DRAFT_TOKENS_PER_WORD = 3
 # need drafts that differ, which a low temperature does not give.
 PLAIN_TEMPERATURE = 0.3
 DELIBERATE_TEMPERATURE = 0.7
+# Plain sampling per model, where it differs: the distilled copywriter's variants collapse into one at
+# 0.3; on the same briefs, 8 / 13 / 15 of 20 came out good by the checks at 0.3 / 0.5 / 0.7
+# (benchmarks/copy_panel.py --panel tests/data/briefs.json --no-deliberate; BENCHMARKS.md).
+PLAIN_TEMPERATURES = {COPY_MODEL: 0.7}
+
+
+def plain_temperature(model: str | None, adapter: str | None = None) -> float:
+    """The tuned plain-sampling temperature of a copy model (or the model with `adapter`)."""
+    base, named = split_ref(model or BASE_NAME)
+    name = adapter or named
+    ref = (BASE_NAME if is_base_alias(base) else base) + (f":{name}" if name else "")
+    return PLAIN_TEMPERATURES.get(ref, PLAIN_TEMPERATURE)
 
 
 @dataclass
@@ -64,13 +77,13 @@ class CopyRequest:
     audience: str | None = None
     n: int = 3
     max_new_tokens: int = 80
-    # None: DELIBERATE_TEMPERATURE in deliberate mode, PLAIN_TEMPERATURE in plain sampling.
+    # None: DELIBERATE_TEMPERATURE in deliberate mode, the model's plain_temperature in plain sampling.
     temperature: float | None = None
     top_p: float = 0.9
     top_k: int = 50
     repetition_penalty: float = 1.05
     seed: int | None = None
-    model: str | None = None          # None: the shipped SmolLM2 base
+    model: str | None = None          # None: default_copy_model(backend), the distilled copywriter on torch
     stop: list[str] = field(default_factory=list)
     backend: str = "torch"            # torch, onnx or onnx-int8 (the last two after `brushpen export`)
     adapter: str | None = None        # a LoRA adapter of the model (`brushpen finetune text`); or model=BASE:NAME
@@ -79,8 +92,11 @@ class CopyRequest:
     draft: int = DEFAULT_DRAFT        # candidates per requested variant in deliberate mode
 
     def __post_init__(self) -> None:
+        if self.model is None and self.adapter is None and isinstance(self.backend, str):
+            self.model = default_copy_model(self.backend)
         if self.temperature is None:
-            self.temperature = DELIBERATE_TEMPERATURE if self.deliberate else PLAIN_TEMPERATURE
+            self.temperature = (DELIBERATE_TEMPERATURE if self.deliberate
+                                else plain_temperature(self.model, self.adapter))
 
     def validate(self) -> None:
         if not isinstance(self.brief, str) or not _visible(self.brief):
@@ -195,7 +211,8 @@ def _load(req: CopyRequest) -> TextModel:
     if req.backend == "torch":
         return load_text_model(_model_ref(req))
     if req.adapter or ":" in str(req.model or ""):
-        raise BadParameter("LoRA adapters run on the torch backend (the ONNX graphs are of the base model)")
+        raise BadParameter(f"LoRA adapters ({_model_ref(req)}) run on the torch backend; the ONNX graphs are of "
+                           f"the base model: pick model {BASE_NAME} for {req.backend}")
     return load_ort_text_model(req.model, req.backend)
 
 
@@ -210,14 +227,14 @@ def _model_ref(req: CopyRequest) -> str | None:
 
 
 def copy_models() -> list[str]:
-    """Model names a copy request can take, for pickers: the base, text models in the store, and
-    every LoRA adapter as BASE:NAME."""
-    names = [BASE_NAME] + [name for name in INSTALLABLE if installed(name)]
+    """Model names a copy request can take, for pickers: the default first (`default_copy_model`),
+    then the base, installed models, text models in the store, and every LoRA adapter as BASE:NAME."""
+    names = [default_copy_model(), BASE_NAME] + [name for name in INSTALLABLE if installed(name)]
     for m in list_models():
         if m.family == "text":
             base = BASE_NAME if m.name == BASE_NAME else m.ref
             names += ([] if base == BASE_NAME else [base]) + [f"{base}:{a}" for a in m.adapters]
-    return names
+    return list(dict.fromkeys(names))
 
 
 def check_request(req: CopyRequest) -> None:

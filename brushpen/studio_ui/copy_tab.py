@@ -12,8 +12,8 @@ from typing import Iterator
 
 import gradio as gr
 
-from brushpen.generators.copy import (DELIBERATE_TEMPERATURE, MAX_VARIANTS, PLAIN_TEMPERATURE, CopyRequest,
-                                      copy_models, stream_copy)
+from brushpen.generators.copy import (DELIBERATE_TEMPERATURE, MAX_VARIANTS, CopyRequest, copy_models,
+                                      plain_temperature, stream_copy)
 from brushpen.generators.history import record_copy
 from brushpen.studio_ui.common import random_seed, seed_or_none, user_errors
 from brushpen.text.prompts import KINDS
@@ -108,9 +108,10 @@ def build() -> None:
                 boxes = [gr.Textbox(label=f"Variant {i + 1}", buttons=["copy"], visible=i < DEFAULTS.n,
                                     interactive=False, elem_id=f"copy-variant-{i}") for i in range(MAX_VARIANTS)]
     dice.click(random_seed, None, seed, concurrency_id="light")
-    # Each mode has its own tuned temperature: switching mode moves the slider to it.
-    deliberate.change(lambda on: DELIBERATE_TEMPERATURE if on else PLAIN_TEMPERATURE, deliberate, temperature,
-                      concurrency_id="light")
+    # Each mode (and in plain sampling, each model) has its own tuned temperature: switching moves the slider to it.
+    for switch in (deliberate, model):
+        switch.change(lambda on, m: DELIBERATE_TEMPERATURE if on else plain_temperature(m or None),
+                      [deliberate, model], temperature, concurrency_id="light")
     model.focus(lambda: gr.update(choices=copy_models()), None, model, concurrency_id="light")  # new adapters
     go.click(_write, [brief, kind, tone, audience, n, temperature, top_p, top_k, rep, max_new, seed, backend, model,
                       deliberate, draft, lang],

