@@ -18,6 +18,7 @@ import torch
 
 from brushpen.cli.copy_cmd import _print_stream
 from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
+from brushpen.generators.catalog import copy_model
 from brushpen.generators.copy import (DELIBERATE_TEMPERATURE, PLAIN_TEMPERATURE, CopyRequest, copy_models,
                                       generate_copy, generate_copy_batch, stream_copy)
 from brushpen.text.base import (BASE_NAME, COPY_MODEL, _load_folder, convert_base, default_copy_model, load_gguf,
@@ -348,6 +349,7 @@ def test_a_request_without_a_model_gets_the_distilled_copywriter(text_model) -> 
     assert CopyRequest(BRIEF, deliberate=False, adapter="taglines").model is None
     assert CopyRequest(BRIEF, backend="onnx-int8").model == BASE_NAME
     assert copy_models()[:2] == [COPY_MODEL, BASE_NAME]
+    assert copy_model(None) == COPY_MODEL and copy_model(None, "onnx-int8") == BASE_NAME   # the API's default
     result = generate_copy(CopyRequest(BRIEF, kind="tagline", n=2, draft=2, seed=3))
     assert result.settings["model"] == COPY_MODEL and result.settings["temperature"] == DELIBERATE_TEMPERATURE
     with pytest.raises(BadParameter, match=f"pick model {BASE_NAME} for onnx"):
