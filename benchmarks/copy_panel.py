@@ -40,7 +40,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=3)
-    ap.add_argument("--model", default=None, help="a text model or BASE:ADAPTER (default: the shipped base)")
+    ap.add_argument("--model", default=None,
+                    help="a text model or BASE:ADAPTER (default: the copywriter's, smollm2-135m:copy on torch)")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                     help="the model's backend (onnx-int8 after `brushpen export MODEL --int8`)")
     ap.add_argument("--json", type=Path, help="write every variant and its checks here")
@@ -88,7 +89,7 @@ def main() -> int:
     print(f"\n{args.panel.name}: threads {args.threads}, seed {args.seed}, n {args.n}, {mode}, "
           f"temperature {knobs.get('temperature', CopyRequest('-', deliberate=args.deliberate).temperature)}, "
           f"prefill {prompts.PREFILL}, "
-          f"model {args.model or 'smollm2-135m (shipped base)'}, backend {args.backend}\n")
+          f"model {args.model or 'the default'}, backend {args.backend}\n")
     print("| briefs | kind | at least 2 of 3 usable | usable variants | median s per brief |")
     print("|---|---|---|---|---|")
     for lang in ("en", "ko"):

@@ -45,7 +45,7 @@ def main() -> int:
                               "n": 3, "seed": seed, "model": args.model, "backend": args.backend, **kw})
 
     generate_copy(request(briefs[0], 99))   # load and warm up
-    print(f"threads {args.threads}, model {args.model or 'smollm2-135m'} ({args.backend}), "
+    print(f"threads {args.threads}, model {args.model or 'the default'} ({args.backend}), "
           f"{len(briefs)} tagline briefs × {args.repeats} repeats\n")
     print("| setting | sequences drafted | median s per brief | variants returned (of 3) |")
     print("|---|---|---|---|")

@@ -130,7 +130,8 @@ def gemm_peak_gflops(threads: int, n: int = 1024, reps: int = 10) -> float:
 
 def _copy_request(batch: int, new_tokens: int) -> copywriter.CopyRequest:
     return copywriter.CopyRequest(BRIEF, kind=KIND, n=batch, max_new_tokens=new_tokens, seed=SEED,
-                                  deliberate=False)   # decode speed: every row is a variant
+                                  deliberate=False,   # decode speed: every row is a variant
+                                  model=copywriter.BASE_NAME)   # the model llama.cpp runs
 
 
 def _run_ours(tm, batch: int, new_tokens: int) -> tuple[float, float, int]:
