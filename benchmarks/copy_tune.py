@@ -163,8 +163,9 @@ def score_setting(briefs: list[dict], texts: list[list[str]], notes: list[list[s
     }
 
 
-def run_setting(setting: Setting, briefs: list[dict], n: int, seed: int, max_new_tokens: int) -> list[CopyResult]:
-    reqs = [CopyRequest(b["brief"], b["kind"], b.get("tone"), b.get("audience"), n=n, seed=seed + 100 * k,
+def run_setting(setting: Setting, briefs: list[dict], n: int, seed: int, max_new_tokens: int,
+                model: str = "smollm2-135m") -> list[CopyResult]:
+    reqs = [CopyRequest(b["brief"], b["kind"], b.get("tone"), b.get("audience"), n=n, seed=seed + 100 * k, model=model,
                         max_new_tokens=max_new_tokens, temperature=setting.temperature, top_p=setting.top_p,
                         top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
                         deliberate=False)   # this sweep tunes plain sampling
@@ -227,6 +228,8 @@ def main() -> None:
     p.add_argument("--settings", default=",".join(s.name for s in SETTINGS),
                    help=f"comma-separated subset of: {', '.join(s.name for s in SETTINGS)}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default="smollm2-135m", help="the copy model swept (default: the base, whose "
+                   "plain-sampling defaults this sweep set)")
     p.add_argument("--json", type=Path, help="also write every variant and score here")
     p.add_argument("--rescore", type=Path, nargs="+",
                    help="generate nothing: score the variants saved by earlier --json runs")
@@ -247,7 +250,7 @@ def main() -> None:
     for setting in chosen:
         start, results = time.perf_counter(), []
         for seed in seeds:
-            results += run_setting(setting, briefs, args.n, seed, args.max_new_tokens)
+            results += run_setting(setting, briefs, args.n, seed, args.max_new_tokens, args.model)
         seconds = time.perf_counter() - start
         runs = briefs * len(seeds)
         tokens = sum(len(tm.tokenizer(t, add_special_tokens=False)["input_ids"]) for r in results for t in r.texts)
