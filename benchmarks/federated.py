@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     samples = site_samples(data)
     score = scorer(samples)
     steps = args.rounds * args.local_steps
-    local = LocalConfig()
+    local = LocalConfig(seed=args.seed)   # the centralised and site-alone arms' seed too
     out: dict = {"sites": args.sites, "rounds": args.rounds, "local_steps": args.local_steps, "steps": steps,
                  "threads": 1, "partitions": {}}
     for how in args.partitions.split(","):

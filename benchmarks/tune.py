@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/tune.py detector [--family sr-interp] [--budget 480] [--seeds 0,1,2] [--refit 0.5]
     .venv/bin/python benchmarks/tune.py detector-train [--steps 1000] [--budget 900] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/tune.py text [--data ~/.cache/brushpen/data/copy-pairs] [--budget 900] [--seeds 0,1,2]
 
 On a private copy of the store (the shipped `detector`) and a private home:
 1. **hand-set**: the shipped adapter recipe (`benchmarks/finetune_detector.py shipped`: rank 4,
@@ -20,6 +21,13 @@ pruner stopped and the time that saved (each pruned trial's unrun share of a med
 detector-train`: lr, width, augmentation, localisation weight) on the shipped detector's four
 families at `--steps`; scored on the test split, on the set's other families (never trained on,
 reported first) and on the four.
+
+`text`: the same three arms for the copy LoRA, the shipped `taglines` recipe (rank 8, lr 1e-3,
+dropout 0.05, 40 steps of batch 8) on `brushpen data copy-pairs`. Every arm trains on the set's
+train.jsonl less a tenth held out for validation (what the search's pruner and its pick see); each
+is scored by its copy perplexity on heldout.jsonl, which no arm or trial ever saw (lower is better),
+and, where `brushpen data copy-distill` has been built, on that set's held-out copy (other briefs
+and kinds: what the adapter does to copy it was not tuned for).
 """
 
 from __future__ import annotations
@@ -58,13 +66,14 @@ def score(base_dir: Path, adapter: Path, images, labels, fams, family: str, old:
 
 
 def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs: tuple[str, ...],
-                  snap_min: int) -> dict:
+                  snap_min: int, length: str = "steps", snap: str = "snap") -> dict:
     """The three arms of the docstring for `task`, each with every seed of `--seeds`; `run(name,
-    request)` trains one and returns (seconds, {"new": AUC, "old": AUC})."""
+    request)` trains one and returns (seconds, {"new": figure, "old": figure}). `length` and `snap`
+    name the request's training length and checkpoint interval."""
     from brushpen.generators.tune import tune
 
     t_hand, first = run("hand", req)
-    print(f"hand-set: {t_hand:.0f} s, test AUC {first}", flush=True)
+    print(f"hand-set: {t_hand:.0f} s, test figures {first}", flush=True)
     t0 = time.monotonic()
     rows: list[dict] = []
     result = tune(task, dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
@@ -72,25 +81,27 @@ def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs
     t_search = time.monotonic() - t0
     best = dict(result.best_params)
     print(f"refit: {result.refit}", flush=True)
-    tuned_steps = result.refit["length"] if result.refit and result.refit["published"] else req.steps
-    steps_equal = int(round(req.steps * t_search / t_hand))
+    steps = getattr(req, length)
+    tuned_steps = result.refit["length"] if result.refit and result.refit["published"] else steps
+    steps_equal = int(round(steps * t_search / t_hand))
     arms = {"hand-set": req,
-            f"tuned ({tuned_steps} steps)": dataclasses.replace(req, **best, steps=tuned_steps,
-                                                                snap=max(req.snap, tuned_steps // 4)),
+            f"tuned ({tuned_steps} steps)": dataclasses.replace(
+                req, **best, **{length: tuned_steps, snap: max(getattr(req, snap), tuned_steps // 4)}),
             f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(
-                req, steps=steps_equal, snap=max(snap_min, steps_equal // 4))}
+                req, **{length: steps_equal, snap: max(snap_min, steps_equal // 4)})}
     table = {}
     for arm, r in arms.items():
         runs = [run(f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s))
                 for s in (int(x) for x in args.seeds.split(","))]
-        table[arm] = {"params": {k: getattr(r, k) for k in (*knobs, "steps")},
+        table[arm] = {"params": {**{k: getattr(r, k) for k in knobs}, "steps": getattr(r, length)},
                       "seconds": [round(t, 1) for t, _ in runs],
-                      "new": [round(m["new"], 4) for _, m in runs], "old": [round(m["old"], 4) for _, m in runs]}
+                      "new": [round(m["new"], 4) for _, m in runs],
+                      "old": [None if m["old"] is None else round(m["old"], 4) for _, m in runs]}
         print(arm, table[arm], flush=True)
     complete = [r["seconds"] for r in rows if r["state"] == "complete" and r["seconds"]]
     full = statistics.median(complete) if complete else 0.0
     pruned = [r for r in rows if r["state"] == "pruned"]
-    saved = sum(full * (1 - (r["reached"] or 0) / req.steps) for r in pruned)
+    saved = sum(full * (1 - (r["reached"] or 0) / steps) for r in pruned)
     return {"hand_seconds": round(t_hand, 1), "search_seconds": round(t_search, 1), "budget": args.budget,
             "trials": rows, "best_trial": result.best_trial, "best_params": best,
             "importances": result.importances, "pruned": len(pruned), "saved_seconds": round(saved, 1),
@@ -137,8 +148,9 @@ def run_detector_train(args: argparse.Namespace) -> dict:
     os.environ["BRUSHPEN_WEIGHTS"], os.environ["BRUSHPEN_HOME"] = str(work / "weights"), str(work / "home")
     images, labels, fams = test_set(data)
     unseen = sorted(set(fams[labels == 1]) - set(ORIGINAL))
+    steps = args.steps or 1000
     req = DetectorTrainRequest(fake=data, real=data / "real", out="hand", families=",".join(ORIGINAL),
-                               steps=args.steps, snap=max(50, args.steps // 4), seed=0)
+                               steps=steps, snap=max(50, steps // 4), seed=0)
 
     def run(name: str, r: DetectorTrainRequest) -> tuple[float, dict]:
         t0 = time.monotonic()
@@ -153,36 +165,82 @@ def run_detector_train(args: argparse.Namespace) -> dict:
     return {"family": "families never trained on, pooled: " + ",".join(unseen), "old_families": ORIGINAL, **out}
 
 
+def run_text(args: argparse.Namespace) -> dict:
+    from brushpen.text.base import convert_base, load_adapted
+    from brushpen.text.lora import TextFinetuneRequest, finetune
+    from brushpen.text.lora_data import copy_token_nll, encode, read_examples
+
+    data = args.data
+    if not (data / "train.jsonl").is_file() or not (data / "heldout.jsonl").is_file():
+        raise SystemExit(f"{data} holds no train.jsonl and heldout.jsonl: run `brushpen data copy-pairs` "
+                         "(or pass --data)")
+    base = convert_base()
+    other = get_settings().data_dir / "copy-distill" / "heldout.jsonl"   # before the private home below
+    work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
+    (work / "home" / "models").mkdir(parents=True)
+    (work / "home" / "models" / base.name).symlink_to(base.resolve(), target_is_directory=True)
+    os.environ["BRUSHPEN_WEIGHTS"], os.environ["BRUSHPEN_HOME"] = str(work / "weights"), str(work / "home")
+    sets = {"new": read_examples(data / "heldout.jsonl")}
+    if other.is_file():
+        sets["old"] = read_examples(other)
+    # The shipped taglines recipe (weights/text/smollm2-135m/adapters/taglines/card.md), validated on a
+    # tenth of train instead of heldout.jsonl, which stays unseen.
+    req = TextFinetuneRequest(data=data / "train.jsonl", out="hand", rank=8, dropout=0.05, lr=1e-3, batch_size=8,
+                              max_steps=args.steps or 40, eval_every=min(20, args.steps or 40), heldout=None,
+                              heldout_fraction=0.1, seed=0, threads=1)
+
+    def run(name: str, r: TextFinetuneRequest) -> tuple[float, dict]:
+        t0 = time.monotonic()
+        res = finetune(dataclasses.replace(r, out=name))
+        seconds = time.monotonic() - t0
+        tm = load_adapted(res.ref)
+        figures = {k: copy_token_nll(tm.model, [encode(tm.tokenizer, e, r.max_len) for e in v])["perplexity"]
+                   for k, v in sets.items()}
+        shutil.rmtree(res.path, ignore_errors=True)
+        return seconds, {"new": figures["new"], "old": figures.get("old")}
+
+    out = equal_compute("text", req, run, args, ("lr", "rank", "dropout"), 10, length="max_steps", snap="eval_every")
+    shutil.rmtree(work, ignore_errors=True)
+    return {"family": "copy-pairs heldout.jsonl, perplexity", "old_families": "copy-distill held-out copy, perplexity",
+            **out}
+
+
 def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
 
 
 def markdown(r: dict) -> str:
     knobs = [k for k in next(iter(r["arms"].values()))["params"] if k != "steps"]
-    old = "the four trained families" if "width" in knobs else "original families pooled"
-    lines = ["| arm | " + " | ".join(k.replace("_", " ") for k in knobs) + f" | steps | s per run | test AUC, "
-             f"{r['family']} (mean ± sd) | test AUC, {old} |", "|---|" + "---|" * (len(knobs) + 4)]
+    text = "dropout" in knobs
+    old = ("copy-distill held-out, perplexity" if text else
+           "test AUC, the four trained families" if "width" in knobs else "test AUC, original families pooled")
+    new = f"{r['family']} (mean ± sd)" if text else f"test AUC, {r['family']} (mean ± sd)"
+    lines = ["| arm | " + " | ".join(k.replace("_", " ") for k in knobs) + f" | steps | s per run | {new} | {old} |",
+             "|---|" + "---|" * (len(knobs) + 4)]
     for arm, a in r["arms"].items():
         p = a["params"]
         cells = [f"{p[k]:.4g}" if isinstance(p[k], float) else str(p[k]) for k in knobs]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {p['steps']} | {statistics.median(a['seconds']):.0f} "
-                     f"| {_mean_sd(a['new'])} | {_mean_sd(a['old'])} |")
+                     f"| {_mean_sd(a['new'])} | {_mean_sd(a['old']) if None not in a['old'] else '-'} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("task", choices=["detector", "detector-train"])
-    ap.add_argument("--data", type=Path, default=get_settings().data_dir / "fakes")
+    ap.add_argument("task", choices=["detector", "detector-train", "text"])
+    ap.add_argument("--data", type=Path, default=None,
+                    help="default: $BRUSHPEN_HOME/data/fakes (detector tasks), $BRUSHPEN_HOME/data/copy-pairs (text)")
     ap.add_argument("--family", default="sr-interp")
-    ap.add_argument("--steps", type=int, default=1000, help="detector-train: the hand-set run's steps")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="the hand-set run's steps: detector-train (default 1000) and text (default 40, the recipe's)")
     ap.add_argument("--budget", type=float, default=480)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--refit", type=float, default=0.5, help="tune's refit share (0: publish the best trial)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     apply_threads(1)
-    result = run_detector(args) if args.task == "detector" else run_detector_train(args)
+    args.data = args.data or get_settings().data_dir / ("copy-pairs" if args.task == "text" else "fakes")
+    result = {"detector": run_detector, "detector-train": run_detector_train, "text": run_text}[args.task](args)
     print(json.dumps({k: v for k, v in result.items() if k != "trials"}, indent=1, default=str))
     print(markdown(result))
     if args.json:

@@ -94,6 +94,18 @@ def test_a_budget_too_small_for_one_trial_is_refused(env: dict) -> None:
         tune("detector", request(env, "tiny"), budget_s=5)
 
 
+def test_the_copy_recipe_fits_a_ten_minute_budget() -> None:
+    """The shipped `taglines` recipe (40 steps of batch 8) takes about 5 minutes on one thread, so a
+    10-minute tune of it is accepted and a 2-minute one refused, saying what it needs."""
+    from brushpen.generators.tune import check_budget, space_of
+    from brushpen.text.lora import TextFinetuneRequest
+
+    taglines = TextFinetuneRequest(data="pairs.jsonl", out="t", rank=8, lr=1e-3, max_steps=40)
+    check_budget(space_of("text"), taglines, 600)
+    with pytest.raises(BadParameter, match=r"needs about \d+ s on one thread \(max_steps 40\)"):
+        check_budget(space_of("text"), taglines, 120)
+
+
 def test_a_killed_tune_resumes_and_reruns_the_running_trial(env: dict, tmp_path: Path) -> None:
     run_env = subprocess_env(BRUSHPEN_WEIGHTS=str(env["store"]), BRUSHPEN_HOME=os.environ["BRUSHPEN_HOME"])
     db = Path(os.environ["BRUSHPEN_HOME"]) / "studies" / "kill.db"

@@ -88,7 +88,8 @@ SPACES: dict[str, Space] = {
         Knob("lr", 5e-5, 3e-3, log=True),
         Knob("rank", choices=(4, 8, 16)),
         Knob("dropout", 0.0, 0.1),
-    ), sec_per_unit=58.0, overhead_s=220.0),
+    ), sec_per_unit=7.0, overhead_s=45.0),   # 6.2 s a step of batch 8 and ~45 s of loading and evaluation,
+    # one thread on an otherwise idle core (2026-12-05; the earlier 58 s was measured on a saturated machine)
     "safety": Space("safety", "val_auc", "maximize", "val_auc", "steps", (
         Knob("lr", 1e-3, 3e-2, log=True),
         Knob("rank", choices=(2, 4, 8)),
