@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import statistics
@@ -89,10 +90,19 @@ def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs
                 req, **best, **{length: tuned_steps, snap: max(getattr(req, snap), tuned_steps // 4)}),
             f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(
                 req, **{length: steps_equal, snap: max(snap_min, steps_equal // 4)})}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    jobs = [(arm, f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s)) for arm, r in arms.items() for s in seeds]
+    if args.jobs > 1:   # one process per run, each one thread (run must be a module-level function)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(run, [name for _, name, _ in jobs], [r for _, _, r in jobs]))
+    else:
+        done = [run(name, r) for _, name, r in jobs]
     table = {}
     for arm, r in arms.items():
-        runs = [run(f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s))
-                for s in (int(x) for x in args.seeds.split(","))]
+        runs = [res for (a, _, _), res in zip(jobs, done) if a == arm]
         table[arm] = {"params": {**{k: getattr(r, k) for k in knobs}, "steps": getattr(r, length)},
                       "seconds": [round(t, 1) for t, _ in runs],
                       "new": [round(m["new"], 4) for _, m in runs],
@@ -165,10 +175,27 @@ def run_detector_train(args: argparse.Namespace) -> dict:
     return {"family": "families never trained on, pooled: " + ",".join(unseen), "old_families": ORIGINAL, **out}
 
 
-def run_text(args: argparse.Namespace) -> dict:
-    from brushpen.text.base import convert_base, load_adapted
-    from brushpen.text.lora import TextFinetuneRequest, finetune
+def _text_run(sets: dict[str, str], name: str, r) -> tuple[float, dict]:
+    """Train one copy adapter and score it by copy perplexity on each held-out JSONL of `sets`."""
+    from brushpen.config import apply_threads
+    from brushpen.text.base import load_adapted
+    from brushpen.text.lora import finetune
     from brushpen.text.lora_data import copy_token_nll, encode, read_examples
+
+    apply_threads(1)
+    t0 = time.monotonic()
+    res = finetune(dataclasses.replace(r, out=name))
+    seconds = time.monotonic() - t0
+    tm = load_adapted(res.ref)
+    figures = {k: copy_token_nll(tm.model, [encode(tm.tokenizer, e, r.max_len) for e in read_examples(Path(v))])
+               ["perplexity"] for k, v in sets.items()}
+    shutil.rmtree(res.path, ignore_errors=True)
+    return seconds, {"new": figures["new"], "old": figures.get("old")}
+
+
+def run_text(args: argparse.Namespace) -> dict:
+    from brushpen.text.base import convert_base
+    from brushpen.text.lora import TextFinetuneRequest
 
     data = args.data
     if not (data / "train.jsonl").is_file() or not (data / "heldout.jsonl").is_file():
@@ -180,25 +207,14 @@ def run_text(args: argparse.Namespace) -> dict:
     (work / "home" / "models").mkdir(parents=True)
     (work / "home" / "models" / base.name).symlink_to(base.resolve(), target_is_directory=True)
     os.environ["BRUSHPEN_WEIGHTS"], os.environ["BRUSHPEN_HOME"] = str(work / "weights"), str(work / "home")
-    sets = {"new": read_examples(data / "heldout.jsonl")}
-    if other.is_file():
-        sets["old"] = read_examples(other)
+    sets = {"new": data / "heldout.jsonl", **({"old": other} if other.is_file() else {})}
     # The shipped taglines recipe (weights/text/smollm2-135m/adapters/taglines/card.md), validated on a
     # tenth of train instead of heldout.jsonl, which stays unseen.
     req = TextFinetuneRequest(data=data / "train.jsonl", out="hand", rank=8, dropout=0.05, lr=1e-3, batch_size=8,
                               max_steps=args.steps or 40, eval_every=min(20, args.steps or 40), heldout=None,
                               heldout_fraction=0.1, seed=0, threads=1)
 
-    def run(name: str, r: TextFinetuneRequest) -> tuple[float, dict]:
-        t0 = time.monotonic()
-        res = finetune(dataclasses.replace(r, out=name))
-        seconds = time.monotonic() - t0
-        tm = load_adapted(res.ref)
-        figures = {k: copy_token_nll(tm.model, [encode(tm.tokenizer, e, r.max_len) for e in v])["perplexity"]
-                   for k, v in sets.items()}
-        shutil.rmtree(res.path, ignore_errors=True)
-        return seconds, {"new": figures["new"], "old": figures.get("old")}
-
+    run = functools.partial(_text_run, {k: str(v) for k, v in sets.items()})
     out = equal_compute("text", req, run, args, ("lr", "rank", "dropout"), 10, length="max_steps", snap="eval_every")
     shutil.rmtree(work, ignore_errors=True)
     return {"family": "copy-pairs heldout.jsonl, perplexity", "old_families": "copy-distill held-out copy, perplexity",
@@ -236,8 +252,12 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=480)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--refit", type=float, default=0.5, help="tune's refit share (0: publish the best trial)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="text: the arms' seed runs in this many processes at once, one thread each")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.jobs > 1 and args.task != "text":
+        ap.error("--jobs runs the text task's seed runs in parallel; the detector tasks run one at a time")
     apply_threads(1)
     args.data = args.data or get_settings().data_dir / ("copy-pairs" if args.task == "text" else "fakes")
     result = {"detector": run_detector, "detector-train": run_detector_train, "text": run_text}[args.task](args)
