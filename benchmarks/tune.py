@@ -91,7 +91,8 @@ def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs
             f"hand-set at equal compute ({steps_equal} steps)": dataclasses.replace(
                 req, **{length: steps_equal, snap: max(snap_min, steps_equal // 4)})}
     seeds = [int(x) for x in args.seeds.split(",")]
-    jobs = [(arm, f"{arm.split()[0]}-s{s}", dataclasses.replace(r, seed=s)) for arm, r in arms.items() for s in seeds]
+    slug = {arm: ("equal" if "equal" in arm else arm.split()[0]) for arm in arms}   # one run folder per arm and seed
+    jobs = [(arm, f"{slug[arm]}-s{s}", dataclasses.replace(r, seed=s)) for arm, r in arms.items() for s in seeds]
     if args.jobs > 1:   # one process per run, each one thread (run must be a module-level function)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
