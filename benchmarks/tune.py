@@ -345,8 +345,9 @@ def markdown(r: dict) -> str:
     for arm, a in r["arms"].items():
         p = a["params"]
         cells = [f"{p[k]:.4g}" if isinstance(p[k], float) else str(p[k]) for k in knobs]
+        old_cell = _mean_sd(a["old"], digits) if None not in a["old"] else "-"
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {p['steps']} | {statistics.median(a['seconds']):.0f} "
-                     f"| {_mean_sd(a['new'], digits)} | {_mean_sd(a['old'], digits) if None not in a['old'] else '-'} |")
+                     f"| {_mean_sd(a['new'], digits)} | {old_cell} |")
     return "\n".join(lines)
 
 
