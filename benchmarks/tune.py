@@ -116,7 +116,11 @@ def _search(task: str, req, args: argparse.Namespace) -> dict:
     from brushpen.generators.tune import tune
 
     home = Path(os.environ["BRUSHPEN_HOME"])
-    shutil.rmtree(home / "studies", ignore_errors=True)   # a search cut short starts again from nothing
+    # A search cut short starts again from nothing: its study, its trials' work folders and adapters.
+    shutil.rmtree(home / "studies", ignore_errors=True)
+    shutil.rmtree(home / "finetune", ignore_errors=True)
+    for left in Path(os.environ["BRUSHPEN_WEIGHTS"]).glob("*/*/adapters/tuned*"):
+        shutil.rmtree(left, ignore_errors=True)
     t0 = time.monotonic()
     rows: list[dict] = []
     result = tune(task, dataclasses.replace(req, out="tuned"), budget_s=args.budget, seed=0, study="bench",
