@@ -88,10 +88,9 @@ def _kept(work: Path | None, key: str, fn: Callable[[], object]) -> object:
     if f.is_file():
         print(f"{key}: kept from an earlier run ({f})", flush=True)
         return json.loads(f.read_text())
-    value = fn()
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, default=str))
-    tmp.replace(f)
+    from brushpen.store import atomic_write_json
+
+    atomic_write_json(f, json.loads(json.dumps(fn(), default=str)))
     return json.loads(f.read_text())
 
 
