@@ -39,6 +39,12 @@ the faces at every kimg, sample seed 0; each arm is scored as BENCHMARKS scores 
 7, a z the search never saw): KID x 1000 and FID against the faces, lower is better. Few-shot GAN
 adaptation has no held-out images: the 118 are both the training set and the reference.
 
+`--jobs N` (text, gan) runs N processes at once, one thread each, and the search is one of them:
+the hand-set seeds and the equal-compute arm, sized then by the budget B rather than the search's
+measured seconds, run beside it, and the tuned arm's seed runs go first once it is done. The
+hand-set run of the request's own seed is the first run ("hand"), not trained twice: the runs are
+deterministic.
+
 `--work DIR` makes a run resumable: each finished run (the hand-set run, the search, every arm's
 seed run) is kept in DIR as JSON and skipped when the command is run again; a search cut short
 starts again from nothing. Without it, everything lives in a temporary folder.
@@ -128,40 +134,96 @@ def _search(task: str, req, args: argparse.Namespace) -> dict:
             "best_params": dict(result.best_params), "importances": result.importances, "refit": result.refit}
 
 
+def _arms(req, search: dict | None, over: float, t_hand: float, length: str, snap: str, snap_min: float) -> dict:
+    """The three arms' requests; "hand-set at equal compute" trains `over / t_hand` times as long."""
+    steps = getattr(req, length)
+    word = "kimg" if length == "kimg" else "steps"
+    steps_equal = (round(steps * over / t_hand, 3) if isinstance(steps, float)   # kimg
+                   else int(round(steps * over / t_hand)))
+    arms = {"hand-set": req,
+            f"hand-set at equal compute ({steps_equal} {word})": dataclasses.replace(
+                req, **{length: steps_equal, snap: max(snap_min, steps_equal // 4)})}
+    if search is not None:
+        tuned_steps = search["refit"]["length"] if search["refit"] and search["refit"]["published"] else steps
+        arms[f"tuned ({tuned_steps} {word})"] = dataclasses.replace(
+            req, **search["best_params"], **{length: tuned_steps, snap: max(getattr(req, snap), tuned_steps // 4)})
+    return arms
+
+
+def _seed_jobs(arms: dict, req, seeds: list[int]) -> list[tuple[str, str, object]]:
+    """(arm, run name, request) for every arm and seed; the hand-set run of `req`'s own seed is the
+    kept "hand" run (the runs are deterministic), so it is not trained twice."""
+    out = []
+    for arm, r in arms.items():
+        slug = "equal" if "equal" in arm else arm.split()[0]
+        for s in seeds:
+            name = "hand" if slug == "hand-set" and s == req.seed else f"{slug}-s{s}"
+            out.append((arm, name, dataclasses.replace(r, seed=s)))
+    return out
+
+
+def _in_pool(args: argparse.Namespace, work: Path | None, task: str, req, run: Callable, t_hand: float,
+             seeds: list[int], sizes: tuple) -> tuple[dict, dict, list]:
+    """The search and every seed run, `--jobs` processes at once, one thread each. The search is one
+    of the jobs, and what does not need it (the hand-set seeds, the equal-compute arm sized by the
+    budget) runs beside it; the tuned arm's runs go first in the queue once the search is done."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    arms = _arms(req, None, args.budget, t_hand, *sizes)
+    queue = [("search", "search", None)] + [j for j in _seed_jobs(arms, req, seeds) if j[1] != "hand"]
+    running, results, search = {}, {}, None
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                arm, name, r = queue.pop(0)
+                fn = (functools.partial(_search, task, req, args) if name == "search"
+                      else functools.partial(run, name, r))
+                running[pool.submit(_kept, work, name, fn)] = name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                name = running.pop(f)
+                results[name] = f.result()
+                if name == "search":
+                    search = results[name]
+                    tuned = {a: r for a, r in _arms(req, search, args.budget, t_hand, *sizes).items()
+                             if a.startswith("tuned")}
+                    queue = _seed_jobs(tuned, req, seeds) + queue
+    return search, {**arms, **_arms(req, search, args.budget, t_hand, *sizes)}, results
+
+
 def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs: tuple[str, ...],
                   snap_min: float, length: str = "steps", snap: str = "snap", unit: float = 1.0) -> dict:
     """The three arms of the docstring for `task`, each with every seed of `--seeds`; `run(name,
     request)` trains one and returns (seconds, {"new": figure, "old": figure}). `length` and `snap`
     name the request's training length and checkpoint interval; `unit` is what one length unit is
-    in the steps the search reports (the GAN reports images, its length is in thousands)."""
+    in the steps the search reports (the GAN reports images, its length is in thousands).
+
+    One process (`--jobs 1`): the search, then the runs, the equal-compute arm sized by the search's
+    measured seconds. `--jobs N`: all of them N at a time, the equal-compute arm sized by the budget
+    (known before the search ends), so that no core waits for the search."""
     work = args.keep
     t_hand, first = _kept(work, "hand", lambda: run("hand", req))
     print(f"hand-set: {t_hand:.0f} s, test figures {first}", flush=True)
-    search = _kept(work, "search", lambda: _search(task, req, args))
+    seeds = [int(x) for x in args.seeds.split(",")]
+    sizes = (length, snap, snap_min)
+    if args.jobs > 1:
+        search, arms, results = _in_pool(args, work, task, req, run, t_hand, seeds, sizes)
+        results["hand"] = (t_hand, first)
+    else:
+        search = _kept(work, "search", lambda: _search(task, req, args))
+        arms = _arms(req, search, search["seconds"], t_hand, *sizes)
+        results = {"hand": (t_hand, first)}
+        for _, name, r in _seed_jobs(arms, req, seeds):
+            if name not in results:
+                results[name] = _kept(work, name, functools.partial(run, name, r))
     t_search, rows, best = search["seconds"], search["rows"], search["best_params"]
     print(f"refit: {search['refit']}", flush=True)
     steps = getattr(req, length)
-    word = "kimg" if length == "kimg" else "steps"
-    tuned_steps = search["refit"]["length"] if search["refit"] and search["refit"]["published"] else steps
-    steps_equal = (round(steps * t_search / t_hand, 3) if isinstance(steps, float)   # kimg
-                   else int(round(steps * t_search / t_hand)))
-    arms = {"hand-set": req,
-            f"tuned ({tuned_steps} {word})": dataclasses.replace(
-                req, **best, **{length: tuned_steps, snap: max(getattr(req, snap), tuned_steps // 4)}),
-            f"hand-set at equal compute ({steps_equal} {word})": dataclasses.replace(
-                req, **{length: steps_equal, snap: max(snap_min, steps_equal // 4)})}
-    seeds = [int(x) for x in args.seeds.split(",")]
-    slug = {arm: ("equal" if "equal" in arm else arm.split()[0]) for arm in arms}   # one run folder per arm and seed
-    jobs = [(arm, f"{slug[arm]}-s{s}", dataclasses.replace(r, seed=s)) for arm, r in arms.items() for s in seeds]
-    if args.jobs > 1:   # one process per run, each one thread (run must be a module-level function)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_kept, work, name, functools.partial(run, name, r)) for _, name, r in jobs}
-            done = [futures[name].result() for _, name, _ in jobs]
-    else:
-        done = [_kept(work, name, functools.partial(run, name, r)) for _, name, r in jobs]
+    order = ["hand-set", next(a for a in arms if a.startswith("tuned")), next(a for a in arms if "equal" in a)]
+    arms = {a: arms[a] for a in order}
+    jobs = _seed_jobs(arms, req, seeds)
+    done = [results[name] for _, name, _ in jobs]
     table = {}
     for arm, r in arms.items():
         runs = [res for (a, _, _), res in zip(jobs, done) if a == arm]

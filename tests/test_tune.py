@@ -185,6 +185,44 @@ def test_a_raising_progress_callback_stops_the_search(env: dict) -> None:
     assert info["trials"][1]["reason"] == "cancelled"
 
 
+def test_a_trial_whose_budget_runs_out_at_its_last_event_is_kept(env: dict) -> None:
+    """The budget running out at a trial's final event (its work done, its adapter perhaps written)
+    no longer prunes it: it completes, and no trial adapter is left in the store."""
+    budget, first = 40.0, []
+
+    def progress(ev) -> None:   # trial 1's last event arrives only after the budget is spent
+        first.append(first[0] if first else time.monotonic())   # the tune's clock started before this
+        if ev.metrics.get("trial") == 1 and ev.step == ev.total:
+            time.sleep(max(0.0, first[0] + budget + 0.5 - time.monotonic()))
+
+    rows: list[dict] = []
+    tune("detector", request(env, "late"), budget_s=budget, trials=2, refit=0, progress=progress,
+         on_trial=rows.append)
+    assert [(r["trial"], r["state"]) for r in rows] == [(0, "complete"), (1, "complete")], rows
+    assert [a for a in list_adapters(env["base"]) if a.startswith("late")] == ["late"]
+
+
+def test_publish_removes_a_stopped_trials_leftover_adapter(env: dict) -> None:
+    """A trial stopped after writing its adapter has no recorded path; publishing still removes the
+    adapter it left (`<out>.t<N>`), as it removes every finished trial's."""
+    import shutil
+
+    import optuna
+
+    from brushpen.generators.tune_publish import load_study
+
+    result = tune("detector", request(env, "left"), budget_s=600, trials=1, refit=0)
+    st = load_study("left")
+    first = st.trials[0]
+    st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=first.params,
+                                           distributions=first.distributions,
+                                           user_attrs={"reason": "the budget ran out"}))
+    shutil.copytree(result.path, result.path.parent / "left.t1")   # what such a trial leaves behind
+    assert [a for a in list_adapters(env["base"]) if a.startswith("left")] == ["left", "left.t1"]
+    again = tune("detector", request(env, "left"), budget_s=600, trials=2, refit=0, resume=True)
+    assert again.best_trial == 0 and [a for a in list_adapters(env["base"]) if a.startswith("left")] == ["left"]
+
+
 def test_detector_train_tunes_a_whole_detector_into_the_store(env: dict) -> None:
     """`brushpen tune detector-train`: trials train detectors from scratch (width, augmentation, lr,
     localisation weight); the best is published as a servable model, never over one it did not make."""

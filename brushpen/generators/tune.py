@@ -154,7 +154,7 @@ def tune(name: str, req: Any, *, budget_s: float, trials: int | None = None, see
                 except Exception as e:
                     cancelled.append(e)
                     raise
-            if not hand and time.monotonic() - start > search_s:
+            if not hand and ev.step < ev.total and time.monotonic() - start > search_s:   # done work is kept
                 raise optuna.TrialPruned("the budget ran out")
             value = ev.metrics.get(space.report)
             if value is not None and ev.step > 0:

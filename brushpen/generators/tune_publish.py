@@ -187,7 +187,8 @@ def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows:
             name = f"{req.out}.t{t.number}"
             if space.kind == "model":   # a pruned or failed trial left its half-trained folder too
                 remove_trial(model_dir_of(space, name), name)
-            remove_trial(Path(t.user_attrs["path"]) if "path" in t.user_attrs else None, name)
+            # a trial stopped after its adapter was written has no "path" but left the adapter
+            remove_trial(Path(t.user_attrs["path"]) if "path" in t.user_attrs else src.parent / name, name)
     ref = req.out if space.kind == "model" else f"{src.parent.parent.name}:{req.out}"
     return TuneResult(ref=ref, path=final, study=st.study_name, storage=scrub_paths(url),
                       best_trial=best.number, best_value=float(best.value), best_params=dict(best.params),
