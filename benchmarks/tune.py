@@ -47,7 +47,8 @@ deterministic.
 
 `--work DIR` makes a run resumable: each finished run (the hand-set run, the search, every arm's
 seed run) is kept in DIR as JSON and skipped when the command is run again; a search cut short
-starts again from nothing. Without it, everything lives in a temporary folder.
+starts again from nothing, and a GAN seed run cut short goes on from its last checkpoint. Without
+it, everything lives in a temporary folder.
 """
 
 from __future__ import annotations
@@ -360,7 +361,8 @@ def _gan_run(ctx: dict, name: str, r) -> tuple[float, dict]:
     apply_threads(1)
     data, base_dir = Path(ctx["data"]), Path(ctx["base_dir"])
     t0 = time.monotonic()
-    res = finetune(dataclasses.replace(r, out=name), lambda ev: None)
+    # a run cut short (a session's end) goes on from its last checkpoint; its seconds are then this part's
+    res = finetune(dataclasses.replace(r, out=name, resume=True), lambda ev: None)
     seconds = time.monotonic() - t0
     G = load_adapted_generator(base_dir, res.path).eval()
     labels = load_image_folder(data, 64, use_labels=True).labels
