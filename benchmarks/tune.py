@@ -173,7 +173,7 @@ def _in_pool(args: argparse.Namespace, work: Path | None, task: str, req, run: C
 
     arms = _arms(req, None, args.budget, t_hand, *sizes)
     queue = [("search", "search", None)] + [j for j in _seed_jobs(arms, req, seeds) if j[1] != "hand"]
-    running, results, search = {}, {}, None
+    running, results, search, tuned = {}, {}, None, {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while queue or running:
             while queue and len(running) < args.jobs:
@@ -190,7 +190,7 @@ def _in_pool(args: argparse.Namespace, work: Path | None, task: str, req, run: C
                     tuned = {a: r for a, r in _arms(req, search, args.budget, t_hand, *sizes).items()
                              if a.startswith("tuned")}
                     queue = _seed_jobs(tuned, req, seeds) + queue
-    return search, {**arms, **_arms(req, search, args.budget, t_hand, *sizes)}, results
+    return search, {**arms, **tuned}, results
 
 
 def equal_compute(task: str, req, run: Callable, args: argparse.Namespace, knobs: tuple[str, ...],
