@@ -8,16 +8,21 @@ import binascii
 import io
 import json
 import stat
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from brushpen import errors
 from brushpen.cli.main import main
 from brushpen.generators import checker
 from brushpen.generators.images import ImageRequest, WalkRequest, generate_images, seed_walk
 from brushpen.safety import credentials, watermark
+from conftest import PYTHON, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +219,71 @@ def test_sign_and_verify_an_image_made_elsewhere(brushpen_home: Path, tmp_path: 
     (tmp_path / "junk.png").write_bytes(b"not an image")
     assert main(["c2pa", "sign", str(tmp_path / "junk.png")]) == 2
     assert main(["c2pa", "verify", str(tmp_path / "missing.png")]) == 2
+
+
+# A child that signs `rounds` images as soon as the parent says go; with `remake`, it makes a fresh
+# identity each round instead, as `brushpen c2pa init` run beside a live deployment does.
+_SHARER = """
+import sys, time
+from pathlib import Path
+from brushpen.safety import credentials
+tmp, gate, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+rounds, remake = int(sys.argv[4]), sys.argv[5] == "remake"
+src = tmp / "photo.jpg"
+(gate / f"ready-{me}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.001)
+for i in range(rounds):
+    if remake:
+        credentials.make_local_identity(f"Remade {i}")
+        continue
+    out = credentials.sign_image_file(src, tmp / f"{me}-{i}.jpg")
+    print(credentials.read(out.read_bytes())["state"], flush=True)
+"""
+
+
+def _release_together(tmp_path: Path, roles: list[tuple[str, int, str]]) -> list[subprocess.CompletedProcess]:
+    env = subprocess_env(BRUSHPEN_HOME=str(tmp_path / "home"))
+    gate = Path(tempfile.mkdtemp(dir=tmp_path))   # a fresh gate for each release
+    procs = [subprocess.Popen([PYTHON, "-c", _SHARER, str(tmp_path), str(gate), me, str(rounds), mode], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, rounds, mode in roles]
+    deadline = time.time() + 120
+    while not all((gate / f"ready-{me}").exists() for me, _, _ in roles):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a child did not start"
+        time.sleep(0.01)
+    (gate / "go").touch()
+    out = []
+    for p, (me, _, _) in zip(procs, roles):
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{me}: {stderr[-800:]}"
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def test_processes_sharing_a_home_make_and_use_one_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # API replicas and workers share a home; on first use they all reach for an identity at once.
+    _texture().save(tmp_path / "photo.jpg", format="JPEG")
+    results = _release_together(tmp_path, [(f"first{i}", 1, "sign") for i in range(8)])
+    assert [r.stdout.split() for r in results] == [["valid"]] * 8
+    folder = tmp_path / "home" / "c2pa"
+    monkeypatch.setenv("BRUSHPEN_HOME", str(tmp_path / "home"))
+    ident = credentials.identity()
+    signers = {credentials.read((tmp_path / f"first{i}-0.jpg").read_bytes())["signer"] for i in range(8)}
+    assert signers == {credentials.read(credentials.sign_image_file(tmp_path / "photo.jpg",
+                                                                    tmp_path / "mine.jpg").read_bytes())["signer"]}
+    assert ident.chain_pem.startswith((folder / "signer.pem").read_bytes()[:64])
+    # One process remakes the identity over and over while three sign: every signature holds,
+    # though images signed by an identity since replaced no longer chain to today's CA.
+    results = _release_together(tmp_path, [("remaker", 15, "remake")] + [(f"s{i}", 10, "sign") for i in range(3)])
+    states = [s for r in results[1:] for s in r.stdout.split()]
+    assert len(states) == 30 and set(states) <= {"valid", "valid-untrusted"}, states
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(brushpen_home: Path, tmp_path: Path) -> None:
+    a = credentials.make_local_identity("Org A", folder=tmp_path / "a")
+    b = credentials.make_local_identity("Org B", folder=tmp_path / "b")
+    with pytest.raises(errors.BadParameter, match="not the key of the signer certificate"):
+        credentials.use_organisation(a / "signer.pem", b / "signer.key")
+    assert not (brushpen_home / "c2pa" / "org.pem").exists()   # nothing written
+    assert main(["c2pa", "init", "--cert", str(a / "signer.pem"), "--key", str(b / "signer.key")]) == 2

@@ -10,7 +10,9 @@ Initiative's own SDK): no hand-written JUMBF or COSE here.
 - `ca.pem` / `ca.key`: a local signing CA (EC P-256, ten years);
 - `signer.pem` (the signer certificate, then the CA) / `signer.key`: the end-entity certificate,
   with digitalSignature and the emailProtection and c2pa-kp-claimSigning EKUs (two years).
-Keys are written with mode 0600 and never logged. `init_identity` remakes them. An organisation's own
+Keys are written with mode 0600 and never logged. `init_identity` remakes them. API replicas and
+workers that share a home make, replace and read these files under one lock (`c2pa/.lock`), so none
+signs with one identity's key and another's certificate. An organisation's own
 certificate chain and key (`init_identity(cert=..., key=...)`, or `BRUSHPEN_C2PA_CERT` and
 `BRUSHPEN_C2PA_KEY`) replace the local pair, so the studio signs as that organisation.
 `BRUSHPEN_C2PA=off` stops signing altogether (reading is unaffected).
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import hashlib
 import io
 import json
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -91,17 +95,38 @@ def _name(common_name: str, org: str):
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
 
 
+@contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock on `folder/.lock`, held while the identity's files are written or read as a
+    set. A fresh open file description each time, so threads of one process exclude each other too.
+    The stdlib's flock, as the history index uses: `filelock` is not one of our dependencies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # also releases the flock
+
+
 def make_local_identity(org: str = "brushpen (local)", folder: Path | None = None) -> Path:
     """A new local CA and signer certificate in `folder` (default `$BRUSHPEN_HOME/c2pa`)."""
+    org = (org or "").strip()
+    if not org or len(org) > 64:
+        raise BadParameter("--org must be 1 to 64 characters")
+    folder = Path(folder or c2pa_dir())
+    with _folder_lock(folder):
+        _write_local_identity(org, folder)
+    return folder
+
+
+def _write_local_identity(org: str, folder: Path) -> None:
+    """Make and write the four files; the caller holds the folder's lock."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-    org = (org or "").strip()
-    if not org or len(org) > 64:
-        raise BadParameter("--org must be 1 to 64 characters")
-    folder = Path(folder or c2pa_dir())
     now = dt.datetime.now(dt.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(f"{org} signing CA", org)
@@ -131,7 +156,6 @@ def make_local_identity(org: str = "brushpen (local)", folder: Path | None = Non
     for stale in ("org.pem", "org.key"):
         (folder / stale).unlink(missing_ok=True)
     _identity_cache.clear()
-    return folder
 
 
 def _alg_for(key_pem: bytes) -> str:
@@ -167,12 +191,28 @@ def _subject(chain_pem: bytes) -> str:
 def use_organisation(cert: Path, key: Path) -> Path:
     """Sign as an organisation from now on: its chain (signer first) and key are copied in, 0600."""
     chain_pem, key_pem = Path(cert).read_bytes(), Path(key).read_bytes()
-    _subject(chain_pem), _alg_for(key_pem)   # refuse what cannot sign before anything is written
+    _check_pair(chain_pem, key_pem)   # refuse what cannot sign before anything is written
     folder = c2pa_dir()
-    _write_public(folder / "org.pem", chain_pem)
-    _write_secret(folder / "org.key", key_pem)
+    with _folder_lock(folder):
+        _write_public(folder / "org.pem", chain_pem)
+        _write_secret(folder / "org.key", key_pem)
     _identity_cache.clear()
     return folder
+
+
+def _check_pair(chain_pem: bytes, key_pem: bytes) -> tuple[str, str]:
+    """The key's algorithm and the signer's subject, once the key is known to be the signer
+    certificate's own; a mismatch would otherwise surface only as a failed signature."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    alg, subject = _alg_for(key_pem), _subject(chain_pem)
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    cert_key = x509.load_pem_x509_certificates(chain_pem)[0].public_key().public_bytes(*spki)
+    if load_pem_private_key(key_pem, password=None).public_key().public_bytes(*spki) != cert_key:
+        raise BadParameter(f"the private key is not the key of the signer certificate ({subject}); "
+                           f"give the certificate first in the chain, with its own key")
+    return alg, subject
 
 
 _identity_cache: dict[tuple, Identity] = {}
@@ -193,13 +233,27 @@ def identity() -> Identity:
     else:
         cert, key, source = folder / "signer.pem", folder / "signer.key", "local"
     with _lock:
-        if source == "local" and not (cert.exists() and key.exists()):
-            make_local_identity(folder=folder)
-        stamp = (str(cert), cert.stat().st_mtime_ns, str(key), key.stat().st_mtime_ns)
-        if stamp not in _identity_cache:
+        stamp = _stamp(cert, key)
+        if stamp in _identity_cache:
+            return _identity_cache[stamp]
+        # Not seen yet: make it (first use) or read it, both under the folder's lock, so a replica
+        # making the identity at the same moment cannot hand this one half of the set.
+        with _folder_lock(folder):
+            if source == "local" and not (cert.exists() and key.exists()):
+                _write_local_identity("brushpen (local)", folder)
+            stamp = _stamp(cert, key)
+            if stamp is None:
+                raise BadParameter(f"the signing certificate or key is missing ({cert.name}, {key.name})")
             chain_pem, key_pem = cert.read_bytes(), key.read_bytes()
-            _identity_cache[stamp] = Identity(chain_pem, key_pem, _alg_for(key_pem), _subject(chain_pem), source)
+        _identity_cache[stamp] = Identity(chain_pem, key_pem, *_check_pair(chain_pem, key_pem), source)
         return _identity_cache[stamp]
+
+
+def _stamp(cert: Path, key: Path) -> tuple | None:
+    try:
+        return (str(cert), cert.stat().st_mtime_ns, str(key), key.stat().st_mtime_ns)
+    except FileNotFoundError:
+        return None
 
 
 def add_trust(pem_file: Path) -> int:
@@ -212,11 +266,12 @@ def add_trust(pem_file: Path) -> int:
     except ValueError as e:
         raise BadInput(f"{Path(pem_file).name} is not a PEM certificate file: {str(e)[:120]}") from None
     path = c2pa_dir() / "trust" / "anchors.pem"
-    have = path.read_bytes() if path.exists() else b""
     added = [c.public_bytes(serialization.Encoding.PEM) for c in certs]
-    new = [c for c in added if c not in have]
-    if new:
-        _write_public(path, have + b"".join(new))
+    with _folder_lock(c2pa_dir()):   # two adds at once must not drop either
+        have = path.read_bytes() if path.exists() else b""
+        new = [c for c in added if c not in have]
+        if new:
+            _write_public(path, have + b"".join(new))
     return len(new)
 
 
