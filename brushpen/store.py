@@ -8,12 +8,16 @@ reads their cards and metrics, refuses pickle-based weights, and writes every fi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -223,30 +227,76 @@ def update_metrics(path: Path, **values: Any) -> dict[str, Any]:
     return metrics
 
 
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive flock on `path` (a folder, or a lock file made if missing) while the block runs,
+    for processes that share a home or a store. Each call opens its own file description, so it
+    excludes other threads of this process too: a thread must not take the same lock twice."""
+    path = Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | (0 if path.is_dir() else os.O_CREAT), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # also releases the flock
+
+
 def publish_dir(staging: Path, final: Path) -> Path:
     """Move a fully written staging folder into place, replacing `final` with no half-state.
 
     The old folder is renamed aside first, then the new one renamed in, then the old one removed:
-    at every instant either the old or the new complete folder sits at a known name.
+    at every instant either the old or the new complete folder sits at a known name. Publishers of
+    one folder take turns (a lock on the parent folder), so two at once both succeed, the later winning.
     """
     final = Path(final)
     old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        if old.exists():  # stale; but while `final` is missing, `old` is the only complete copy
+    with file_lock(final.parent):
+        if final.exists():
+            if old.exists():  # stale; but while `final` is missing, `old` is the only complete copy
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(staging, final)
+        if old.exists():
             shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
     return final
 
 
+STALE_STAGING_S = 86400.0   # another machine's staging folder this old is taken as abandoned
+
+
+def _abandoned(stage: Path) -> bool:
+    """Whether a staging folder was left by a kill: its writer (named in the folder's name, as
+    `staging_dir` makes it) is gone. Another process may be writing it right now."""
+    owner = stage.name.rsplit(".staging-", 1)[-1].rsplit("-", 1)[0]
+    pid, _, host = owner.partition("@")
+    if not pid.isdigit() or not host:
+        return True   # named before writers were recorded
+    if host != socket.gethostname():
+        try:
+            return time.time() - stage.stat().st_mtime > STALE_STAGING_S
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # alive, another user's
+        pass
+    return False
+
+
 def staging_dir(final: Path) -> Path:
+    """A fresh hidden folder beside `final` to write into, then `publish_dir`. Staging folders left
+    by a kill are removed; those of writers still running (in this or another process) are kept."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.staging-*"):  # left by a kill mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
+    for stale in final.parent.glob(f".{final.name}.staging-*"):
+        if _abandoned(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    owner = f"{os.getpid()}@{socket.gethostname()}"
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-{owner}-"))
     os.chmod(stage, 0o755)
     return stage
 

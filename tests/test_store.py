@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +240,60 @@ def test_scrub_paths_hides_the_store_and_home(weights_store: Path, brushpen_home
     text = f"cannot read {weights_store}/gan/x/config.json nor {brushpen_home}/jobs/ft-1/data.zip"
     assert scrub_paths(text) == "cannot read <store>/gan/x/config.json nor <home>/jobs/ft-1/data.zip"
     assert scrub_paths("no paths here") == "no paths here"
+
+
+# A writer that stages a folder file by file, slowly, then publishes it, `rounds` times, once the parent says go.
+_WRITER = """
+import json, sys, time
+from pathlib import Path
+from brushpen.store import publish_dir, staging_dir
+final, gate, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(gate / f"ready-{me}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.001)
+for i in range(3):
+    stage = staging_dir(final)
+    for name in ("a.json", "b.json", "c.json"):
+        (stage / name).write_text(json.dumps({"version": f"{me}.{i}"}))
+        time.sleep(0.05)
+    publish_dir(stage, final)
+"""
+
+
+def test_processes_staging_and_publishing_one_folder_all_succeed(tmp_path: Path) -> None:
+    # Replicas and workers sharing a home convert the text base on first use together; a writer must
+    # not sweep away another live writer's staging folder as if a kill had left it.
+    from conftest import PYTHON, subprocess_env
+
+    final, gate = tmp_path / "store" / "model", tmp_path / "gate"
+    gate.mkdir()
+    writers = [f"w{i}" for i in range(6)]
+    procs = [subprocess.Popen([PYTHON, "-c", _WRITER, str(final), str(gate), me], env=subprocess_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for me in writers]
+    deadline = time.time() + 120
+    while not all((gate / f"ready-{me}").exists() for me in writers):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a writer did not start"
+        time.sleep(0.01)
+    (gate / "go").touch()
+    for p, me in zip(procs, writers):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, f"{me}: {err[-600:]}"
+    versions = {json.loads((final / n).read_text())["version"] for n in ("a.json", "b.json", "c.json")}
+    assert len(versions) == 1 and versions.pop().endswith(".2")   # one writer's whole, last folder
+    assert sorted(p.name for p in final.parent.iterdir()) == ["model"]   # nothing staged is left behind
+
+
+def test_staging_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    live = staging_dir(final)                        # this process, still writing
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".model.staging-{dead.pid}@{socket.gethostname()}-abc123"
+    legacy = tmp_path / ".model.staging-k2j4h5"      # named before writers were recorded
+    elsewhere = tmp_path / ".model.staging-77@another-host-xyz"   # another machine's, on a shared store
+    for d in (gone, legacy, elsewhere):
+        d.mkdir()
+    staging_dir(final)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert live.name in left and elsewhere.name in left
+    assert gone.name not in left and legacy.name not in left

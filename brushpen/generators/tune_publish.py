@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +18,7 @@ from brushpen.adapters import FinetuneEvent, check_name
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.generators.tune_space import (Space, TuneResult, final_value, gan_kid, hand_set, model_dir_of)
-from brushpen.store import atomic_write_json, atomic_write_text, publish_dir, scrub_paths, staging_dir
+from brushpen.store import atomic_write_json, atomic_write_text, file_lock, publish_dir, scrub_paths, staging_dir
 
 
 def studies_dir() -> Path:
@@ -142,24 +140,13 @@ def publish(st, space: Space, req: Any, url: str, seed: int) -> TuneResult:
 def setup_lock(url: str):
     """On a SQLite file, a lock beside it: processes of one machine create and seed a study in turn."""
     if url.startswith("sqlite:///"):
-        return _file_lock(Path(url.removeprefix("sqlite:///") + ".lock"))
+        return file_lock(Path(url.removeprefix("sqlite:///") + ".lock"))
     return contextlib.nullcontext()
 
 
 def _publish_lock(final: Path):
     """One worker at a time publishes `final` (several may finish a shared study together)."""
-    return _file_lock(final.parent / f".{final.name}.lock")
-
-
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(final.parent / f".{final.name}.lock")
 
 
 def _publish_locked(st, space: Space, req: Any, url: str, seed: int, best, rows: list[dict],

@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fcntl
 import hashlib
 import io
 import json
 import os
 import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +44,7 @@ from typing import Any
 from brushpen.config import get_settings
 from brushpen.errors import BadInput, BadParameter
 from brushpen.safety import watermark
-from brushpen.store import atomic_write_bytes
+from brushpen.store import atomic_write_bytes, file_lock
 
 CLAIM_SIGNING_EKU = "1.3.6.1.4.1.62558.2.1"   # c2pa-kp-claimSigning
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia",
@@ -95,18 +93,9 @@ def _name(common_name: str, org: str):
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
 
 
-@contextmanager
 def _folder_lock(folder: Path):
-    """An exclusive flock on `folder/.lock`, held while the identity's files are written or read as a
-    set. A fresh open file description each time, so threads of one process exclude each other too.
-    The stdlib's flock, as the history index uses: `filelock` is not one of our dependencies."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)   # also releases the flock
+    """Held while the identity's files are written or read as a set."""
+    return file_lock(folder / ".lock")
 
 
 def make_local_identity(org: str = "brushpen (local)", folder: Path | None = None) -> Path:

