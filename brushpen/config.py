@@ -4,6 +4,7 @@
 `BRUSHPEN_WEIGHTS` is the weight store (default: the `weights/` folder of this checkout).
 `BRUSHPEN_THREADS` pins torch's intra-op threads (default: all cores).
 `BRUSHPEN_DEVICE` picks `cpu` or `cuda` (default: cuda when available).
+`BRUSHPEN_ENGINE_URL` names an OpenAI-compatible engine whose models serve as copy models `engine/ID`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENGINE_URL_ENV = "BRUSHPEN_ENGINE_URL"
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,25 @@ def apply_threads(threads: int | None = None) -> int:
     n = threads or get_settings().threads
     torch.set_num_threads(n)
     return n
+
+
+def engine_url() -> str | None:
+    """The copy engine's API root (`BRUSHPEN_ENGINE_URL`), checked; None when no engine is set."""
+    from urllib.parse import urlsplit
+
+    from brushpen.errors import BadParameter
+
+    url = os.environ.get(ENGINE_URL_ENV, "").strip().rstrip("/")
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BadParameter(f"the engine must be an http(s) URL such as http://127.0.0.1:8080/v1, got '{url}'")
+    return url
+
+
+def use_engine(url: str | None) -> None:
+    """`--engine URL`: this process and its children use that engine; checked now, not on first use."""
+    if url:
+        os.environ[ENGINE_URL_ENV] = url
+        engine_url()

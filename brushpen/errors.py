@@ -33,3 +33,10 @@ class BrokenModel(BrushpenError):
     """A model folder exists but is missing files or holds unreadable ones."""
 
     http_status = 422
+
+
+class EngineUnavailable(BrushpenError):
+    """The engine a model runs on (an OpenAI-compatible server, `BRUSHPEN_ENGINE_URL`) cannot be
+    reached or failed: the request was fine, try again once the engine is back."""
+
+    http_status = 502

@@ -31,6 +31,24 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def apply_copy_events(events) -> tuple[list[str], int, object]:
+    """Apply `stream_copy`'s events as a display does (append a delta, swap on replace, clear on
+    drop): the variants shown at the end, how many deltas came, and the `done` event's result."""
+    shown: dict[int, str] = {}
+    deltas, result = 0, None
+    for ev in events:
+        if ev.kind == "delta":
+            shown[ev.variant] = shown.get(ev.variant, "") + ev.text
+            deltas += 1
+        elif ev.kind == "replace":
+            shown[ev.variant] = ev.text
+        elif ev.kind == "drop":
+            shown.pop(ev.variant, None)
+        elif ev.kind == "done":
+            result = ev.result
+    return [shown[i] for i in sorted(shown)], deltas, result
+
+
 @pytest.fixture
 def brushpen_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

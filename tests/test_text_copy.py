@@ -26,7 +26,7 @@ from brushpen.text.base import (BASE_NAME, COPY_MODEL, _load_folder, convert_bas
 from brushpen.text.filter import check_brief, load_blocklist
 from brushpen.text.prompts import KINDS, build_prompt
 from brushpen.text.sampling import clean, fit_context
-from conftest import PYTHON, REPO, subprocess_env
+from conftest import PYTHON, REPO, apply_copy_events, subprocess_env
 
 BRIEFS = json.loads((REPO / "tests" / "data" / "briefs.json").read_text(encoding="utf-8"))
 BRIEF = "Reusable steel water bottle that keeps drinks cold for 24 hours"
@@ -99,20 +99,9 @@ def test_same_seed_same_text_and_variants_distinct(text_model) -> None:
 
 def test_streaming_gives_the_same_text_as_generate(text_model) -> None:
     req = small(kind="description", max_new_tokens=16, n=2)
-    texts: dict[int, str] = {}
-    deltas, final = 0, None
-    for ev in stream_copy(req):
-        if ev.kind == "delta":
-            texts[ev.variant] = texts.get(ev.variant, "") + ev.text
-            deltas += 1
-        elif ev.kind == "replace":
-            texts[ev.variant] = ev.text
-        elif ev.kind == "drop":
-            texts.pop(ev.variant, None)
-        elif ev.kind == "done":
-            final = ev.result
+    texts, deltas, final = apply_copy_events(stream_copy(req))
     assert deltas > 2  # it really streamed
-    assert [texts[i] for i in sorted(texts)] == final.texts == generate_copy(req).texts
+    assert texts == final.texts == generate_copy(req).texts
 
 
 def test_streaming_marks_each_variant_final_as_its_row_ends(text_model) -> None:

@@ -15,12 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from brushpen.errors import BadInput, BadParameter, BrokenModel, BrushpenError, ModelNotFound, UnsafeWeights
+from brushpen.errors import (BadInput, BadParameter, BrokenModel, BrushpenError, EngineUnavailable, ModelNotFound,
+                             UnsafeWeights)
 
 log = logging.getLogger("brushpen.api")
 
 _CODES = {BadParameter: "invalid_value", BadInput: "invalid_input", ModelNotFound: "model_not_found",
-          BrokenModel: "broken_model", UnsafeWeights: "unsafe_weights"}
+          BrokenModel: "broken_model", UnsafeWeights: "unsafe_weights", EngineUnavailable: "engine_unavailable"}
 _TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error"}
 

@@ -9,6 +9,7 @@ extras (seed, truncation_psi, kind, tone, ...) are plain optional fields; the SD
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -21,7 +22,17 @@ MAX_PROMPTS = 16        # briefs in one /v1/completions request
 MAX_PROMPT_CHARS = 2000
 
 
+# An engine's model (`engine/ID`) goes to the engine, never to a path here; the API checks it against
+# the engine's own listing. Its ID is as the engine lists it: vLLM's are hub names with a slash.
+ENGINE_REF = re.compile(r"engine/[^\s\x00-\x1f\x7f]{1,256}")
+
+
 def _store_ref(name: str | None) -> str | None:
+    if name is not None and name.startswith("engine/"):
+        if not ENGINE_REF.fullmatch(name):
+            raise ValueError("an engine's model is engine/ID, the ID as the engine lists it "
+                             "(1 to 256 characters, no spaces)")
+        return name
     problem = None if name is None else store_ref_problem(name)
     if problem:
         raise ValueError(problem)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from typing import Iterable, TextIO
 
-from brushpen.config import apply_threads
+from brushpen.config import apply_threads, use_engine
 
 KINDS = ("headline", "tagline", "description", "social", "email-subject", "ad")
 
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     c.add_argument("--model", default=None,
                    help="smollm2-135m:copy (default on torch: the distilled copywriter), smollm2-135m (the base; "
-                   "the default on onnx), an installed model, text/NAME in the store, or a folder")
+                   "the default on onnx), an installed model, text/NAME in the store, a folder, or engine/ID: "
+                   "a model of the engine at --engine")
     c.add_argument("--adapter", default=None, help="a LoRA adapter of the model, from `brushpen finetune text --out NAME`")
     c.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"),
                    help="onnx / onnx-int8 run the graphs of `brushpen export MODEL --int8` under onnxruntime")
@@ -43,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print tokens as they come (with --no-deliberate; deliberate mode prints its picks at the end)")
     c.add_argument("--json", action="store_true",
                    help="print the variants with their settings, seeds and checks, and the rejected drafts")
+    c.add_argument("--engine", default=None, metavar="URL",
+                   help="an OpenAI-compatible engine (llama-server, vLLM, Ollama, ...) whose models "
+                        "serve as engine/ID: its API root, e.g. http://127.0.0.1:8080/v1 "
+                        "(default: $BRUSHPEN_ENGINE_URL)")
     c.add_argument("--threads", type=int, default=None)
     c.set_defaults(func=run_copy)
 
@@ -64,6 +69,7 @@ def _request(args: argparse.Namespace):
 def run_copy(args: argparse.Namespace) -> int:
     from brushpen.generators.copy import generate_copy, stream_copy
 
+    use_engine(args.engine)
     req = _request(args)
     req.validate()  # before the model loads, so typos fail fast
     apply_threads(args.threads)

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from brushpen.config import apply_threads, get_settings
+from brushpen.config import apply_threads, get_settings, use_engine
 from brushpen.generators.jobs_db import URL_ENV
 
 
@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--jobs-url", default=None, metavar="URL",
                    help="the job store: postgresql://... shared by replicas and workers (default: "
                         "$BRUSHPEN_JOBS_URL, else SQLite under $BRUSHPEN_HOME)")
+    s.add_argument("--engine", default=None, metavar="URL",
+                   help="an OpenAI-compatible engine (llama-server, vLLM, Ollama, ...) whose models "
+                        "serve as engine/ID: its API root, e.g. http://127.0.0.1:8080/v1 "
+                        "(default: $BRUSHPEN_ENGINE_URL)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=run_studio)
 
@@ -119,6 +123,7 @@ def run_studio(args: argparse.Namespace) -> int:
               "use the models and the batch queue. Set --api-key or BRUSHPEN_API_KEY.", file=sys.stderr)
     if args.jobs_url:
         os.environ[URL_ENV] = args.jobs_url
+    use_engine(args.engine)
     threads = apply_threads(args.threads)
     app = build_server_app(api_key, ui=not args.no_ui, worker=not args.no_worker)
     docs = "/docs" if app.docs_url else "/openapi.json behind the key"

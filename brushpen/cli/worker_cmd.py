@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from brushpen.config import apply_threads
+from brushpen.config import apply_threads, use_engine
 from brushpen.generators.jobs_db import URL_ENV
 
 
@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the job store: postgresql://... (default: $BRUSHPEN_JOBS_URL, else the SQLite file "
                         "under $BRUSHPEN_HOME, shared with a studio on this machine)")
     w.add_argument("--concurrency", type=int, default=1, help="worker processes to run (default 1)")
+    w.add_argument("--engine", default=None, metavar="URL",
+                   help="an OpenAI-compatible engine (llama-server, vLLM, Ollama, ...) whose models "
+                        "serve as engine/ID: its API root, e.g. http://127.0.0.1:8080/v1 "
+                        "(default: $BRUSHPEN_ENGINE_URL)")
     w.add_argument("--families", default="", help="run only these kinds of job: images,text,finetune "
                                                   "(aliases gan, copy; default: all)")
     w.add_argument("--threads", type=int, default=None,
@@ -47,6 +51,7 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.jobs_url:
         os.environ[URL_ENV] = args.jobs_url
+    use_engine(args.engine)
     parse_families(args.families)   # a bad name is refused before any process starts
     if args.concurrency < 1:
         from brushpen.errors import BadParameter

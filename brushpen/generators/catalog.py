@@ -2,8 +2,9 @@
 
 The services accept folder paths too; a client over HTTP must never be able to point at one, so
 the API checks a model name against this listing first (`image_model`, `copy_model`). Copy models
-are the shipped SmolLM2 base, text models in the store (`text/NAME`) and every LoRA adapter as
-`BASE:NAME`; image models are what `images.image_models` lists. Listing walks folders, so it is
+are the shipped SmolLM2 base, text models in the store (`text/NAME`), every LoRA adapter as
+`BASE:NAME` and the models of an OpenAI-compatible engine (`engine/ID`, when `BRUSHPEN_ENGINE_URL`
+is set); image models are what `images.image_models` lists. Listing walks folders, so it is
 kept for `TTL_S` seconds; a name not found is looked up once more in a fresh listing.
 """
 
@@ -30,7 +31,7 @@ class CatalogModel:
 
     id: str
     task: str                               # "images" or "copy"
-    kind: str                               # gan, diffusers, causal-lm, causal-lm+lora
+    kind: str                               # gan, diffusers, causal-lm, causal-lm+lora, engine
     created: int                            # when the listing was read (Unix seconds)
     resolution: int | None = None           # image models: the native side in pixels
     class_names: list[str] | None = None    # a class-conditional GAN's classes
@@ -71,6 +72,8 @@ def _image_entries(now: int) -> tuple[dict[str, CatalogModel], dict[str, str]]:
 
 
 def _copy_entries(now: int) -> tuple[dict[str, CatalogModel], dict[str, str]]:
+    from brushpen.text.engine import list_engine_models   # imports the sampler (torch), as listing images does
+
     copy = {BASE_NAME: CatalogModel(BASE_NAME, "copy", "causal-lm", now, source=_BASE_SOURCE)}
     aliases = {a: BASE_NAME for a in BASE_ALIASES if a != BASE_NAME}
     for m in list_models():
@@ -84,6 +87,8 @@ def _copy_entries(now: int) -> tuple[dict[str, CatalogModel], dict[str, str]]:
         for a in m.adapters:   # LoRA adapters (`brushpen finetune text`), served as BASE:NAME
             ref = f"{base}:{a}"
             copy[ref] = CatalogModel(ref, "copy", "causal-lm+lora", now, base=base, adapter=a)
+    for ref in list_engine_models():   # served by the engine; brushpen drafts, checks and picks
+        copy[ref] = CatalogModel(ref, "copy", "engine", now, source="an OpenAI-compatible engine (BRUSHPEN_ENGINE_URL)")
     return copy, aliases
 
 
@@ -130,5 +135,10 @@ def image_model(name: str | None) -> str:
 
 def copy_model(name: str | None, backend: str = "torch") -> str:
     """The id of a copy model a client named (None: `default_copy_model(backend)`, the distilled
-    copywriter on torch); ModelNotFound otherwise."""
+    copywriter on torch); ModelNotFound otherwise. An engine's model is checked with the engine itself,
+    which answers EngineUnavailable when it cannot be reached."""
+    from brushpen.text.engine import check_served, is_engine_ref
+
+    if is_engine_ref(name):
+        return check_served(name)
     return _resolve(name, "copy", default_copy_model(backend))

@@ -14,15 +14,20 @@ Plain mode (`deliberate=False`): variant i is drawn with seed `seed + i`. A vari
 empty, repeats another or hits the blocklist is redrawn with a fresh seed (`seed + n·attempt + i`),
 at most `MAX_ATTEMPTS` times, then dropped with a note. Temperature 0 is greedy decoding: it gives
 one variant, so it needs n=1 (and deliberate mode then checks that one draft).
+
+A model named `engine/ID` runs on an OpenAI-compatible engine the user runs (`text.engine`): the
+same prompts, checks, pick, redraws and events, with the drafts written by the engine.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Iterator
 
 from brushpen.adapters import check_name, split_ref
@@ -30,9 +35,10 @@ from brushpen.edge.common import check_backend
 from brushpen.edge.lm_runtime import load_ort_text_model
 from brushpen.errors import BadParameter
 from brushpen.store import list_models
-from brushpen.text import checks, prompts
+from brushpen.text import checks, engine, prompts
 from brushpen.text.base import (BASE_NAME, COPY_MODEL, TextModel, default_copy_model, is_base_alias,
-                                load_text_model)
+                                load_text_model, resolve_text_model)
+from brushpen.text.engine import EngineModel, is_engine_ref
 from brushpen.text.filter import Blocklist, check_brief, load_blocklist
 from brushpen.text.install import INSTALLABLE, installed
 from brushpen.text.sampling import RawText, Row, Sampling, clean, generate_rows, stream_rows
@@ -63,6 +69,8 @@ PLAIN_TEMPERATURES = {COPY_MODEL: 0.7}
 
 def plain_temperature(model: str | None, adapter: str | None = None) -> float:
     """The tuned plain-sampling temperature of a copy model (or the model with `adapter`)."""
+    if is_engine_ref(model):
+        return PLAIN_TEMPERATURE
     base, named = split_ref(model or BASE_NAME)
     name = adapter or named
     ref = (BASE_NAME if is_base_alias(base) else base) + (f":{name}" if name else "")
@@ -197,7 +205,7 @@ def _visible(text: str) -> str:
     return "".join(c for c in text if not c.isspace() and unicodedata.category(c) != "Cf")
 
 
-def _prepare(req: CopyRequest) -> tuple[TextModel, int, Blocklist]:
+def _prepare(req: CopyRequest) -> tuple[TextModel | EngineModel, int, Blocklist]:
     req.validate()
     blocklist = load_blocklist()
     check_brief(req.brief, blocklist)
@@ -206,8 +214,15 @@ def _prepare(req: CopyRequest) -> tuple[TextModel, int, Blocklist]:
     return tm, seed, blocklist
 
 
-def _load(req: CopyRequest) -> TextModel:
-    """The model of a request on its backend: torch, or an exported graph under onnxruntime."""
+def _load(req: CopyRequest) -> TextModel | EngineModel:
+    """The model of a request on its backend: torch, an exported graph under onnxruntime, or an engine."""
+    if is_engine_ref(req.model):
+        if req.adapter:
+            raise BadParameter(f"LoRA adapters run here, on the torch backend; '{req.model}' runs on its engine: "
+                               f"load the adapter into the engine instead, or pick a local model")
+        if req.backend != "torch":
+            raise BadParameter(f"'{req.model}' runs on its engine, not on {req.backend}: leave backend unset")
+        return engine.load_engine_model(req.model)
     if req.backend == "torch":
         return load_text_model(_model_ref(req))
     if req.adapter or ":" in str(req.model or ""):
@@ -228,13 +243,14 @@ def _model_ref(req: CopyRequest) -> str | None:
 
 def copy_models() -> list[str]:
     """Model names a copy request can take, for pickers: the default first (`default_copy_model`),
-    then the base, installed models, text models in the store, and every LoRA adapter as BASE:NAME."""
+    then the base, installed models, text models in the store, every LoRA adapter as BASE:NAME, and
+    the models of the engine (`engine/ID`) when one is set."""
     names = [default_copy_model(), BASE_NAME] + [name for name in INSTALLABLE if installed(name)]
     for m in list_models():
         if m.family == "text":
             base = BASE_NAME if m.name == BASE_NAME else m.ref
             names += ([] if base == BASE_NAME else [base]) + [f"{base}:{a}" for a in m.adapters]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(names + engine.list_engine_models()))
 
 
 def check_request(req: CopyRequest) -> None:
@@ -251,14 +267,29 @@ def check_backend_available(req: CopyRequest) -> None:
 
 # ---- token counts (the API's `usage` and `finish_reason`) ------------------------------------
 
+def _tokenizer(model: str | None):
+    """A copy model's tokenizer (the torch model's, whatever the backend). An engine's tokenizer is
+    not ours to load: its counts are estimates under the shipped base's tokenizer."""
+    if is_engine_ref(model):
+        return _base_tokenizer()
+    return load_text_model(model).tokenizer
+
+
+@lru_cache(maxsize=1)
+def _base_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve_text_model(None)))
+
+
 def count_tokens(model: str | None, text: str) -> int:
-    """Tokens of `text` under a copy model's tokenizer (the torch model's, whatever the backend)."""
-    return len(load_text_model(model).tokenizer(text, add_special_tokens=False)["input_ids"])
+    """Tokens of `text` under a copy model's tokenizer (estimated for an engine's model)."""
+    return len(_tokenizer(model)(text, add_special_tokens=False)["input_ids"])
 
 
 def prompt_tokens(req: CopyRequest) -> int:
     """Tokens of the prompt a request's brief becomes."""
-    tok = load_text_model(req.model).tokenizer
+    tok = _tokenizer(req.model)
     return count_tokens(req.model, prompts.build_prompt(tok, req.brief, req.kind, req.tone, req.audience, req.lang))
 
 
@@ -283,12 +314,29 @@ def _token_budget(req: CopyRequest) -> int:
     return req.max_new_tokens
 
 
-def _row(tm: TextModel, req: CopyRequest, seed: int) -> Row:
-    prompt = prompts.build_prompt(tm.tokenizer, req.brief, req.kind, req.tone, req.audience, req.lang)
+def _row(tm: TextModel | EngineModel, req: CopyRequest, seed: int) -> Row:
+    if isinstance(tm, EngineModel):   # the engine applies its own chat template to the messages
+        prompt = json.dumps(prompts.build_messages(req.brief, req.kind, req.tone, req.audience, req.lang))
+    else:
+        prompt = prompts.build_prompt(tm.tokenizer, req.brief, req.kind, req.tone, req.audience, req.lang)
     return Row(prompt, seed, tuple(req.stop), prompts.kind_spec(req.kind).single_line)
 
 
-def _settings(req: CopyRequest, tm: TextModel, seed: int) -> dict:
+def _generate(tm: TextModel | EngineModel, rows: list[Row], sampling: Sampling,
+              cancel: threading.Event | None = None) -> list[RawText]:
+    if isinstance(tm, EngineModel):
+        return engine.generate_rows(tm, rows, sampling, cancel)
+    return generate_rows(tm, rows, sampling, cancel=cancel)
+
+
+def _stream(tm: TextModel | EngineModel, rows: list[Row], sampling: Sampling,
+            cancel: threading.Event | None) -> Iterator[tuple]:
+    if isinstance(tm, EngineModel):
+        return engine.stream_rows(tm, rows, sampling, cancel)
+    return stream_rows(tm, rows, sampling, cancel)
+
+
+def _settings(req: CopyRequest, tm: TextModel | EngineModel, seed: int) -> dict:
     return {**asdict(req), "model": tm.name, "seed": seed}
 
 
@@ -384,15 +432,15 @@ def pick(req: CopyRequest, drafts: list[tuple[RawText, int]], blocklist: Blockli
     return CopyResult(picked, settings, notes, missed[:req.n])
 
 
-def _draft_rows(tm: TextModel, req: CopyRequest, seed: int) -> list[Row]:
+def _draft_rows(tm: TextModel | EngineModel, req: CopyRequest, seed: int) -> list[Row]:
     return [_row(tm, req, seed + j) for j in range(req.drafts)]
 
 
-def _generate_chunked(tm: TextModel, rows: list[Row], sampling: Sampling,
+def _generate_chunked(tm: TextModel | EngineModel, rows: list[Row], sampling: Sampling,
                       cancel: threading.Event | None = None) -> list[RawText]:
     out: list[RawText] = []
     for start in range(0, len(rows), ROWS_PER_CALL):
-        out += generate_rows(tm, rows[start:start + ROWS_PER_CALL], sampling, cancel=cancel)
+        out += _generate(tm, rows[start:start + ROWS_PER_CALL], sampling, cancel)
     return out
 
 
@@ -426,7 +474,7 @@ def generate_copy_batch(reqs: list[CopyRequest]) -> list[CopyResult]:
                     for k in members for i in (range(reqs[k].n) if attempt == 0 else collectors[k].missing())]
             if not todo:
                 break
-            raws = generate_rows(tm, [_row(tm, reqs[k], seed) for k, _, seed in todo], sampling)
+            raws = _generate(tm, [_row(tm, reqs[k], seed) for k, _, seed in todo], sampling)
             for (k, i, seed), raw in zip(todo, raws):
                 collectors[k].offer(i, raw, seed)
         for k in members:
@@ -452,7 +500,7 @@ def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iter
     shown = [""] * req.n
     final = [False] * req.n
     raws: list[RawText] = []
-    for item in stream_rows(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling, cancel):
+    for item in _stream(tm, [_row(tm, req, seed + i) for i in range(req.n)], sampling, cancel):
         if item[0] < 0:
             raws = item[1]
             break
@@ -475,8 +523,8 @@ def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iter
         todo = collector.missing()
         if not todo:
             break
-        redraws = generate_rows(tm, [_row(tm, req, _redraw_seed(seed, req.n, attempt, i)) for i in todo], sampling,
-                                cancel=cancel)
+        redraws = _generate(tm, [_row(tm, req, _redraw_seed(seed, req.n, attempt, i)) for i in todo], sampling,
+                            cancel)
         if cancel is not None and cancel.is_set():
             return
         for i, raw in zip(todo, redraws):
@@ -494,7 +542,7 @@ def stream_copy(req: CopyRequest, cancel: threading.Event | None = None) -> Iter
     yield CopyEvent("done", result=collector.result(_settings(req, tm, seed)))
 
 
-def _stream_deliberate(req: CopyRequest, tm: TextModel, seed: int, blocklist: Blocklist,
+def _stream_deliberate(req: CopyRequest, tm: TextModel | EngineModel, seed: int, blocklist: Blocklist,
                        cancel: threading.Event | None) -> Iterator[CopyEvent]:
     """Deliberate mode as events: nothing can be shown before the drafts are checked, so each picked
     variant arrives whole, as one final delta; an unfilled slot is dropped."""

@@ -99,7 +99,7 @@ class StopOnStrings(StoppingCriteria):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         for i, row in enumerate(self.rows):
             text = self.tokenizer.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
-            done[i] = _stop_index(text, row) is not None
+            done[i] = stop_index(text, row) is not None
         return done
 
 
@@ -113,7 +113,7 @@ class StopOnCancel(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
 
 
-def _stop_index(text: str, row: Row) -> int | None:
+def stop_index(text: str, row: Row) -> int | None:
     """Where the copy in `text` ends because of a stop string or newline, or None if it has not."""
     hits = [text.find(s) for s in row.stops if s and s in text]
     if row.single_line:
@@ -149,7 +149,7 @@ class BatchStreamer(TextIteratorStreamer):
                 ids, self.ended[i] = ids[:ids.index(eos)], True
             self.tokens[i].extend(ids)
             text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
-            cut = _stop_index(text, self.rows[i])
+            cut = stop_index(text, self.rows[i])
             if cut is not None:
                 text, self.ended[i] = text[:cut], True
             self.text_queue.put((i, text, self.ended[i]), timeout=self.timeout)
@@ -185,7 +185,7 @@ def generate_rows(tm: TextModel, rows: list[Row], s: Sampling, streamer: BatchSt
         if hit_eos:
             new = new[:new.index(eos)]
         text = tok.decode(new, skip_special_tokens=True)
-        cut = _stop_index(text, row)
+        cut = stop_index(text, row)
         results.append(RawText(text[:cut] if cut is not None else text, hit_eos or cut is not None))
     return results
 
