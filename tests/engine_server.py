@@ -21,7 +21,7 @@ def sampling_folder(root: Path) -> Path:
     as an engine deployed for copy would be set up."""
     base = convert_base()
     folder = root / "smollm2"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for f in base.iterdir():
         if f.name != "generation_config.json":
             (folder / f.name).symlink_to(f.resolve())
@@ -30,12 +30,17 @@ def sampling_folder(root: Path) -> Path:
     return folder
 
 
-def start_engine(folder: Path, log: Path, threads: int = 1, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`transformers serve` on `folder`, started beside it so it lists the model by its short name;
-    returns the process and the API root once /v1/models answers."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_engine(folder: Path, log: Path, threads: int = 1, timeout: float = 180,
+                 port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`transformers serve` on `folder` (on `port`, else a free one), started beside it so it lists
+    the model by its short name; returns the process and the API root once /v1/models answers."""
+    port = port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", folder.name,

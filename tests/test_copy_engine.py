@@ -13,13 +13,13 @@ from typing import Iterator
 import httpx
 import pytest
 
-from api_server import Server, free_port, make_home, make_store
+from api_server import Server, make_home, make_store
 from brushpen.cli.main import main
 from brushpen.errors import BadParameter, EngineUnavailable
 from brushpen.generators.copy import CopyRequest, copy_models, generate_copy, stream_copy
 from brushpen.text import engine
 from conftest import apply_copy_events
-from engine_server import sampling_folder, start_engine, stop_engine
+from engine_server import free_port, sampling_folder, start_engine, stop_engine
 
 BRIEF = "A neighbourhood bakery that bakes sourdough bread every morning"
 
@@ -180,3 +180,61 @@ def test_the_studio_writes_copy_on_the_engine_in_chromium(served, tmp_path: Path
         assert json.loads(index[-1])["settings"]["model"] == name   # the history says which model wrote it
     finally:
         server.stop()
+
+
+def _chat_batch(client, name: str, n_lines: int):
+    lines = [{"custom_id": f"w{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": name, "messages": [{"role": "user", "content": BRIEF}], "n": 1, "draft": 1,
+                       "kind": "headline", "seed": i}} for i in range(n_lines)]
+    up = client.files.create(file=("w.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()), purpose="batch")
+    return client.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def test_a_batch_waits_out_an_engine_that_is_down(tmp_path: Path) -> None:
+    # The engine is not up yet when the lines are claimed: they wait for it and then run, none failed.
+    port = free_port()
+    server = Server(make_home(tmp_path), make_store(tmp_path), args=("--engine", f"http://127.0.0.1:{port}/v1"))
+    server.start()
+    proc = None
+    try:
+        client = server.client()
+        batch = _chat_batch(client, "engine/smollm2", 2)
+        deadline = time.monotonic() + 60
+        while "runs again in" not in server.server_log():
+            assert time.monotonic() < deadline, server.server_log()[-2000:]
+            time.sleep(0.2)
+        proc, _ = start_engine(sampling_folder(tmp_path / "late"), tmp_path / "late-engine.log", port=port)
+        deadline = time.monotonic() + 240
+        while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired"):
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.5)
+        assert batch.request_counts.completed == 2 and batch.request_counts.failed == 0, batch
+    finally:
+        server.stop()
+        if proc is not None:
+            stop_engine(proc)
+
+
+def test_a_line_whose_engine_never_comes_fails_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from brushpen.api import handlers, service
+    from brushpen.generators import worker
+    from brushpen.generators.jobs import JobStore
+
+    monkeypatch.setenv(engine.URL_ENV, f"http://127.0.0.1:{free_port()}/v1")   # nothing listens there
+    monkeypatch.setattr(worker, "ENGINE_WAIT_S", 1.0)
+    engine._listing.clear()
+    store = JobStore(tmp_path / "jobs.db")
+    body = {"model": "engine/smollm2", "messages": [{"role": "user", "content": BRIEF}], "n": 1, "draft": 1}
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    f = store.add_file("in.jsonl", "batch", (json.dumps(line) + "\n").encode())
+    batch = store.create_batch(f.id, "/v1/chat/completions")
+    w = worker.Worker(store, functools.partial(service.run_line, jobs=store), handlers.status_error_body, poll_s=0.2)
+    start = time.monotonic()
+    w.run_until_idle()
+    done = store.get_batch(batch.id)
+    assert done.status == "completed" and done.failed == 1 and 0.2 < time.monotonic() - start < 30
+    error = json.loads(store.file_content(done.error_file_id).decode())
+    assert error["response"]["status_code"] == 502
+    assert "cannot be reached" in error["response"]["body"]["error"]["message"]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 import brushpen
 from brushpen.api.handlers import error_body, user_error, validation_error_body
 from brushpen.api.schemas import ChatCompletionRequest, CompletionRequest, ImageGenerationRequest
-from brushpen.errors import BadParameter, BrushpenError
+from brushpen.errors import BadParameter, BrushpenError, EngineUnavailable
 from brushpen.generators import finetune_jobs
 from brushpen.generators.catalog import CatalogModel, catalog, copy_model, image_model, lookup
 from brushpen.generators.jobs import JobStore
@@ -216,6 +216,8 @@ def run_line(endpoint: str, body: dict, jobs: JobStore | None = None) -> tuple[i
     """
     try:
         return _run_line(endpoint, body, jobs)
+    except EngineUnavailable:
+        raise   # the worker waits for the engine and runs the line again (`worker.ENGINE_WAIT_S`)
     except BrushpenError as e:   # as over HTTP, but an output file never shows a server path
         return user_error(e, scrub_paths(str(e)))
 

@@ -6,7 +6,9 @@ at a time with a lease (`JobStore.claim`), runs it with the `LineRunner` it was 
 its result; a heartbeat thread extends the leases of the lines it is running, so a long fine-tuning
 job keeps its line, and a worker that dies loses its lines to the others once its leases run out.
 A worker can be limited to some families of work (`--families images,text`), so one machine with a
-GPU can take the fine-tuning jobs while small ones take the images.
+GPU can take the fine-tuning jobs while small ones take the images. A line whose copy engine
+(`engine/ID` models) cannot be reached waits for it, up to `BRUSHPEN_ENGINE_WAIT_S`, and runs again,
+as a result waits out a database restart: an engine restart fails no line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import time
 from typing import Callable, Collection
 
-from brushpen.errors import BadParameter, BrushpenError
+from brushpen.errors import BadParameter, BrushpenError, EngineUnavailable
 from brushpen.generators.jobs import MAX_ATTEMPTS, Claim, JobStore, line_seed, set_current_batch
 from brushpen.generators.jobs_db import StoreUnavailable
 from brushpen.store import scrub_paths
@@ -36,6 +38,12 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 ALIASES = {"gan": "images", "image": "images", "copy": "text", "fine-tune": "finetune", "fine_tuning": "finetune"}
 LEASE_S = float(os.environ.get("BRUSHPEN_LEASE_S", "60"))
+ENGINE_WAIT_S = float(os.environ.get("BRUSHPEN_ENGINE_WAIT_S", "600"))   # then the line fails with a 502
+ENGINE_RETRY_MAX_S = 30.0
+
+
+class _Released(Exception):
+    """The worker stopped while a line waited for its engine: the line is left pending, uncommitted."""
 
 
 def parse_families(value: str | Collection[str] | None) -> list[str]:
@@ -151,6 +159,8 @@ class Worker:
             start = time.perf_counter()
             status_code, response = self._run(claim)
             self._commit(claim, status_code, response, time.perf_counter() - start)
+        except _Released:
+            pass   # it runs again, here or elsewhere, with the same seed
         finally:
             with self._guard:
                 self._running.pop(me, None)
@@ -164,7 +174,7 @@ class Worker:
         body.setdefault("seed", line_seed(claim.batch_id, claim.idx))
         set_current_batch(claim.batch_id)
         try:
-            return self.run_line(claim.endpoint, body)
+            return self._run_waiting(claim, body)
         except BrushpenError as e:
             status = getattr(e, "http_status", 400)
             return status, self.error_body(status, scrub_paths(str(e)))
@@ -173,6 +183,23 @@ class Worker:
             return 500, self.error_body(500, f"internal error ({type(e).__name__}); see the server log")
         finally:
             set_current_batch(None)
+
+    def _run_waiting(self, claim: Claim, body: dict) -> tuple[int, dict]:
+        """`run_line`, again after a growing pause while its engine cannot be reached (the heartbeat
+        keeps the lease meanwhile); past `ENGINE_WAIT_S` the line fails with the engine's error."""
+        deadline, pause = time.monotonic() + ENGINE_WAIT_S, self.poll_s
+        while True:
+            try:
+                return self.run_line(claim.endpoint, body)
+            except EngineUnavailable as e:
+                if self._stop.is_set():
+                    raise _Released() from None
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s; %s line %d runs again in %.0f s", e, claim.batch_id, claim.idx, pause)
+                if self._stop.wait(pause):
+                    raise _Released() from None
+                pause = min(2 * pause, ENGINE_RETRY_MAX_S)
 
     def _commit(self, claim: Claim, status_code: int, response: dict, seconds: float) -> None:
         """Keep the result until the database takes it: a database restart loses no finished line."""
