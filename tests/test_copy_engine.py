@@ -49,7 +49,11 @@ def _requests_logged(log: Path) -> int:
     return log.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
 
 
-def test_deliberate_mode_drafts_on_the_engine_and_checks_here(use: str, served) -> None:
+def test_deliberate_mode_drafts_on_the_engine_and_checks_here(use: str, served,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # One request at a time: transformers serve seeds torch's global generator per request, so only
+    # requests that do not overlap are repeatable there (llama.cpp and vLLM seed each request apart).
+    monkeypatch.setenv(engine.CONCURRENCY_ENV, "1")
     assert use in copy_models()   # the engine's models are listed with ours
     before = _requests_logged(served[2])
     req = CopyRequest(BRIEF, kind="tagline", model=use, n=2, draft=3, seed=7)
