@@ -233,9 +233,10 @@ def file_lock(path: Path):
     for processes that share a home or a store. Each call opens its own file description, so it
     excludes other threads of this process too: a thread must not take the same lock twice."""
     path = Path(path)
-    if not path.is_dir():
+    folder = path.is_dir()
+    if not folder:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | (0 if path.is_dir() else os.O_CREAT), 0o644)
+    fd = os.open(path, os.O_RDONLY | (0 if folder else os.O_CREAT), 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

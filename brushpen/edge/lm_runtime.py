@@ -173,11 +173,11 @@ def load_ort_text_model(name: str | os.PathLike | None, backend: str) -> TextMod
     path = variant_path(folder, backend)
     label = BASE_NAME if name is None or str(name) in BASE_ALIASES else str(name)
     return TextModel(label, folder, _session(str(path), path.stat().st_mtime_ns, torch.get_num_threads()),
-                     _tokenizer(str(folder)))
+                     tokenizer_only(str(folder)))
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(folder: str) -> Any:
+def tokenizer_only(folder: str) -> Any:
     """The model's tokenizer alone, set up as `text.base` sets it: the torch weights stay on disk, so
     an onnx backend costs the graph's memory only."""
     os.environ["HF_HUB_OFFLINE"] = "1"

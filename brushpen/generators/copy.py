@@ -27,12 +27,11 @@ import threading
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Iterator
 
 from brushpen.adapters import check_name, split_ref
 from brushpen.edge.common import check_backend
-from brushpen.edge.lm_runtime import load_ort_text_model
+from brushpen.edge.lm_runtime import load_ort_text_model, tokenizer_only
 from brushpen.errors import BadParameter
 from brushpen.store import list_models
 from brushpen.text import checks, engine, prompts
@@ -271,15 +270,8 @@ def _tokenizer(model: str | None):
     """A copy model's tokenizer (the torch model's, whatever the backend). An engine's tokenizer is
     not ours to load: its counts are estimates under the shipped base's tokenizer."""
     if is_engine_ref(model):
-        return _base_tokenizer()
+        return tokenizer_only(str(resolve_text_model(None)))
     return load_text_model(model).tokenizer
-
-
-@lru_cache(maxsize=1)
-def _base_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(resolve_text_model(None)))
 
 
 def count_tokens(model: str | None, text: str) -> int:
